@@ -1,0 +1,623 @@
+//! The wire format of the control socket.
+//!
+//! Every frame is an 8-byte header followed by a body. All integers are little-endian.
+//!
+//! ```text
+//! header:  type u8 | flags u8 (0) | reserved u16 (0) | body length u32
+//! ```
+//!
+//! | type | name   | body |
+//! |------|--------|------|
+//! | 1    | HELLO  | 64 bytes: magic `TOKIOPVM`, version u16, reserved u16, window messages u32, cookie address u64, cookie [16], max message size u64, window bytes u64, max inline size u32, max ranges u32 |
+//! | 2    | READY  | empty: "I pulled your cookie and it matched" |
+//! | 3    | DATA   | sequence u64, total length u64, range count u32, reserved u32, then per range: address u64, length u64 |
+//! | 4    | BATCH  | reserved for batches of descriptors; not sent by version 1 |
+//! | 5    | INLINE | sequence u64, then the payload |
+//! | 6    | ACK    | count u64: every message with a sequence number below `count` has been received |
+//! | 7    | CLOSE  | sent u64: how many messages the sender sent in total; nothing follows |
+//! | 8    | ERROR  | code u32, reserved u32, UTF-8 reason (at most 1024 bytes); the sender closes next |
+//!
+//! Every length and count is checked against the receiver's limits as soon as the header (or
+//! the fixed part of the body) arrives, before any room is reserved for the rest; an unknown
+//! type, a non-zero flag or reserved field, or a malformed body is a protocol error. The full
+//! description, with the handshake and the rules for sequence numbers, is in
+//! `docs/PROTOCOL.md`.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::error::Error;
+use crate::sys::RemoteRange;
+
+/// Protocol version spoken by this crate.
+pub(crate) const VERSION: u16 = 1;
+/// First bytes of every HELLO body.
+pub(crate) const MAGIC: [u8; 8] = *b"TOKIOPVM";
+/// Size of the handshake cookie.
+pub(crate) const COOKIE_LEN: usize = 16;
+/// Longest reason an ERROR frame may carry.
+pub(crate) const MAX_ERROR_TEXT: usize = 1024;
+
+const HEADER_LEN: usize = 8;
+const HELLO_LEN: usize = 64;
+const DATA_FIXED: usize = 24;
+const RANGE_LEN: usize = 16;
+
+const T_HELLO: u8 = 1;
+const T_READY: u8 = 2;
+const T_DATA: u8 = 3;
+const T_BATCH: u8 = 4;
+const T_INLINE: u8 = 5;
+const T_ACK: u8 = 6;
+const T_CLOSE: u8 = 7;
+const T_ERROR: u8 = 8;
+
+/// Codes carried by an ERROR frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum ErrorCode {
+    /// The peer's uid is not accepted.
+    Refused = 1,
+    /// Reading the peer's memory failed.
+    PullFailed = 2,
+    /// The cookie read from the peer's memory did not match.
+    CookieMismatch = 3,
+    /// The peer broke the protocol.
+    Protocol = 4,
+    /// The peer exceeded a limit.
+    Limit = 5,
+    /// Incompatible protocol version.
+    Version = 6,
+    /// Anything else.
+    Other = 7,
+}
+
+impl ErrorCode {
+    pub(crate) fn from_u32(code: u32) -> ErrorCode {
+        match code {
+            1 => ErrorCode::Refused,
+            2 => ErrorCode::PullFailed,
+            3 => ErrorCode::CookieMismatch,
+            4 => ErrorCode::Protocol,
+            5 => ErrorCode::Limit,
+            6 => ErrorCode::Version,
+            _ => ErrorCode::Other,
+        }
+    }
+}
+
+/// What one side announces in its HELLO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hello {
+    pub(crate) version: u16,
+    pub(crate) cookie_addr: u64,
+    pub(crate) cookie: [u8; COOKIE_LEN],
+    pub(crate) max_message_size: u64,
+    pub(crate) window_messages: u32,
+    pub(crate) window_bytes: u64,
+    pub(crate) max_inline: u32,
+    pub(crate) max_ranges: u32,
+}
+
+/// A data descriptor: a message the receiver is to pull from the sender's memory.
+///
+/// The ranges stay in the received buffer (no allocation); [`Descriptor::ranges`] walks them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Descriptor {
+    pub(crate) seq: u64,
+    pub(crate) len: u64,
+    ranges: Bytes,
+}
+
+impl Descriptor {
+    /// The address ranges in the sender's memory, in order; their lengths add up to `len`.
+    pub(crate) fn ranges(&self) -> impl Iterator<Item = RemoteRange> + '_ {
+        self.ranges
+            .chunks_exact(RANGE_LEN)
+            .map(|mut c| RemoteRange {
+                addr: c.get_u64_le(),
+                len: c.get_u64_le(),
+            })
+    }
+}
+
+/// A decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Frame {
+    Hello(Hello),
+    Ready,
+    Data(Descriptor),
+    Inline { seq: u64, payload: Bytes },
+    Ack { count: u64 },
+    Close { sent: u64 },
+    Error { code: ErrorCode, reason: String },
+}
+
+/// A frame to encode. Borrows what it sends, so encoding allocates nothing but room in the
+/// write buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OutFrame<'a> {
+    Hello(&'a Hello),
+    Ready,
+    Data { seq: u64, ranges: &'a [RemoteRange] },
+    Inline { seq: u64, payload: &'a [u8] },
+    Ack { count: u64 },
+    Close { sent: u64 },
+    Error { code: ErrorCode, reason: &'a str },
+}
+
+/// What the decoder accepts: this side's receive limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) max_message_size: u64,
+    pub(crate) max_ranges: u32,
+    pub(crate) max_inline: u32,
+}
+
+/// Encoder and decoder for control-socket frames.
+#[derive(Debug)]
+pub(crate) struct FrameCodec {
+    limits: Limits,
+    /// Header of a frame whose body has not fully arrived: (type, body length).
+    pending: Option<(u8, usize)>,
+}
+
+impl FrameCodec {
+    pub(crate) fn new(limits: Limits) -> FrameCodec {
+        FrameCodec {
+            limits,
+            pending: None,
+        }
+    }
+
+    /// Largest body a frame of type `ty` may have under the current limits, or an error for an
+    /// unknown type.
+    fn max_body(&self, ty: u8) -> Result<(usize, usize), Error> {
+        let l = &self.limits;
+        Ok(match ty {
+            T_HELLO => (HELLO_LEN, HELLO_LEN),
+            T_READY => (0, 0),
+            T_DATA => (DATA_FIXED, DATA_FIXED + RANGE_LEN * l.max_ranges as usize),
+            T_INLINE => (8, 8 + l.max_inline as usize),
+            T_ACK | T_CLOSE => (8, 8),
+            T_ERROR => (8, 8 + MAX_ERROR_TEXT),
+            T_BATCH => {
+                return Err(Error::protocol(
+                    "BATCH frame received, but protocol version 1 does not use batches",
+                ));
+            }
+            other => return Err(Error::protocol(format!("unknown frame type {other}"))),
+        })
+    }
+
+    fn decode_body(&self, ty: u8, mut body: Bytes) -> Result<Frame, Error> {
+        Ok(match ty {
+            T_HELLO => {
+                let mut magic = [0u8; 8];
+                body.copy_to_slice(&mut magic);
+                if magic != MAGIC {
+                    return Err(Error::protocol(
+                        "the peer is not a tokio-pvm endpoint (bad HELLO magic)",
+                    ));
+                }
+                let version = body.get_u16_le();
+                expect_zero(body.get_u16_le() as u64, "HELLO reserved field")?;
+                let window_messages = body.get_u32_le();
+                let cookie_addr = body.get_u64_le();
+                let mut cookie = [0u8; COOKIE_LEN];
+                body.copy_to_slice(&mut cookie);
+                Frame::Hello(Hello {
+                    version,
+                    cookie_addr,
+                    cookie,
+                    max_message_size: body.get_u64_le(),
+                    window_messages,
+                    window_bytes: body.get_u64_le(),
+                    max_inline: body.get_u32_le(),
+                    max_ranges: body.get_u32_le(),
+                })
+            }
+            T_READY => Frame::Ready,
+            T_DATA => {
+                let seq = body.get_u64_le();
+                let len = body.get_u64_le();
+                let count = body.get_u32_le();
+                expect_zero(body.get_u32_le() as u64, "DATA reserved field")?;
+                if count > self.limits.max_ranges {
+                    return Err(Error::limit(format!(
+                        "the peer sent a descriptor with {count} address ranges, more than the \
+                         limit of {}",
+                        self.limits.max_ranges
+                    )));
+                }
+                if body.len() != count as usize * RANGE_LEN {
+                    return Err(Error::protocol(format!(
+                        "DATA frame announces {count} ranges but carries {} bytes of ranges",
+                        body.len()
+                    )));
+                }
+                if len > self.limits.max_message_size {
+                    return Err(Error::limit(format!(
+                        "the peer announced a {len}-byte message, larger than this side's limit \
+                         of {} bytes; raise Config::max_message_size on the receiver",
+                        self.limits.max_message_size
+                    )));
+                }
+                let desc = Descriptor {
+                    seq,
+                    len,
+                    ranges: body,
+                };
+                let mut sum = 0u64;
+                for r in desc.ranges() {
+                    if r.len == 0 {
+                        return Err(Error::protocol("DATA frame carries an empty address range"));
+                    }
+                    if r.addr.checked_add(r.len).is_none() {
+                        return Err(Error::protocol("DATA frame range wraps the address space"));
+                    }
+                    sum = sum
+                        .checked_add(r.len)
+                        .ok_or_else(|| Error::protocol("DATA frame range lengths overflow"))?;
+                }
+                if sum != len {
+                    return Err(Error::protocol(format!(
+                        "DATA frame announces {len} bytes but its ranges add up to {sum}"
+                    )));
+                }
+                Frame::Data(desc)
+            }
+            T_INLINE => {
+                let seq = body.get_u64_le();
+                Frame::Inline { seq, payload: body }
+            }
+            T_ACK => Frame::Ack {
+                count: body.get_u64_le(),
+            },
+            T_CLOSE => Frame::Close {
+                sent: body.get_u64_le(),
+            },
+            T_ERROR => {
+                let code = ErrorCode::from_u32(body.get_u32_le());
+                expect_zero(body.get_u32_le() as u64, "ERROR reserved field")?;
+                let reason = String::from_utf8_lossy(&body).into_owned();
+                Frame::Error { code, reason }
+            }
+            _ => unreachable!("max_body rejected unknown types"),
+        })
+    }
+}
+
+fn expect_zero(value: u64, what: &str) -> Result<(), Error> {
+    if value != 0 {
+        return Err(Error::protocol(format!("{what} is {value}, must be 0")));
+    }
+    Ok(())
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, Error> {
+        let (ty, body_len) = match self.pending {
+            Some(p) => p,
+            None => {
+                if src.len() < HEADER_LEN {
+                    src.reserve(HEADER_LEN - src.len());
+                    return Ok(None);
+                }
+                let ty = src[0];
+                let flags = src[1];
+                let reserved = u16::from_le_bytes([src[2], src[3]]);
+                let body_len = u32::from_le_bytes([src[4], src[5], src[6], src[7]]) as usize;
+                let (min, max) = self.max_body(ty)?;
+                if flags != 0 || reserved != 0 {
+                    return Err(Error::protocol(format!(
+                        "frame type {ty} has flags {flags:#x} and reserved {reserved:#x}; both \
+                         must be 0 in protocol version {VERSION}"
+                    )));
+                }
+                if body_len < min || body_len > max {
+                    let what = if ty == T_INLINE && body_len > max {
+                        return Err(Error::limit(format!(
+                            "the peer sent an inline payload of {} bytes, more than the {} \
+                             this side accepts",
+                            body_len - 8,
+                            self.limits.max_inline
+                        )));
+                    } else {
+                        format!("frame type {ty} has a {body_len}-byte body; allowed {min}..={max}")
+                    };
+                    return Err(Error::protocol(what));
+                }
+                src.advance(HEADER_LEN);
+                self.pending = Some((ty, body_len));
+                (ty, body_len)
+            }
+        };
+        if src.len() < body_len {
+            // The body length was checked against the limits above.
+            src.reserve(body_len - src.len());
+            return Ok(None);
+        }
+        self.pending = None;
+        let body = src.split_to(body_len).freeze();
+        let frame = self.decode_body(ty, body)?;
+        src.reserve(HEADER_LEN);
+        Ok(Some(frame))
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, Error> {
+        match self.decode(buf)? {
+            Some(frame) => Ok(Some(frame)),
+            None if buf.is_empty() && self.pending.is_none() => Ok(None),
+            None => Err(Error::new(
+                crate::ErrorKind::PeerGone,
+                "the peer closed the control socket in the middle of a frame",
+            )),
+        }
+    }
+}
+
+fn put_header(dst: &mut BytesMut, ty: u8, body_len: usize) {
+    dst.reserve(HEADER_LEN + body_len);
+    dst.put_u8(ty);
+    dst.put_u8(0);
+    dst.put_u16_le(0);
+    // Callers bound every body far below 4 GiB.
+    dst.put_u32_le(body_len as u32);
+}
+
+impl Encoder<OutFrame<'_>> for FrameCodec {
+    type Error = Error;
+
+    fn encode(&mut self, frame: OutFrame<'_>, dst: &mut BytesMut) -> Result<(), Error> {
+        match frame {
+            OutFrame::Hello(h) => {
+                put_header(dst, T_HELLO, HELLO_LEN);
+                dst.put_slice(&MAGIC);
+                dst.put_u16_le(h.version);
+                dst.put_u16_le(0);
+                dst.put_u32_le(h.window_messages);
+                dst.put_u64_le(h.cookie_addr);
+                dst.put_slice(&h.cookie);
+                dst.put_u64_le(h.max_message_size);
+                dst.put_u64_le(h.window_bytes);
+                dst.put_u32_le(h.max_inline);
+                dst.put_u32_le(h.max_ranges);
+            }
+            OutFrame::Ready => put_header(dst, T_READY, 0),
+            OutFrame::Data { seq, ranges } => {
+                let len: u64 = ranges.iter().map(|r| r.len).sum();
+                put_header(dst, T_DATA, DATA_FIXED + RANGE_LEN * ranges.len());
+                dst.put_u64_le(seq);
+                dst.put_u64_le(len);
+                dst.put_u32_le(ranges.len() as u32);
+                dst.put_u32_le(0);
+                for r in ranges {
+                    dst.put_u64_le(r.addr);
+                    dst.put_u64_le(r.len);
+                }
+            }
+            OutFrame::Inline { seq, payload } => {
+                put_header(dst, T_INLINE, 8 + payload.len());
+                dst.put_u64_le(seq);
+                dst.put_slice(payload);
+            }
+            OutFrame::Ack { count } => {
+                put_header(dst, T_ACK, 8);
+                dst.put_u64_le(count);
+            }
+            OutFrame::Close { sent } => {
+                put_header(dst, T_CLOSE, 8);
+                dst.put_u64_le(sent);
+            }
+            OutFrame::Error { code, reason } => {
+                let mut end = reason.len().min(MAX_ERROR_TEXT);
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                put_header(dst, T_ERROR, 8 + end);
+                dst.put_u32_le(code as u32);
+                dst.put_u32_le(0);
+                dst.put_slice(&reason.as_bytes()[..end]);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_message_size: 1 << 20,
+            max_ranges: 4,
+            max_inline: 64,
+        }
+    }
+
+    fn roundtrip(frame: OutFrame<'_>) -> Frame {
+        let mut codec = FrameCodec::new(limits());
+        let mut buf = BytesMut::new();
+        codec.encode(frame, &mut buf).unwrap();
+        // Feed it one byte at a time: every prefix is a partial frame.
+        let mut src = BytesMut::new();
+        let total = buf.len();
+        for (i, b) in buf.iter().enumerate() {
+            src.put_u8(*b);
+            let out = codec.decode(&mut src).unwrap();
+            if i + 1 < total {
+                assert!(out.is_none(), "frame decoded early at byte {i}");
+            } else {
+                assert!(src.is_empty());
+                return out.expect("complete frame decodes");
+            }
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn every_frame_roundtrips() {
+        let hello = Hello {
+            version: VERSION,
+            cookie_addr: 0xdead_beef,
+            cookie: [7; COOKIE_LEN],
+            max_message_size: 99,
+            window_messages: 3,
+            window_bytes: 1000,
+            max_inline: 12,
+            max_ranges: 9,
+        };
+        assert_eq!(
+            roundtrip(OutFrame::Hello(&hello)),
+            Frame::Hello(hello.clone())
+        );
+        assert_eq!(roundtrip(OutFrame::Ready), Frame::Ready);
+        let ranges = [
+            RemoteRange {
+                addr: 4096,
+                len: 10,
+            },
+            RemoteRange { addr: 8192, len: 5 },
+        ];
+        match roundtrip(OutFrame::Data {
+            seq: 5,
+            ranges: &ranges,
+        }) {
+            Frame::Data(d) => {
+                assert_eq!((d.seq, d.len), (5, 15));
+                assert_eq!(d.ranges().collect::<Vec<_>>(), ranges);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            roundtrip(OutFrame::Inline {
+                seq: 1,
+                payload: b"hi"
+            }),
+            Frame::Inline {
+                seq: 1,
+                payload: Bytes::from_static(b"hi")
+            }
+        );
+        assert_eq!(
+            roundtrip(OutFrame::Ack { count: 9 }),
+            Frame::Ack { count: 9 }
+        );
+        assert_eq!(
+            roundtrip(OutFrame::Close { sent: 2 }),
+            Frame::Close { sent: 2 }
+        );
+        assert_eq!(
+            roundtrip(OutFrame::Error {
+                code: ErrorCode::Refused,
+                reason: "no"
+            }),
+            Frame::Error {
+                code: ErrorCode::Refused,
+                reason: "no".into()
+            }
+        );
+    }
+
+    fn decode_raw(bytes: &[u8]) -> Result<Option<Frame>, Error> {
+        FrameCodec::new(limits()).decode(&mut BytesMut::from(bytes))
+    }
+
+    fn header(ty: u8, len: u32) -> Vec<u8> {
+        let mut v = vec![ty, 0, 0, 0];
+        v.extend_from_slice(&len.to_le_bytes());
+        v
+    }
+
+    #[test]
+    fn rejects_before_allocating() {
+        // A huge body length is refused on the header alone.
+        let err = decode_raw(&header(T_DATA, u32::MAX)).unwrap_err();
+        assert!(err.is_protocol(), "{err}");
+        let err = decode_raw(&header(T_INLINE, 8 + 65)).unwrap_err();
+        assert!(err.is_limit_exceeded(), "{err}");
+        assert!(decode_raw(&header(0, 0)).unwrap_err().is_protocol());
+        assert!(decode_raw(&header(200, 0)).unwrap_err().is_protocol());
+        assert!(decode_raw(&header(T_BATCH, 0)).unwrap_err().is_protocol());
+        assert!(
+            decode_raw(&[T_ACK, 1, 0, 0, 8, 0, 0, 0])
+                .unwrap_err()
+                .is_protocol()
+        );
+        assert!(decode_raw(&header(T_ACK, 7)).unwrap_err().is_protocol());
+    }
+
+    #[test]
+    fn rejects_bad_descriptors() {
+        let data = |len: u64, ranges: &[(u64, u64)], count: u32| {
+            let mut v = header(T_DATA, (DATA_FIXED + RANGE_LEN * ranges.len()) as u32);
+            v.extend_from_slice(&0u64.to_le_bytes());
+            v.extend_from_slice(&len.to_le_bytes());
+            v.extend_from_slice(&count.to_le_bytes());
+            v.extend_from_slice(&0u32.to_le_bytes());
+            for (a, l) in ranges {
+                v.extend_from_slice(&a.to_le_bytes());
+                v.extend_from_slice(&l.to_le_bytes());
+            }
+            decode_raw(&v)
+        };
+        assert!(data(10, &[(1, 10)], 1).unwrap().is_some());
+        assert!(data(0, &[], 0).unwrap().is_some());
+        // Sum mismatch, empty range, wrap, count mismatch, too large, too many ranges.
+        assert!(data(11, &[(1, 10)], 1).unwrap_err().is_protocol());
+        assert!(data(0, &[(1, 0)], 1).unwrap_err().is_protocol());
+        assert!(
+            data(10, &[(u64::MAX - 2, 10)], 1)
+                .unwrap_err()
+                .is_protocol()
+        );
+        assert!(data(10, &[(1, 10)], 2).unwrap_err().is_protocol());
+        assert!(
+            data(2 << 20, &[(1, 2 << 20)], 1)
+                .unwrap_err()
+                .is_limit_exceeded()
+        );
+        assert!(data(5, &[(1, 1); 5], 5).is_err());
+        let overflow = data(10, &[(1, u64::MAX / 2 + 1), (1, u64::MAX / 2 + 1)], 2);
+        assert!(overflow.is_err());
+    }
+
+    #[test]
+    fn truncated_frame_at_eof_is_an_error() {
+        let mut codec = FrameCodec::new(limits());
+        let mut buf = BytesMut::from(&header(T_ACK, 8)[..]);
+        buf.put_u32_le(1);
+        assert!(codec.decode_eof(&mut buf).unwrap_err().is_peer_gone());
+        let mut empty = BytesMut::new();
+        assert!(
+            FrameCodec::new(limits())
+                .decode_eof(&mut empty)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn error_text_is_truncated_on_a_char_boundary() {
+        let long = "é".repeat(MAX_ERROR_TEXT);
+        match roundtrip_big(OutFrame::Error {
+            code: ErrorCode::Other,
+            reason: &long,
+        }) {
+            Frame::Error { reason, .. } => assert!(reason.len() <= MAX_ERROR_TEXT),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn roundtrip_big(frame: OutFrame<'_>) -> Frame {
+        let mut codec = FrameCodec::new(limits());
+        let mut buf = BytesMut::new();
+        codec.encode(frame, &mut buf).unwrap();
+        codec.decode(&mut buf).unwrap().unwrap()
+    }
+}

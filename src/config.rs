@@ -1,0 +1,212 @@
+//! Limits and tuning for a connection.
+
+use std::time::Duration;
+
+use crate::sys::IOV_MAX;
+
+/// Which peer users a connection accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum UidPolicy {
+    /// Only peers running as the same uid as this process (the default).
+    SameUid,
+    /// The same uid, plus the listed uids.
+    Listed(Vec<u32>),
+    /// Any uid.
+    Any,
+}
+
+/// Limits and tuning for connections, listeners and pairs.
+///
+/// Every limit is enforced on what the peer sends before anything is allocated for it. Both
+/// sides announce their receive limits in the handshake, and a sender never sends more than
+/// the smaller of its own and the peer's limits allow.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokio_pvm::Config;
+///
+/// let config = Config::new()
+///     .max_message_size(256 << 20)
+///     .window(128, 512 << 20)
+///     .handshake_timeout(Duration::from_secs(2));
+/// assert_eq!(config.get_max_message_size(), 256 << 20);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) max_message_size: u64,
+    pub(crate) window_messages: u32,
+    pub(crate) window_bytes: u64,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) inline_threshold: u32,
+    pub(crate) max_inline_size: u32,
+    pub(crate) blocking_threshold: u64,
+    pub(crate) max_pulls_in_flight: usize,
+    pub(crate) max_ranges: u32,
+    uid_policy: UidPolicy,
+}
+
+/// Default largest message: 64 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 64 << 20;
+/// Default window: 64 messages in flight.
+pub const DEFAULT_WINDOW_MESSAGES: u32 = 64;
+/// Default window: 64 MiB in flight.
+pub const DEFAULT_WINDOW_BYTES: u64 = 64 << 20;
+/// Default handshake timeout: 10 seconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            window_messages: DEFAULT_WINDOW_MESSAGES,
+            window_bytes: DEFAULT_WINDOW_BYTES,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            inline_threshold: 0,
+            max_inline_size: 64 << 10,
+            blocking_threshold: 256 << 10,
+            max_pulls_in_flight: 4,
+            max_ranges: IOV_MAX as u32,
+            uid_policy: UidPolicy::SameUid,
+        }
+    }
+}
+
+impl Config {
+    /// The defaults: 64 MiB messages, a window of 64 messages and 64 MiB, a 10 s handshake
+    /// timeout, peers of the same uid only.
+    pub fn new() -> Config {
+        Config::default()
+    }
+
+    /// Largest message this side accepts, in bytes (default 64 MiB). A larger message from the
+    /// peer ends the connection with [`ErrorKind::LimitExceeded`](crate::ErrorKind); sending a
+    /// larger message than the peer accepts fails that send with the same kind.
+    pub fn max_message_size(mut self, bytes: u64) -> Config {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// How many messages and how many bytes may be in flight (sent but not yet acknowledged),
+    /// in each direction (default 64 messages, 64 MiB; each at least 1).
+    ///
+    /// The sender waits in `poll_ready` while either is reached; one message may take the byte
+    /// count past the limit, so the memory a sender holds is bounded by `bytes` plus one
+    /// message. The receiver announces its window in the handshake and treats a peer that
+    /// overruns it as a protocol violation.
+    pub fn window(mut self, messages: u32, bytes: u64) -> Config {
+        self.window_messages = messages.max(1);
+        self.window_bytes = bytes.max(1);
+        self
+    }
+
+    /// How long connecting, accepting and pairing may take, handshake included (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Config {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Messages up to this size travel inside the frame over the control socket instead of
+    /// being pulled (default 0: every message is pulled). Capped by the peer's
+    /// [`max_inline_size`](Config::max_inline_size).
+    pub fn inline_threshold(mut self, bytes: u32) -> Config {
+        self.inline_threshold = bytes;
+        self
+    }
+
+    /// Largest inline payload this side accepts from the peer (default 64 KiB).
+    pub fn max_inline_size(mut self, bytes: u32) -> Config {
+        self.max_inline_size = bytes;
+        self
+    }
+
+    /// Pulls of at least this many bytes run on Tokio's blocking pool (`spawn_blocking`);
+    /// smaller ones run in place, where the copy costs less than the hand-off (default 256 KiB).
+    pub fn blocking_threshold(mut self, bytes: u64) -> Config {
+        self.blocking_threshold = bytes;
+        self
+    }
+
+    /// How many blocking-pool pulls may run at once for one connection (default 4, at least 1).
+    /// Messages are still delivered in order.
+    pub fn max_pulls_in_flight(mut self, pulls: usize) -> Config {
+        self.max_pulls_in_flight = pulls.max(1);
+        self
+    }
+
+    /// Most address ranges one descriptor may carry (default and maximum 1024, `IOV_MAX`).
+    pub fn max_ranges(mut self, ranges: u32) -> Config {
+        self.max_ranges = ranges.clamp(1, IOV_MAX as u32);
+        self
+    }
+
+    /// Also accept peers running as `uid` (by default only the same uid as this process).
+    ///
+    /// Reading another user's memory still needs the kernel's permission (CAP_SYS_PTRACE or
+    /// matching credentials); this only stops the connection from being refused up front.
+    pub fn allow_uid(mut self, uid: u32) -> Config {
+        match &mut self.uid_policy {
+            UidPolicy::SameUid => self.uid_policy = UidPolicy::Listed(vec![uid]),
+            UidPolicy::Listed(list) => list.push(uid),
+            UidPolicy::Any => {}
+        }
+        self
+    }
+
+    /// Accept peers of any uid. Any local user who can reach the socket path can then connect;
+    /// protect the path with file permissions.
+    pub fn allow_any_uid(mut self) -> Config {
+        self.uid_policy = UidPolicy::Any;
+        self
+    }
+
+    /// The largest message this side accepts.
+    pub fn get_max_message_size(&self) -> u64 {
+        self.max_message_size
+    }
+
+    /// The window as `(messages, bytes)`.
+    pub fn get_window(&self) -> (u32, u64) {
+        (self.window_messages, self.window_bytes)
+    }
+
+    /// The handshake timeout.
+    pub fn get_handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+
+    /// Whether a peer running as `peer_uid` is accepted by a process running as `own_uid`.
+    pub(crate) fn accepts_uid(&self, own_uid: u32, peer_uid: u32) -> bool {
+        match &self.uid_policy {
+            UidPolicy::Any => true,
+            UidPolicy::SameUid => peer_uid == own_uid,
+            UidPolicy::Listed(list) => peer_uid == own_uid || list.contains(&peer_uid),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_policy() {
+        let c = Config::new();
+        assert!(c.accepts_uid(1000, 1000));
+        assert!(!c.accepts_uid(1000, 0));
+        let c = Config::new().allow_uid(65534);
+        assert!(c.accepts_uid(0, 65534) && c.accepts_uid(0, 0) && !c.accepts_uid(0, 1));
+        let c = Config::new().allow_any_uid().allow_uid(3);
+        assert!(c.accepts_uid(0, 12345));
+    }
+
+    #[test]
+    fn limits_are_clamped() {
+        let c = Config::new()
+            .window(0, 0)
+            .max_ranges(5000)
+            .max_pulls_in_flight(0);
+        assert_eq!(c.get_window(), (1, 1));
+        assert_eq!(c.max_ranges, 1024);
+        assert_eq!(c.max_pulls_in_flight, 1);
+    }
+}

@@ -1,0 +1,353 @@
+//! Connections and their two halves.
+
+use std::fmt;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Sink, Stream};
+
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+use crate::handshake::handshake;
+use crate::protocol::{Role, Shared};
+use crate::sys;
+
+/// Who is at the other end of a connection, as the kernel reported it when the socket was
+/// connected (`SO_PEERCRED`). Never taken from anything the peer sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerInfo {
+    pub(crate) pid: i32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+}
+
+impl PeerInfo {
+    /// The peer's process id, in this process's pid namespace.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The peer's effective user id.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// The peer's effective group id.
+    pub fn gid(&self) -> u32 {
+        self.gid
+    }
+}
+
+/// A connection to another process: a [`Sink`] of [`Bytes`] and a [`Stream`] of `Bytes`.
+///
+/// Sending hands the peer a small descriptor of the message; the peer copies the payload
+/// straight out of this process's memory with `process_vm_readv` and acknowledges it, and only
+/// then is the `Bytes` released. Receiving does the same the other way round. Messages arrive
+/// whole and in order.
+///
+/// # Sending
+/// [`Sink::poll_ready`] waits while the window (see [`Config::window`]) is full.
+/// [`Sink::poll_flush`] completes once every message sent so far has been copied by the peer
+/// and acknowledged: after `flush().await` the data may be dropped, or the process may exit,
+/// and nothing is lost. [`Sink::poll_close`] flushes, tells the peer that nothing more will
+/// come, and shuts the socket's write side down once this side's receiving is finished too.
+///
+/// # Receiving
+/// The stream yields each message, then `None` after the peer closed its sending side. If the
+/// peer goes away without closing, or a pull fails, it yields one error naming the cause, then
+/// `None`. Pulls run while the stream is polled: a receiver that stops polling holds the peer
+/// at its window, and memory stays bounded.
+///
+/// # Cancel safety
+/// All state lives in the connection, so dropping a `next()`, `send()`, `feed()` or `flush()`
+/// future loses nothing: a message handed to `start_send` is in flight, and a message pulled
+/// but not yet yielded is yielded by the next `next()`.
+///
+/// # Dropping
+/// Dropping a connection without closing it shuts the socket down first and releases the
+/// in-flight buffers after; the peer discards any message it had not yet acknowledged and its
+/// stream ends with a [`PeerGone`](ErrorKind::PeerGone) error.
+///
+/// # Example
+/// ```
+/// use bytes::Bytes;
+/// use futures::{SinkExt, StreamExt};
+/// use tokio_pvm::Connection;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tokio_pvm::Error> {
+/// let (mut a, mut b) = Connection::pair().await?;
+/// a.send(Bytes::from(vec![7u8; 1 << 20])).await?;
+/// let got = b.next().await.unwrap()?;
+/// assert_eq!(got.len(), 1 << 20);
+/// a.close().await?;
+/// assert!(b.next().await.is_none());
+/// # Ok(())
+/// # }
+/// ```
+pub struct Connection {
+    sender: Sender,
+    receiver: Receiver,
+}
+
+/// The sending half of a [`Connection`], from [`Connection::split`]. A [`Sink`] of [`Bytes`].
+///
+/// See [`Connection`] for the meaning of `poll_ready`, `poll_flush` and `poll_close`, and
+/// for cancel safety.
+pub struct Sender {
+    shared: Arc<Shared>,
+}
+
+/// The receiving half of a [`Connection`], from [`Connection::split`]. A [`Stream`] of
+/// [`Bytes`].
+///
+/// See [`Connection`] for how the stream ends, and for cancel safety. Dropping the receiver
+/// while the peer still sends ends the connection with an error on both sides, rather than
+/// leaving the peer waiting for acknowledgements that never come.
+pub struct Receiver {
+    shared: Arc<Shared>,
+}
+
+impl Connection {
+    fn from_shared(shared: Arc<Shared>) -> Connection {
+        Connection {
+            sender: Sender {
+                shared: shared.clone(),
+            },
+            receiver: Receiver { shared },
+        }
+    }
+
+    /// Connects to a [`Listener`](crate::Listener) at `path` with the default [`Config`].
+    ///
+    /// # Cancel safety
+    /// Not cancel safe in the sense that a cancelled connect leaves nothing behind: the
+    /// half-made connection is dropped and the listener sees it go away.
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Connection> {
+        Connection::connect_with(path, Config::default()).await
+    }
+
+    /// Connects to a [`Listener`](crate::Listener) at `path`.
+    ///
+    /// Fails with [`ErrorKind::PermissionDenied`] if either side refuses the other's uid or
+    /// cannot read the other's memory, and with [`ErrorKind::Timeout`] if the whole attempt
+    /// takes longer than [`Config::handshake_timeout`].
+    ///
+    /// # Cancel safety
+    /// As [`connect`](Connection::connect): cancelling drops the half-made connection.
+    pub async fn connect_with(path: impl AsRef<Path>, config: Config) -> Result<Connection> {
+        let path = path.as_ref();
+        let fd = tokio::time::timeout(config.handshake_timeout, connect_socket(path))
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "connecting to {} did not finish within {:?}: the listener's backlog \
+                         stayed full",
+                        path.display(),
+                        config.handshake_timeout
+                    ),
+                )
+            })??;
+        let shared = handshake(fd, &config).await?;
+        Ok(Connection::from_shared(shared))
+    }
+
+    /// A connected pair inside this process, over a `socketpair`, with the default
+    /// [`Config`]. The way to use the transport in tests: both ends run the real handshake and
+    /// real pulls (from this process's own memory).
+    ///
+    /// # Cancel safety
+    /// Cancelling drops both ends.
+    pub async fn pair() -> Result<(Connection, Connection)> {
+        Connection::pair_with(Config::default()).await
+    }
+
+    /// A connected pair inside this process, both ends using `config`.
+    ///
+    /// # Cancel safety
+    /// Cancelling drops both ends.
+    pub async fn pair_with(config: Config) -> Result<(Connection, Connection)> {
+        let (a, b) = sys::stream_pair().map_err(|e| Error::io("creating a socket pair", e))?;
+        let (a, b) = tokio::try_join!(handshake(a, &config), handshake(b, &config))?;
+        Ok((Connection::from_shared(a), Connection::from_shared(b)))
+    }
+
+    pub(crate) fn accepted(shared: Arc<Shared>) -> Connection {
+        Connection::from_shared(shared)
+    }
+
+    /// The peer's credentials, as the kernel reported them.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.sender.shared.peer
+    }
+
+    /// Splits the connection into halves that can be used from different tasks.
+    pub fn split(self) -> (Sender, Receiver) {
+        (self.sender, self.receiver)
+    }
+
+    /// Messages sent and not yet acknowledged by the peer, and their total size in bytes.
+    pub fn in_flight(&self) -> (usize, u64) {
+        self.sender.in_flight()
+    }
+}
+
+impl Sender {
+    /// The peer's credentials, as the kernel reported them.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.shared.peer
+    }
+
+    /// Messages sent and not yet acknowledged by the peer, and their total size in bytes.
+    pub fn in_flight(&self) -> (usize, u64) {
+        self.shared.in_flight()
+    }
+}
+
+impl Receiver {
+    /// The peer's credentials, as the kernel reported them.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.shared.peer
+    }
+}
+
+/// Connects a new socket, retrying while the listener's backlog is full.
+async fn connect_socket(path: &Path) -> Result<OwnedFd> {
+    let fd = sys::stream_socket().map_err(|e| Error::io("creating a socket", e))?;
+    let mut backoff = Duration::from_micros(500);
+    loop {
+        match sys::connect(&fd, path) {
+            Ok(()) => return Ok(fd),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(connect_error(path, e)),
+        }
+    }
+}
+
+fn connect_error(path: &Path, e: io::Error) -> Error {
+    let p = path.display();
+    match e.kind() {
+        io::ErrorKind::NotFound => Error::with_source(
+            ErrorKind::Io,
+            format!("no listener at {p}: the socket file does not exist; start the listener first"),
+            e,
+        ),
+        io::ErrorKind::ConnectionRefused => Error::with_source(
+            ErrorKind::Io,
+            format!("no listener at {p}: the socket file is stale (its listener has exited)"),
+            e,
+        ),
+        io::ErrorKind::PermissionDenied => Error::with_source(
+            ErrorKind::PermissionDenied,
+            format!(
+                "permission denied connecting to {p}: this user needs write access to the socket file"
+            ),
+            e,
+        ),
+        _ => Error::io(&format!("connecting to {p}"), e),
+    }
+}
+
+impl Sink<Bytes> for Sender {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.shared.poll_ready(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Bytes) -> Result<()> {
+        self.shared.start_send(item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.shared.poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.shared.poll_close(cx)
+    }
+}
+
+impl Stream for Receiver {
+    type Item = Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        self.shared.poll_next(cx)
+    }
+}
+
+impl Sink<Bytes> for Connection {
+    type Error = Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Pin::new(&mut self.sender).poll_ready(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<()> {
+        Pin::new(&mut self.sender).start_send(item)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Pin::new(&mut self.sender).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Pin::new(&mut self.sender).poll_close(cx)
+    }
+}
+
+impl Stream for Connection {
+    type Item = Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        Pin::new(&mut self.receiver).poll_next(cx)
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.shared.drop_half(Role::Send);
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shared.drop_half(Role::Recv);
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", self.peer())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("peer", self.peer())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("peer", self.peer())
+            .finish_non_exhaustive()
+    }
+}

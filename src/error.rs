@@ -1,0 +1,243 @@
+//! The crate's error type.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+/// The broad cause of an [`Error`], for programs that react differently to each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The peer process went away: it exited, was killed, or closed the connection without the
+    /// close handshake. Messages it had in flight may not have been delivered.
+    PeerGone,
+    /// The kernel refused access: reading the peer's memory (ptrace access rules), or the peer's
+    /// credentials were refused by this side's or the other side's [`Config`](crate::Config).
+    PermissionDenied,
+    /// The peer broke the wire protocol: a malformed or unexpected frame, a bad version, or a
+    /// descriptor that points at memory the peer does not have mapped.
+    Protocol,
+    /// A message or frame exceeded a limit set in [`Config`](crate::Config).
+    LimitExceeded,
+    /// The handshake did not finish within the configured timeout.
+    Timeout,
+    /// The kernel does not support cross memory attach (`ENOSYS`).
+    Unsupported,
+    /// The connection was already closed by this side.
+    Closed,
+    /// Any other I/O error from the operating system.
+    Io,
+}
+
+/// An error from the transport.
+///
+/// The message names the cause and, where there is one, the fix. [`Error::kind`] tells causes
+/// apart; the original operating system error, if any, is the [`source`](std::error::Error::source).
+/// Errors are cheap to clone: a failed connection hands the same error to both of its halves.
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    message: String,
+    source: Option<io::Error>,
+}
+
+/// Shorthand for `Result<T, tokio_pvm::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                source: None,
+            }),
+        }
+    }
+
+    pub(crate) fn with_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: io::Error,
+    ) -> Error {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                source: Some(source),
+            }),
+        }
+    }
+
+    pub(crate) fn protocol(message: impl Into<String>) -> Error {
+        Error::new(
+            ErrorKind::Protocol,
+            format!("protocol violation: {}", message.into()),
+        )
+    }
+
+    pub(crate) fn limit(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::LimitExceeded, message)
+    }
+
+    pub(crate) fn io(context: &str, err: io::Error) -> Error {
+        Error::with_source(ErrorKind::Io, format!("{context}: {err}"), err)
+    }
+
+    /// Classifies a failed read of the peer's memory.
+    pub(crate) fn pull(pid: i32, err: io::Error) -> Error {
+        let (kind, message) = match err.raw_os_error() {
+            Some(nix::libc::ESRCH) if pid == 0 => (
+                ErrorKind::PermissionDenied,
+                "the peer runs in a pid namespace this process cannot see (the kernel reports its \
+                 pid as 0), so its memory cannot be read; run both processes in the same pid \
+                 namespace (e.g. docker --pid=host or a shared pod namespace)"
+                    .to_string(),
+            ),
+            Some(nix::libc::ESRCH) => (
+                ErrorKind::PeerGone,
+                format!("peer process {pid} is gone (ESRCH while reading its memory)"),
+            ),
+            Some(nix::libc::EPERM) | Some(nix::libc::EACCES) => (
+                ErrorKind::PermissionDenied,
+                format!(
+                    "permission denied reading the memory of peer process {pid}: both processes \
+                     must run as the same user and the peer must be dumpable, or this process \
+                     needs CAP_SYS_PTRACE; with Yama (/proc/sys/kernel/yama/ptrace_scope) set to \
+                     1 the peer must allow this process with prctl(PR_SET_PTRACER), 2 needs \
+                     CAP_SYS_PTRACE, 3 forbids it; in Docker add --cap-add=SYS_PTRACE, in \
+                     Kubernetes add SYS_PTRACE to securityContext.capabilities"
+                ),
+            ),
+            Some(nix::libc::EFAULT) => (
+                ErrorKind::Protocol,
+                format!(
+                    "bad address from peer process {pid}: it announced a buffer that is not \
+                     mapped in its memory (EFAULT)"
+                ),
+            ),
+            Some(nix::libc::ENOSYS) => (
+                ErrorKind::Unsupported,
+                "process_vm_readv is not available: the kernel was built without \
+                 CONFIG_CROSS_MEMORY_ATTACH or a seccomp filter blocks it (ENOSYS)"
+                    .to_string(),
+            ),
+            _ => (
+                ErrorKind::Io,
+                format!("reading the memory of peer process {pid} failed: {err}"),
+            ),
+        };
+        Error::with_source(kind, message, err)
+    }
+
+    /// The broad cause of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// Whether the peer went away (see [`ErrorKind::PeerGone`]).
+    pub fn is_peer_gone(&self) -> bool {
+        self.kind() == ErrorKind::PeerGone
+    }
+
+    /// Whether access was refused (see [`ErrorKind::PermissionDenied`]).
+    pub fn is_permission_denied(&self) -> bool {
+        self.kind() == ErrorKind::PermissionDenied
+    }
+
+    /// Whether the peer broke the protocol (see [`ErrorKind::Protocol`]).
+    pub fn is_protocol(&self) -> bool {
+        self.kind() == ErrorKind::Protocol
+    }
+
+    /// Whether a configured limit was exceeded (see [`ErrorKind::LimitExceeded`]).
+    pub fn is_limit_exceeded(&self) -> bool {
+        self.kind() == ErrorKind::LimitExceeded
+    }
+
+    /// Whether the handshake timed out (see [`ErrorKind::Timeout`]).
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == ErrorKind::Timeout
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind)
+            .field("message", &self.inner.message);
+        if let Some(source) = &self.inner.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.inner.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner.source.as_ref().map(|e| e as _)
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(err: io::Error) -> Error {
+        Error::io("I/O error on the control socket", err)
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(err: Error) -> io::Error {
+        let kind = match err.kind() {
+            ErrorKind::PeerGone => io::ErrorKind::BrokenPipe,
+            ErrorKind::PermissionDenied => io::ErrorKind::PermissionDenied,
+            ErrorKind::Protocol => io::ErrorKind::InvalidData,
+            ErrorKind::LimitExceeded => io::ErrorKind::InvalidInput,
+            ErrorKind::Timeout => io::ErrorKind::TimedOut,
+            ErrorKind::Unsupported => io::ErrorKind::Unsupported,
+            ErrorKind::Closed => io::ErrorKind::NotConnected,
+            ErrorKind::Io => err
+                .inner
+                .source
+                .as_ref()
+                .map_or(io::ErrorKind::Other, io::Error::kind),
+        };
+        io::Error::new(kind, err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_is_send_sync_static() {
+        fn assert_bounds<T: std::error::Error + Send + Sync + 'static>() {}
+        assert_bounds::<Error>();
+    }
+
+    #[test]
+    fn pull_errors_name_cause_and_fix() {
+        let e = Error::pull(42, io::Error::from_raw_os_error(nix::libc::EPERM));
+        assert!(e.is_permission_denied());
+        assert!(e.to_string().contains("CAP_SYS_PTRACE"), "{e}");
+        let e = Error::pull(42, io::Error::from_raw_os_error(nix::libc::ESRCH));
+        assert!(e.is_peer_gone());
+        assert!(e.to_string().contains("42"), "{e}");
+        let e = Error::pull(0, io::Error::from_raw_os_error(nix::libc::ESRCH));
+        assert!(e.to_string().contains("namespace"), "{e}");
+        let e = Error::pull(7, io::Error::from_raw_os_error(nix::libc::EFAULT));
+        assert!(e.is_protocol() && e.to_string().contains("EFAULT"), "{e}");
+        let io: io::Error = e.into();
+        assert_eq!(io.kind(), io::ErrorKind::InvalidData);
+    }
+}

@@ -1,0 +1,199 @@
+//! The handshake: credentials from the kernel, HELLO both ways, and a cookie pulled out of the
+//! peer's memory to prove that pulls work before any user data moves.
+
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+use tokio_util::codec::Framed;
+use tracing::{Instrument, debug, debug_span};
+
+use crate::PeerInfo;
+use crate::codec::{COOKIE_LEN, ErrorCode, Frame, FrameCodec, Hello, Limits, OutFrame, VERSION};
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::{Negotiated, Shared};
+use crate::socket::ControlSocket;
+use crate::sys::{self, RemoteRange};
+
+type Io = Framed<ControlSocket, FrameCodec>;
+
+/// Runs the handshake on a connected socket, bounded by the configured timeout.
+pub(crate) async fn handshake(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
+    let timeout = config.handshake_timeout;
+    let span = debug_span!(
+        "tokio_pvm::handshake",
+        fd = sys::raw(&fd),
+        peer_pid = tracing::field::Empty
+    );
+    match tokio::time::timeout(timeout, run(fd, config).instrument(span)).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "the handshake did not finish within {timeout:?}: the peer is not a tokio-pvm \
+                 endpoint, is stuck, or is overloaded; raise Config::handshake_timeout if it is \
+                 only slow"
+            ),
+        )),
+    }
+}
+
+async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
+    let socket = ControlSocket::new(fd).map_err(|e| Error::io("registering the socket", e))?;
+    let (pid, uid, gid) = socket
+        .peer_credentials()
+        .map_err(|e| Error::io("reading the peer's credentials (SO_PEERCRED)", e))?;
+    tracing::Span::current().record("peer_pid", pid);
+    let peer = PeerInfo { pid, uid, gid };
+    let limits = Limits {
+        max_message_size: config.max_message_size,
+        max_ranges: config.max_ranges,
+        max_inline: config.max_inline_size,
+    };
+    let mut io = Framed::new(socket, FrameCodec::new(limits));
+
+    let own_uid = nix::unistd::getuid().as_raw();
+    if !config.accepts_uid(own_uid, uid) {
+        let err = Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "peer process {pid} runs as uid {uid}, this process as uid {own_uid}: \
+                 connections from other users are refused by default; allow them with \
+                 Config::allow_uid({uid}) or Config::allow_any_uid()"
+            ),
+        );
+        refuse(
+            &mut io,
+            ErrorCode::Refused,
+            &format!(
+                "uid {uid} is not accepted by process {} (uid {own_uid}); that side must allow it \
+                 with Config::allow_uid({uid})",
+                std::process::id()
+            ),
+        )
+        .await;
+        return Err(err);
+    }
+
+    // The cookie lives at a fixed address until the peer has said READY.
+    let mut cookie = Box::new([0u8; COOKIE_LEN]);
+    sys::random_bytes(&mut cookie[..]).map_err(|e| Error::io("reading random bytes", e))?;
+    let hello = Hello {
+        version: VERSION,
+        cookie_addr: cookie.as_ptr() as usize as u64,
+        cookie: *cookie,
+        max_message_size: config.max_message_size,
+        window_messages: config.window_messages,
+        window_bytes: config.window_bytes,
+        max_inline: config.max_inline_size,
+        max_ranges: config.max_ranges,
+    };
+    io.send(OutFrame::Hello(&hello)).await?;
+    let theirs = match next_frame(&mut io, pid).await? {
+        Frame::Hello(h) => h,
+        other => return Err(unexpected(other, "HELLO")),
+    };
+    if theirs.version != VERSION {
+        let msg = format!(
+            "peer process {pid} speaks protocol version {}, this side speaks {VERSION}; run the \
+             same tokio-pvm release on both sides",
+            theirs.version
+        );
+        refuse(&mut io, ErrorCode::Version, &msg).await;
+        return Err(Error::protocol(msg));
+    }
+
+    // Prove that we can read the peer's memory, and that the pid is really the peer.
+    let mut got = [MaybeUninit::<u8>::uninit(); COOKIE_LEN];
+    let range = [RemoteRange {
+        addr: theirs.cookie_addr,
+        len: COOKIE_LEN as u64,
+    }];
+    if let Err(e) = sys::read_remote(pid, &mut got, &range) {
+        let err = Error::pull(pid, e);
+        refuse(
+            &mut io,
+            ErrorCode::PullFailed,
+            &format!(
+                "process {} cannot read this process's memory: {err}",
+                std::process::id()
+            ),
+        )
+        .await;
+        return Err(err);
+    }
+    // SAFETY: read_remote returned Ok, so every byte of `got` was written.
+    let got: [u8; COOKIE_LEN] = got.map(|b| unsafe { b.assume_init() });
+    if got != theirs.cookie {
+        let msg = format!(
+            "the memory of process {pid} (the pid the kernel reports for the peer) does not hold \
+             the cookie the peer sent: the peer is in another pid namespace or is not the process \
+             that owns the socket"
+        );
+        refuse(&mut io, ErrorCode::CookieMismatch, &msg).await;
+        return Err(Error::protocol(msg));
+    }
+    io.send(OutFrame::Ready).await?;
+    match next_frame(&mut io, pid).await? {
+        Frame::Ready => {}
+        other => return Err(unexpected(other, "READY")),
+    }
+    drop(cookie);
+
+    let negotiated = Negotiated {
+        send_window_messages: config.window_messages.min(theirs.window_messages).max(1),
+        send_window_bytes: config.window_bytes.min(theirs.window_bytes).max(1),
+        send_max_message: theirs.max_message_size,
+        inline_threshold: config.inline_threshold.min(theirs.max_inline),
+        recv_window_messages: config.window_messages,
+        recv_window_bytes: config.window_bytes,
+        blocking_threshold: config.blocking_threshold,
+        max_pulls_in_flight: config.max_pulls_in_flight,
+    };
+    debug!(?negotiated, uid, gid, "handshake complete");
+    let span = debug_span!("tokio_pvm::connection", peer_pid = pid, peer_uid = uid);
+    Ok(Shared::new(io, peer, negotiated, span))
+}
+
+/// The next frame; a peer's ERROR or end of stream becomes the matching error.
+async fn next_frame(io: &mut Io, pid: i32) -> Result<Frame> {
+    match io.next().await {
+        Some(Ok(Frame::Error { code, reason })) => {
+            let kind = match code {
+                ErrorCode::Refused | ErrorCode::PullFailed => ErrorKind::PermissionDenied,
+                ErrorCode::Limit => ErrorKind::LimitExceeded,
+                _ => ErrorKind::Protocol,
+            };
+            Err(Error::new(
+                kind,
+                format!("peer process {pid} refused the connection: {reason}"),
+            ))
+        }
+        Some(result) => result,
+        None => Err(Error::new(
+            ErrorKind::PeerGone,
+            format!("peer process {pid} closed the connection during the handshake"),
+        )),
+    }
+}
+
+fn unexpected(frame: Frame, wanted: &str) -> Error {
+    let got = match frame {
+        Frame::Hello(_) => "HELLO",
+        Frame::Ready => "READY",
+        Frame::Data(_) => "DATA",
+        Frame::Inline { .. } => "INLINE",
+        Frame::Ack { .. } => "ACK",
+        Frame::Close { .. } => "CLOSE",
+        Frame::Error { .. } => "ERROR",
+    };
+    Error::protocol(format!("expected {wanted} during the handshake, got {got}"))
+}
+
+/// Tells the peer why we refuse; best effort, the peer may already be gone.
+async fn refuse(io: &mut Io, code: ErrorCode, reason: &str) {
+    debug!(?code, reason, "refusing peer");
+    let _ = io.send(OutFrame::Error { code, reason }).await;
+}

@@ -1,0 +1,69 @@
+//! Fast local transport for Tokio: move `Bytes` between processes on one Linux host with
+//! `process_vm_readv` ("cross memory attach").
+//!
+//! A sender hands [`Bytes`](bytes::Bytes) to a [`Sink`](futures::Sink). Only a small
+//! descriptor (sequence number, length, addresses) travels over a Unix-domain control socket;
+//! the receiver copies the payload straight out of the sender's memory with one
+//! `process_vm_readv` call, acknowledges, and only then does the sender release its buffer.
+//! The receiver sees a [`Stream`](futures::Stream) of `Bytes`. One copy, kernel to kernel, no
+//! socket buffer in between.
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use futures::{SinkExt, StreamExt};
+//! use tokio_pvm::{Connection, Listener};
+//!
+//! # async fn demo() -> Result<(), tokio_pvm::Error> {
+//! // In one process:
+//! let mut listener = Listener::bind("/tmp/app.sock")?;
+//! let mut conn = listener.accept().await?;
+//! while let Some(msg) = conn.next().await {
+//!     println!("got {} bytes", msg?.len());
+//! }
+//!
+//! // In another:
+//! let mut conn = Connection::connect("/tmp/app.sock").await?;
+//! conn.send(Bytes::from(vec![0u8; 4 << 20])).await?; // returns once the peer has it
+//! conn.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Security model
+//! The receiver reads the sender's memory, so the kernel must allow it: the same uid (and a
+//! dumpable process), or `CAP_SYS_PTRACE`, subject to Yama's `ptrace_scope`. The pid to read
+//! comes from the kernel (`SO_PEERCRED`), never from the peer's frames, and the handshake pulls
+//! a random cookie out of each side's memory before any data moves. By default only peers of
+//! the same uid are accepted ([`Config::allow_uid`] widens this). A receiver reads only the
+//! ranges the sender announced, and only while the connection is alive.
+//!
+//! # Layers
+//! kernel calls (`sys`) → control socket on `AsyncFd` (`socket`) → frames (`codec`, see its
+//! documentation for the wire format) → protocol state (`protocol`: window, acks, pulls) →
+//! public types ([`Listener`], [`Connection`], [`Sender`], [`Receiver`]).
+
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod codec;
+mod config;
+mod connection;
+mod error;
+mod handshake;
+mod listener;
+mod protocol;
+mod socket;
+mod sys;
+
+pub use config::{
+    Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_WINDOW_BYTES,
+    DEFAULT_WINDOW_MESSAGES,
+};
+pub use connection::{Connection, PeerInfo, Receiver, Sender};
+pub use error::{Error, ErrorKind, Result};
+pub use listener::Listener;

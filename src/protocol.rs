@@ -1,0 +1,906 @@
+//! Protocol state of an established connection: the send window, acknowledgements, pulls and
+//! in-order delivery.
+//!
+//! Both halves of a connection ([`Sender`](crate::Sender) and [`Receiver`](crate::Receiver))
+//! share one [`Shared`]. Whichever half is polled reads frames from the control socket and
+//! files them where they belong: acknowledgements release the sender's buffers, descriptors
+//! queue up for the receiver. There is no background task: the halves do the work when polled.
+//!
+//! Readiness of the socket is registered with a waker that wakes *both* halves (an `AsyncFd`
+//! only keeps the waker of the last task that polled it), so that halves living in different
+//! tasks never miss a frame meant for them.
+//!
+//! ## Why the receiver checks for hang-up after a pull
+//! A sender releases a buffer when it is acknowledged, or when the connection ends; in the
+//! second case it shuts the socket down *before* releasing anything. The receiver checks that
+//! the socket has not been shut down *after* each batch of pulls and before acknowledging or
+//! delivering them. If it has not, the buffers were alive for the whole pull; if it has, the
+//! pulled bytes are discarded and the stream reports that the peer went away.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures::{Sink, Stream};
+use nix::sys::socket::Shutdown;
+use tokio::task::JoinHandle;
+use tokio_util::codec::Framed;
+use tracing::{debug, trace};
+
+use crate::PeerInfo;
+use crate::codec::{Descriptor, ErrorCode, Frame, FrameCodec, OutFrame};
+use crate::error::{Error, ErrorKind, Result};
+use crate::socket::ControlSocket;
+use crate::sys::{self, RemoteRange};
+
+/// Which half is polling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Send = 0,
+    Recv = 1,
+}
+
+/// Wakers of the two halves. Registered with the socket's readiness so that one readiness
+/// event wakes both.
+#[derive(Debug, Default)]
+struct HalfWakers {
+    slots: Mutex<[Option<Waker>; 2]>,
+}
+
+impl HalfWakers {
+    fn lock(&self) -> MutexGuard<'_, [Option<Waker>; 2]> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn register(&self, role: Role, waker: &Waker) {
+        let mut slots = self.lock();
+        match &slots[role as usize] {
+            Some(w) if w.will_wake(waker) => {}
+            _ => slots[role as usize] = Some(waker.clone()),
+        }
+    }
+
+    fn wake_half(&self, role: Role) {
+        let waker = self.lock()[role as usize].take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn clear(&self, role: Role) {
+        self.lock()[role as usize] = None;
+    }
+}
+
+impl Wake for HalfWakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let [a, b] = std::mem::take(&mut *self.lock());
+        a.into_iter().chain(b).for_each(Waker::wake);
+    }
+}
+
+/// Limits negotiated in the handshake.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Negotiated {
+    /// Window for what this side sends: the smaller of both sides' windows.
+    pub(crate) send_window_messages: u32,
+    pub(crate) send_window_bytes: u64,
+    /// Largest message the peer accepts.
+    pub(crate) send_max_message: u64,
+    /// Messages up to this size are sent inline.
+    pub(crate) inline_threshold: u32,
+    /// Window this side announced for what it receives.
+    pub(crate) recv_window_messages: u32,
+    pub(crate) recv_window_bytes: u64,
+    /// Pulls of at least this size go to the blocking pool.
+    pub(crate) blocking_threshold: u64,
+    pub(crate) max_pulls_in_flight: usize,
+}
+
+/// State shared by the two halves of one connection.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    wakers: Arc<HalfWakers>,
+    io_waker: Waker,
+    pub(crate) peer: PeerInfo,
+    pub(crate) span: tracing::Span,
+}
+
+#[derive(Debug)]
+struct State {
+    io: Framed<ControlSocket, FrameCodec>,
+    peer_pid: i32,
+    limits: Negotiated,
+    /// The error that ended the connection, handed to both halves.
+    fatal: Option<Error>,
+    /// The control socket reached end of stream.
+    eof: bool,
+    send: SendState,
+    recv: RecvState,
+}
+
+#[derive(Debug, Default)]
+struct SendState {
+    /// Sequence number of the next message.
+    next_seq: u64,
+    /// Messages sent but not acknowledged, oldest first; the first has sequence number
+    /// `next_seq - in_flight.len()`. Inline messages hold an empty `Bytes`.
+    in_flight: VecDeque<(u64, Bytes)>,
+    in_flight_bytes: u64,
+    /// CLOSE has been queued.
+    closed: bool,
+    /// Our write side has been shut down.
+    shut: bool,
+    dropped: bool,
+}
+
+#[derive(Debug, Default)]
+struct RecvState {
+    /// Sequence number the next DATA or INLINE frame must carry.
+    next_seq: u64,
+    /// Messages acknowledged so far.
+    acked: u64,
+    /// Bytes announced by the peer and not yet acknowledged.
+    unacked_bytes: u64,
+    /// Announced messages whose pull has not started.
+    queue: VecDeque<Incoming>,
+    /// Started pulls, in sequence order.
+    pulls: VecDeque<Pull>,
+    /// Blocking-pool pulls among `pulls`.
+    running: usize,
+    /// Pulled, verified and acknowledged messages waiting to be yielded.
+    ready: VecDeque<Bytes>,
+    ready_bytes: u64,
+    /// The peer's CLOSE arrived.
+    peer_closed: bool,
+    /// The stream has ended (returned its error or `None`).
+    done: bool,
+    dropped: bool,
+}
+
+#[derive(Debug)]
+enum Incoming {
+    Pull(Descriptor),
+    Inline(Bytes),
+}
+
+#[derive(Debug)]
+enum Pull {
+    /// Copied; `check` says whether it was pulled and still needs the hang-up check.
+    Done { data: Bytes, check: bool },
+    Running {
+        handle: JoinHandle<std::io::Result<Bytes>>,
+        len: u64,
+        started: Instant,
+    },
+}
+
+impl Shared {
+    pub(crate) fn new(
+        io: Framed<ControlSocket, FrameCodec>,
+        peer: PeerInfo,
+        limits: Negotiated,
+        span: tracing::Span,
+    ) -> Arc<Shared> {
+        let wakers = Arc::new(HalfWakers::default());
+        Arc::new(Shared {
+            state: Mutex::new(State {
+                io,
+                peer_pid: peer.pid(),
+                limits,
+                fatal: None,
+                eof: false,
+                send: SendState::default(),
+                recv: RecvState::default(),
+            }),
+            io_waker: Waker::from(wakers.clone()),
+            wakers,
+            peer,
+            span,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Locks the state for `role`, registering its waker first.
+    fn enter(&self, role: Role, cx: &Context<'_>) -> Guard<'_> {
+        self.wakers.register(role, cx.waker());
+        let _span = self.span.enter();
+        Guard {
+            state: self.lock(),
+            shared: self,
+            role,
+        }
+    }
+
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.enter(Role::Send, cx).poll_ready()
+    }
+
+    pub(crate) fn start_send(&self, item: Bytes) -> Result<()> {
+        Guard {
+            state: self.lock(),
+            shared: self,
+            role: Role::Send,
+        }
+        .start_send(item)
+    }
+
+    pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.enter(Role::Send, cx).poll_flush()
+    }
+
+    pub(crate) fn poll_close(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.enter(Role::Send, cx).poll_close()
+    }
+
+    pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        self.enter(Role::Recv, cx).poll_next(cx)
+    }
+
+    /// Called when a half is dropped.
+    pub(crate) fn drop_half(&self, role: Role) {
+        self.wakers.clear(role);
+        let mut g = Guard {
+            state: self.lock(),
+            shared: self,
+            role,
+        };
+        match role {
+            Role::Send => g.state.send.dropped = true,
+            Role::Recv => {
+                g.state.recv.dropped = true;
+                g.check_receiver_dropped();
+                g.maybe_shutdown_write();
+            }
+        }
+    }
+
+    /// Number of messages sent and not yet acknowledged, and their bytes.
+    pub(crate) fn in_flight(&self) -> (usize, u64) {
+        let st = self.lock();
+        (st.send.in_flight.len(), st.send.in_flight_bytes)
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // Shut the socket down before the in-flight buffers are released (they are dropped
+        // after this body): a peer still pulling from them will see the hang-up when it
+        // checks after its pull, and discard what it read.
+        let _ = self.io.get_ref().shutdown(Shutdown::Both);
+    }
+}
+
+/// The locked state, with who is polling.
+struct Guard<'a> {
+    state: MutexGuard<'a, State>,
+    shared: &'a Shared,
+    role: Role,
+}
+
+impl Guard<'_> {
+    /// Wakes the other half if `role` is not the one polling.
+    fn notify(&self, role: Role) {
+        if role != self.role {
+            self.shared.wakers.wake_half(role);
+        }
+    }
+
+    // ----- reading and dispatching frames ---------------------------------------------------
+
+    /// Reads and dispatches every frame available now. Returns whether anything happened.
+    fn drive_read(&mut self) -> bool {
+        let mut progressed = false;
+        while self.state.fatal.is_none() && !self.state.eof {
+            let waker = self.shared.io_waker.clone();
+            let mut cx = Context::from_waker(&waker);
+            match Pin::new(&mut self.state.io).poll_next(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    progressed = true;
+                    if let Err(e) = self.dispatch(frame) {
+                        self.fail(e, true);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    progressed = true;
+                    let tell_peer = !e.is_peer_gone() && e.kind() != ErrorKind::Io;
+                    self.fail(e, tell_peer);
+                }
+                Poll::Ready(None) => {
+                    progressed = true;
+                    self.on_eof();
+                }
+                Poll::Pending => break,
+            }
+        }
+        progressed
+    }
+
+    fn dispatch(&mut self, frame: Frame) -> Result<()> {
+        match frame {
+            Frame::Ack { count } => self.on_ack(count),
+            Frame::Data(desc) => {
+                let len = desc.len;
+                self.on_message(desc.seq, len, Incoming::Pull(desc))
+            }
+            Frame::Inline { seq, payload } => {
+                let len = payload.len() as u64;
+                self.on_message(seq, len, Incoming::Inline(payload))
+            }
+            Frame::Close { sent } => {
+                let recv = &mut self.state.recv;
+                if recv.peer_closed {
+                    return Err(Error::protocol("CLOSE received twice"));
+                }
+                if sent != recv.next_seq {
+                    return Err(Error::protocol(format!(
+                        "the peer closed saying it sent {sent} messages, but {} arrived",
+                        recv.next_seq
+                    )));
+                }
+                recv.peer_closed = true;
+                debug!(sent, "peer closed its sending side");
+                self.notify(Role::Recv);
+                Ok(())
+            }
+            Frame::Error { code, reason } => {
+                let kind = match code {
+                    ErrorCode::Refused | ErrorCode::PullFailed => ErrorKind::PermissionDenied,
+                    ErrorCode::Limit => ErrorKind::LimitExceeded,
+                    ErrorCode::Protocol | ErrorCode::CookieMismatch | ErrorCode::Version => {
+                        ErrorKind::Protocol
+                    }
+                    ErrorCode::Other => ErrorKind::PeerGone,
+                };
+                let pid = self.state.peer_pid;
+                self.fail(
+                    Error::new(
+                        kind,
+                        format!("peer process {pid} ended the connection: {reason}"),
+                    ),
+                    false,
+                );
+                Ok(())
+            }
+            Frame::Hello(_) | Frame::Ready => Err(Error::protocol(
+                "handshake frame received after the handshake",
+            )),
+        }
+    }
+
+    fn on_ack(&mut self, count: u64) -> Result<()> {
+        let send = &mut self.state.send;
+        let acked = send.next_seq - send.in_flight.len() as u64;
+        if count <= acked || count > send.next_seq {
+            return Err(Error::protocol(format!(
+                "ACK for {count} messages, but {acked} were already acknowledged and {} sent",
+                send.next_seq
+            )));
+        }
+        for _ in acked..count {
+            if let Some((len, _buf)) = send.in_flight.pop_front() {
+                send.in_flight_bytes -= len;
+            }
+        }
+        trace!(count, in_flight = send.in_flight.len(), "ack received");
+        self.notify(Role::Send);
+        Ok(())
+    }
+
+    fn on_message(&mut self, seq: u64, len: u64, msg: Incoming) -> Result<()> {
+        let limits = self.state.limits;
+        let recv = &mut self.state.recv;
+        if recv.peer_closed {
+            return Err(Error::protocol("message received after CLOSE"));
+        }
+        if seq != recv.next_seq {
+            return Err(Error::protocol(format!(
+                "message with sequence number {seq}, expected {}",
+                recv.next_seq
+            )));
+        }
+        let unacked = recv.next_seq - recv.acked;
+        if unacked >= u64::from(limits.recv_window_messages)
+            || recv.unacked_bytes >= limits.recv_window_bytes
+        {
+            return Err(Error::protocol(format!(
+                "the peer overran the window: {unacked} messages and {} bytes unacknowledged, \
+                 window {} messages and {} bytes",
+                recv.unacked_bytes, limits.recv_window_messages, limits.recv_window_bytes
+            )));
+        }
+        if recv.dropped {
+            return Err(Error::new(
+                ErrorKind::PeerGone,
+                "the receiving half of the connection was dropped; the peer's messages cannot be \
+                 delivered",
+            ));
+        }
+        recv.next_seq += 1;
+        recv.unacked_bytes += len;
+        recv.queue.push_back(msg);
+        trace!(seq, len, "message announced");
+        self.notify(Role::Recv);
+        Ok(())
+    }
+
+    fn on_eof(&mut self) {
+        self.state.eof = true;
+        let pid = self.state.peer_pid;
+        let recv = &self.state.recv;
+        let lost = recv.next_seq - recv.acked;
+        if !recv.peer_closed && !recv.done {
+            self.fail(
+                Error::new(
+                    ErrorKind::PeerGone,
+                    format!(
+                        "peer process {pid} closed the connection without closing its sending \
+                         side ({lost} announced messages not received): it exited, was killed, \
+                         or dropped the connection without close()"
+                    ),
+                ),
+                false,
+            );
+        } else if !self.state.send.in_flight.is_empty() {
+            let n = self.state.send.in_flight.len();
+            self.fail(
+                Error::new(
+                    ErrorKind::PeerGone,
+                    format!(
+                        "peer process {pid} closed the connection with {n} of our messages not \
+                         yet received"
+                    ),
+                ),
+                false,
+            );
+        } else {
+            self.notify(Role::Send);
+            self.notify(Role::Recv);
+        }
+    }
+
+    /// Ends the connection with `err`. With `tell_peer`, an ERROR frame carries the reason to
+    /// the peer first. Messages already acknowledged are still delivered before the error.
+    fn fail(&mut self, err: Error, tell_peer: bool) {
+        if self.state.fatal.is_some() {
+            return;
+        }
+        debug!(error = %err, "connection failed");
+        if tell_peer {
+            let code = match err.kind() {
+                ErrorKind::Protocol => ErrorCode::Protocol,
+                ErrorKind::LimitExceeded => ErrorCode::Limit,
+                ErrorKind::PermissionDenied | ErrorKind::Unsupported => ErrorCode::PullFailed,
+                _ => ErrorCode::Other,
+            };
+            let reason = format!("the other side reports: {err}");
+            let io = &mut self.state.io;
+            let _ = Pin::new(&mut *io).start_send(OutFrame::Error {
+                code,
+                reason: &reason,
+            });
+            let waker = self.shared.io_waker.clone();
+            let _ = Pin::new(io).poll_flush(&mut Context::from_waker(&waker));
+        }
+        let _ = self.state.io.get_ref().shutdown(Shutdown::Both);
+        self.state.fatal = Some(err);
+        let st = &mut *self.state;
+        st.send.in_flight.clear();
+        st.send.in_flight_bytes = 0;
+        st.recv.queue.clear();
+        st.recv.pulls.clear();
+        st.recv.running = 0;
+        self.shared.wakers.wake_half(Role::Send);
+        self.shared.wakers.wake_half(Role::Recv);
+    }
+
+    // ----- writing -------------------------------------------------------------------------
+
+    fn queue_frame(&mut self, frame: OutFrame<'_>) -> Result<()> {
+        Pin::new(&mut self.state.io).start_send(frame)
+    }
+
+    /// Writes buffered frames. `Ready(Ok)` once the buffer is empty.
+    fn flush_writes(&mut self) -> Poll<Result<()>> {
+        if self.state.io.write_buffer().is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let waker = self.shared.io_waker.clone();
+        let mut cx = Context::from_waker(&waker);
+        match Pin::new(&mut self.state.io).poll_flush(&mut cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => {
+                let pid = self.state.peer_pid;
+                let err = if matches!(
+                    e.source_io_kind(),
+                    Some(std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset)
+                ) {
+                    Error::new(
+                        ErrorKind::PeerGone,
+                        format!("peer process {pid} closed the connection"),
+                    )
+                } else {
+                    e
+                };
+                self.fail(err.clone(), false);
+                Poll::Ready(Err(err))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn check_fatal(&self) -> Result<()> {
+        match &self.state.fatal {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    // ----- sending -------------------------------------------------------------------------
+
+    fn window_open(&self) -> bool {
+        let s = &self.state.send;
+        let l = &self.state.limits;
+        s.in_flight.len() < l.send_window_messages as usize
+            && s.in_flight_bytes < l.send_window_bytes
+    }
+
+    fn poll_ready(mut self) -> Poll<Result<()>> {
+        loop {
+            self.check_fatal()?;
+            if self.state.send.closed {
+                return Poll::Ready(Err(Error::new(
+                    ErrorKind::Closed,
+                    "the sending side was already closed",
+                )));
+            }
+            // Push descriptors out early once half the window is used, so the peer can pull
+            // while we keep filling the window.
+            let half = (self.state.limits.send_window_messages as usize).div_ceil(2);
+            if self.state.send.in_flight.len() >= half || !self.window_open() {
+                if let Poll::Ready(Err(e)) = self.flush_writes() {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            if self.window_open() {
+                return Poll::Ready(Ok(()));
+            }
+            if !self.drive_read() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn start_send(mut self, item: Bytes) -> Result<()> {
+        self.check_fatal()?;
+        let limits = self.state.limits;
+        if self.state.send.closed {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                "the sending side was already closed",
+            ));
+        }
+        let len = item.len() as u64;
+        if len > limits.send_max_message {
+            return Err(Error::limit(format!(
+                "a {len}-byte message is larger than the peer accepts ({} bytes); the message \
+                 was not sent, raise Config::max_message_size on the receiving side",
+                limits.send_max_message
+            )));
+        }
+        let seq = self.state.send.next_seq;
+        let held = if len <= u64::from(limits.inline_threshold) {
+            self.queue_frame(OutFrame::Inline {
+                seq,
+                payload: &item,
+            })?;
+            Bytes::new()
+        } else {
+            let range = [RemoteRange {
+                addr: item.as_ptr() as usize as u64,
+                len,
+            }];
+            let ranges = if len == 0 { &range[..0] } else { &range[..] };
+            self.queue_frame(OutFrame::Data { seq, ranges })?;
+            item
+        };
+        let send = &mut self.state.send;
+        send.next_seq += 1;
+        send.in_flight.push_back((len, held));
+        send.in_flight_bytes += len;
+        trace!(seq, len, "message queued");
+        Ok(())
+    }
+
+    fn poll_flush(mut self) -> Poll<Result<()>> {
+        loop {
+            self.check_fatal()?;
+            if let Poll::Ready(Err(e)) = self.flush_writes() {
+                return Poll::Ready(Err(e));
+            }
+            if self.state.send.in_flight.is_empty() && self.state.io.write_buffer().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            if !self.drive_read() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn poll_close(mut self) -> Poll<Result<()>> {
+        if !self.state.send.closed {
+            // Flush first: every message must be acknowledged before CLOSE.
+            loop {
+                self.check_fatal()?;
+                if let Poll::Ready(Err(e)) = self.flush_writes() {
+                    return Poll::Ready(Err(e));
+                }
+                if self.state.send.in_flight.is_empty() {
+                    break;
+                }
+                if !self.drive_read() {
+                    return Poll::Pending;
+                }
+            }
+            let sent = self.state.send.next_seq;
+            self.queue_frame(OutFrame::Close { sent })?;
+            self.state.send.closed = true;
+            debug!(sent, "closing sending side");
+        }
+        if self.state.fatal.is_none() {
+            match self.flush_writes() {
+                Poll::Ready(r) => r?,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.maybe_shutdown_write();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Shuts down our write side once nothing more will be written: CLOSE was sent and the
+    /// receiving direction no longer needs to send acknowledgements.
+    fn maybe_shutdown_write(&mut self) {
+        let st = &mut *self.state;
+        let recv_finished = st.recv.done || st.recv.dropped || st.fatal.is_some();
+        if st.send.closed && !st.send.shut && recv_finished && st.io.write_buffer().is_empty() {
+            st.send.shut = true;
+            let _ = st.io.get_ref().shutdown(Shutdown::Write);
+        }
+    }
+
+    // ----- receiving -----------------------------------------------------------------------
+
+    fn check_receiver_dropped(&mut self) {
+        let recv = &self.state.recv;
+        if recv.dropped && (!recv.queue.is_empty() || !recv.pulls.is_empty()) {
+            let n = recv.queue.len() + recv.pulls.len();
+            self.fail(
+                Error::new(
+                    ErrorKind::PeerGone,
+                    format!(
+                        "the receiving half was dropped with {n} messages from the peer not yet \
+                         received"
+                    ),
+                ),
+                true,
+            );
+        }
+    }
+
+    /// Starts pulls for queued messages while there is room. Returns whether any started.
+    fn start_pulls(&mut self) -> bool {
+        let limits = self.state.limits;
+        let pid = self.state.peer_pid;
+        let mut started = false;
+        loop {
+            let recv = &mut self.state.recv;
+            let held = recv.ready.len() + recv.pulls.len();
+            if held >= limits.recv_window_messages as usize
+                || recv.ready_bytes >= limits.recv_window_bytes
+            {
+                break;
+            }
+            let blocking = match recv.queue.front() {
+                None => break,
+                Some(Incoming::Inline(_)) => false,
+                Some(Incoming::Pull(d)) => d.len >= limits.blocking_threshold,
+            };
+            if blocking && recv.running >= limits.max_pulls_in_flight {
+                break;
+            }
+            started = true;
+            let pull = match recv.queue.pop_front() {
+                Some(Incoming::Inline(data)) => Pull::Done { data, check: false },
+                Some(Incoming::Pull(desc)) if blocking => {
+                    recv.running += 1;
+                    let len = desc.len;
+                    let ranges: Vec<RemoteRange> = desc.ranges().collect();
+                    let handle =
+                        tokio::task::spawn_blocking(move || pull_into_new(pid, len, &ranges));
+                    Pull::Running {
+                        handle,
+                        len,
+                        started: Instant::now(),
+                    }
+                }
+                Some(Incoming::Pull(desc)) => {
+                    let started_at = Instant::now();
+                    let ranges: Vec<RemoteRange> = desc.ranges().collect();
+                    match pull_into_new(pid, desc.len, &ranges) {
+                        Ok(data) => {
+                            trace!(seq = desc.seq, len = desc.len, elapsed = ?started_at.elapsed(), "pulled in place");
+                            Pull::Done { data, check: true }
+                        }
+                        Err(e) => {
+                            self.fail(Error::pull(pid, e), true);
+                            return true;
+                        }
+                    }
+                }
+                None => unreachable!("front was checked"),
+            };
+            self.state.recv.pulls.push_back(pull);
+        }
+        started
+    }
+
+    /// Moves finished pulls at the front into `ready`: one hang-up check for the batch, then
+    /// one cumulative acknowledgement. Returns whether anything moved.
+    fn collect_pulls(&mut self, cx: &mut Context<'_>) -> bool {
+        let pid = self.state.peer_pid;
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut needs_check = false;
+        while let Some(front) = self.state.recv.pulls.front_mut() {
+            if let Pull::Running {
+                handle,
+                len,
+                started,
+            } = front
+            {
+                let joined = match Pin::new(handle).poll(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(joined) => joined,
+                };
+                let (len, elapsed) = (*len, started.elapsed());
+                match joined.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
+                    Ok(data) => {
+                        debug!(len, ?elapsed, "pulled on the blocking pool");
+                        *front = Pull::Done { data, check: true };
+                        self.state.recv.running -= 1;
+                    }
+                    Err(e) => {
+                        self.fail(Error::pull(pid, e), true);
+                        return true;
+                    }
+                }
+            }
+            if let Some(Pull::Done { data, check }) = self.state.recv.pulls.pop_front() {
+                needs_check |= check;
+                batch.push(data);
+            }
+        }
+        if batch.is_empty() {
+            return false;
+        }
+        if needs_check {
+            match self.state.io.get_ref().peer_hung_up() {
+                Ok(false) => {}
+                Ok(true) => {
+                    let n = batch.len();
+                    self.fail(
+                        Error::new(
+                            ErrorKind::PeerGone,
+                            format!(
+                                "peer process {pid} closed the connection while {n} pulled \
+                                 messages were unacknowledged; they were discarded because the \
+                                 peer may have released their buffers"
+                            ),
+                        ),
+                        false,
+                    );
+                    return true;
+                }
+                Err(e) => {
+                    self.fail(Error::io("checking the control socket", e), false);
+                    return true;
+                }
+            }
+        }
+        let recv = &mut self.state.recv;
+        for data in batch {
+            let len = data.len() as u64;
+            recv.acked += 1;
+            recv.unacked_bytes -= len;
+            recv.ready_bytes += len;
+            recv.ready.push_back(data);
+        }
+        let count = recv.acked;
+        trace!(count, "acknowledging");
+        if let Err(e) = self.queue_frame(OutFrame::Ack { count }) {
+            self.fail(e, false);
+        } else {
+            let _ = self.flush_writes();
+        }
+        true
+    }
+
+    fn poll_next(mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        if self.state.recv.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            if let Some(data) = self.state.recv.ready.pop_front() {
+                self.state.recv.ready_bytes -= data.len() as u64;
+                // Keep the pipeline moving before handing the message over.
+                if self.state.fatal.is_none() {
+                    self.drive_read();
+                    self.start_pulls();
+                }
+                return Poll::Ready(Some(Ok(data)));
+            }
+            if let Some(err) = self.state.fatal.clone() {
+                self.state.recv.done = true;
+                self.maybe_shutdown_write();
+                return Poll::Ready(Some(Err(err)));
+            }
+            let mut progressed = self.drive_read();
+            progressed |= self.start_pulls();
+            progressed |= self.collect_pulls(cx);
+            if !progressed && self.state.recv.ready.is_empty() && self.state.fatal.is_none() {
+                let recv = &self.state.recv;
+                let idle = recv.queue.is_empty() && recv.pulls.is_empty();
+                if idle && recv.peer_closed {
+                    debug!(received = recv.acked, "peer closed; stream ends");
+                    self.state.recv.done = true;
+                    self.maybe_shutdown_write();
+                    return Poll::Ready(None);
+                }
+                // Acknowledgements that did not fit into the socket yet.
+                if let Poll::Ready(Err(e)) = self.flush_writes() {
+                    return Poll::Ready(Some(Err(e)));
+                }
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// Allocates exactly `len` bytes and pulls a message into them.
+fn pull_into_new(pid: i32, len: u64, ranges: &[RemoteRange]) -> std::io::Result<Bytes> {
+    let len =
+        usize::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(nix::libc::EFBIG))?;
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    let mut buf = BytesMut::with_capacity(len);
+    let spare: &mut [MaybeUninit<u8>] = &mut buf.spare_capacity_mut()[..len];
+    sys::read_remote(pid, spare, ranges)?;
+    // SAFETY: `read_remote` returned Ok, so all `len` bytes of the spare capacity were written.
+    unsafe { buf.set_len(len) };
+    Ok(buf.freeze())
+}
+
+trait SourceIoKind {
+    fn source_io_kind(&self) -> Option<std::io::ErrorKind>;
+}
+
+impl SourceIoKind for Error {
+    fn source_io_kind(&self) -> Option<std::io::ErrorKind> {
+        std::error::Error::source(self)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .map(std::io::Error::kind)
+    }
+}

@@ -1,0 +1,103 @@
+//! The control socket: a non-blocking Unix stream socket driven by Tokio's `AsyncFd`.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use nix::sys::socket::Shutdown;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::sys;
+
+/// A connected `SOCK_STREAM` Unix socket registered with the Tokio reactor.
+///
+/// It implements [`AsyncRead`] and [`AsyncWrite`] so that `tokio_util::codec::Framed` carries
+/// the protocol's frames over it. Writes never raise `SIGPIPE`.
+#[derive(Debug)]
+pub(crate) struct ControlSocket {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl ControlSocket {
+    /// Registers a connected, non-blocking socket with the current Tokio runtime.
+    pub(crate) fn new(fd: OwnedFd) -> io::Result<ControlSocket> {
+        Ok(ControlSocket {
+            fd: sys::register(fd)?,
+        })
+    }
+
+    /// `(pid, uid, gid)` of the peer as the kernel recorded them.
+    pub(crate) fn peer_credentials(&self) -> io::Result<(i32, u32, u32)> {
+        sys::peer_credentials(self.as_fd())
+    }
+
+    /// Shuts down one or both directions.
+    pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        sys::shutdown(self.as_fd(), how)
+    }
+
+    /// Whether the peer has shut down its sending side, checked with a system call now.
+    pub(crate) fn peer_hung_up(&self) -> io::Result<bool> {
+        sys::peer_hung_up(self.as_fd())
+    }
+}
+
+impl AsFd for ControlSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
+    }
+}
+
+impl AsyncRead for ControlSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            // SAFETY: `recv` only writes into the unfilled part and we mark as initialised
+            // exactly the `n` bytes the kernel reports having written.
+            let unfilled = unsafe { buf.unfilled_mut() };
+            match guard.try_io(|fd| sys::recv(fd.as_fd(), unfilled)) {
+                Ok(Ok(n)) => {
+                    // SAFETY: the kernel wrote `n` bytes at the start of the unfilled region.
+                    unsafe { buf.assume_init(n) };
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ControlSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
+            match guard.try_io(|fd| sys::send(fd.as_fd(), buf)) {
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(result) => return Poll::Ready(result),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Nothing is buffered here; every write goes straight to the kernel.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.shutdown(Shutdown::Write))
+    }
+}

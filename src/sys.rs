@@ -1,0 +1,270 @@
+//! The one door to the kernel.
+//!
+//! Every raw system call the crate makes lives here: socket creation, socket options, the
+//! non-blocking `recv`/`send` used by the control socket, and `process_vm_readv`. The rest of the
+//! crate sees `OwnedFd`, slices and `io::Result`, never a raw pointer or an errno.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::libc;
+use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr, sockopt};
+use tokio::io::unix::AsyncFd;
+
+/// Most iovecs a single `process_vm_readv` call accepts on either side (`IOV_MAX`).
+pub(crate) const IOV_MAX: usize = 1024;
+
+fn nix_err(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Flags every socket of this crate is created with.
+fn sock_flags() -> SockFlag {
+    SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC
+}
+
+/// A new non-blocking, close-on-exec `AF_UNIX` `SOCK_STREAM` socket.
+pub(crate) fn stream_socket() -> io::Result<OwnedFd> {
+    socket::socket(AddressFamily::Unix, SockType::Stream, sock_flags(), None).map_err(nix_err)
+}
+
+/// A connected pair of non-blocking, close-on-exec stream sockets.
+pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socket::socketpair(AddressFamily::Unix, SockType::Stream, None, sock_flags()).map_err(nix_err)
+}
+
+fn unix_addr(path: &Path) -> io::Result<UnixAddr> {
+    UnixAddr::new(path).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "socket path {} is not usable ({e}); a Unix socket path must be shorter than 108 bytes",
+                path.display()
+            ),
+        )
+    })
+}
+
+/// Binds `fd` to `path`.
+pub(crate) fn bind(fd: &OwnedFd, path: &Path) -> io::Result<()> {
+    let addr = unix_addr(path)?;
+    socket::bind(fd.as_raw_fd(), &addr).map_err(nix_err)
+}
+
+/// Marks `fd` as a listening socket.
+pub(crate) fn listen(fd: &OwnedFd, backlog: i32) -> io::Result<()> {
+    let backlog = Backlog::new(backlog).unwrap_or(Backlog::MAXCONN);
+    socket::listen(fd, backlog).map_err(nix_err)
+}
+
+/// Starts connecting `fd` to `path`. A non-blocking Unix stream connect either completes at once
+/// or fails with `EAGAIN` when the listener's backlog is full.
+pub(crate) fn connect(fd: &OwnedFd, path: &Path) -> io::Result<()> {
+    let addr = unix_addr(path)?;
+    socket::connect(fd.as_raw_fd(), &addr).map_err(nix_err)
+}
+
+/// Accepts one connection as a non-blocking, close-on-exec socket.
+pub(crate) fn accept(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    socket::accept4(fd, sock_flags()).map_err(nix_err)
+}
+
+/// Shuts down one or both directions of a socket.
+pub(crate) fn shutdown(fd: BorrowedFd<'_>, how: socket::Shutdown) -> io::Result<()> {
+    match socket::shutdown(fd.as_raw_fd(), how) {
+        // The peer already went away: nothing left to shut down.
+        Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
+        Err(e) => Err(nix_err(e)),
+    }
+}
+
+/// Credentials of the peer of a connected Unix socket, as the kernel recorded them at connect
+/// time: `(pid, uid, gid)`. The pid is in the caller's pid namespace, 0 if the peer lives in a
+/// namespace the caller cannot see.
+pub(crate) fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<(i32, u32, u32)> {
+    let cred = socket::getsockopt(&fd, sockopt::PeerCredentials).map_err(nix_err)?;
+    Ok((cred.pid(), cred.uid(), cred.gid()))
+}
+
+/// Receives into uninitialised memory without blocking. Returns the number of bytes written to
+/// the front of `buf`; 0 means end of stream.
+pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes for the duration of the
+    // call; the kernel only writes into it and never reads the (possibly uninitialised) bytes.
+    let ret = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast::<libc::c_void>(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ret.unsigned_abs())
+}
+
+/// Sends without blocking and without raising `SIGPIPE` when the peer has gone.
+pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    socket::send(
+        fd.as_raw_fd(),
+        buf,
+        socket::MsgFlags::MSG_DONTWAIT | socket::MsgFlags::MSG_NOSIGNAL,
+    )
+    .map_err(nix_err)
+}
+
+/// Whether the peer has shut down its sending side (or the whole socket), checked now with a
+/// zero-timeout `poll`, not from cached readiness.
+pub(crate) fn peer_hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `pfd` is one valid pollfd for the duration of the call; the timeout is 0.
+        let ret = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if ret >= 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0)
+}
+
+/// Registers a socket with the current Tokio runtime's reactor.
+pub(crate) fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` is a valid open descriptor that stays open, and keeps returning the
+    // same number from `as_raw_fd`, until it is dropped together with the `AsyncFd`; the crate
+    // never swaps it out through `get_mut`.
+    unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+/// Fills `buf` with bytes from the kernel's random number generator.
+pub(crate) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is a valid, writable region of `rest.len()` bytes; getrandom writes at
+        // most that many bytes into it.
+        let ret = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        filled += ret.unsigned_abs();
+    }
+    Ok(())
+}
+
+/// A range of addresses in another process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RemoteRange {
+    pub(crate) addr: u64,
+    pub(crate) len: u64,
+}
+
+/// Copies exactly `local.len()` bytes out of process `pid`, from the concatenation of `remote`,
+/// into `local`, with as many `process_vm_readv` calls as it takes.
+///
+/// A short transfer (the kernel copies in batches and stops at the first fault) is continued
+/// from where it stopped; it is never reported as success. On `Ok(())` every byte of `local` has
+/// been written. The lengths in `remote` must add up to `local.len()`.
+pub(crate) fn read_remote(
+    pid: i32,
+    local: &mut [MaybeUninit<u8>],
+    remote: &[RemoteRange],
+) -> io::Result<()> {
+    debug_assert_eq!(
+        remote.iter().map(|r| r.len).sum::<u64>(),
+        local.len() as u64,
+        "remote ranges must add up to the local buffer"
+    );
+    // Position in `remote`: index of the current range and bytes already copied from it.
+    let (mut idx, mut off) = (0usize, 0u64);
+    let mut done = 0usize;
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; IOV_MAX];
+    while done < local.len() {
+        // Gather up to IOV_MAX remote pieces starting at (idx, off).
+        let mut count = 0;
+        let mut want = 0usize;
+        let (mut i, mut o) = (idx, off);
+        while count < IOV_MAX && i < remote.len() {
+            let r = remote[i];
+            let rest = r.len - o;
+            if rest > 0 {
+                iov[count] = libc::iovec {
+                    // The address is in the peer's address space; it is never dereferenced here.
+                    iov_base: (r.addr.wrapping_add(o)) as usize as *mut libc::c_void,
+                    iov_len: rest as usize,
+                };
+                count += 1;
+                want += rest as usize;
+            }
+            i += 1;
+            o = 0;
+        }
+        let dst = &mut local[done..];
+        debug_assert!(want <= dst.len());
+        let local_iov = libc::iovec {
+            iov_base: dst.as_mut_ptr().cast(),
+            iov_len: want.min(dst.len()),
+        };
+        // SAFETY: `local_iov` covers `want` writable bytes inside `local` (checked above), which
+        // the kernel only writes; `iov[..count]` are initialised iovecs describing memory in the
+        // other process, which the kernel validates and never touches in ours.
+        let ret =
+            unsafe { libc::process_vm_readv(pid, &local_iov, 1, iov.as_ptr(), count as _, 0) };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        let n = ret.unsigned_abs();
+        if n == 0 {
+            // No progress and no error: do not spin. The kernel reports faults as EFAULT when
+            // nothing was copied, so this only happens with a range the kernel refuses.
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        }
+        done += n;
+        // Advance (idx, off) by n bytes.
+        let mut left = n as u64;
+        while left > 0 {
+            let rest = remote[idx].len - off;
+            if left >= rest {
+                left -= rest;
+                idx += 1;
+                off = 0;
+            } else {
+                off += left;
+                left = 0;
+            }
+        }
+        while idx < remote.len() && remote[idx].len == off {
+            idx += 1;
+            off = 0;
+        }
+    }
+    Ok(())
+}
+
+/// The raw descriptor of any fd-like value, for logging.
+pub(crate) fn raw(fd: &impl AsFd) -> i32 {
+    fd.as_fd().as_raw_fd()
+}

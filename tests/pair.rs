@@ -1,0 +1,91 @@
+//! `Connection::pair()` inside one process: real sockets, real handshake, real pulls from
+//! this process's own memory.
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio_pvm::{Config, Connection};
+
+fn pattern(seed: u64, len: usize) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[tokio::test]
+async fn pair_moves_messages_of_every_size() {
+    let (mut a, mut b) = Connection::pair().await.unwrap();
+    assert_eq!(a.peer().pid() as u32, std::process::id());
+    let sizes = [0usize, 1, 63, 4096, 65_537, 300_000, 4 << 20];
+    let sender = async {
+        for (i, &n) in sizes.iter().enumerate() {
+            a.feed(pattern(i as u64, n)).await.unwrap();
+        }
+        a.close().await.unwrap();
+        a
+    };
+    let receiver = async {
+        let mut got = Vec::new();
+        while let Some(m) = b.next().await {
+            got.push(m.unwrap());
+        }
+        got
+    };
+    let (_a, got) = tokio::join!(sender, receiver);
+    assert_eq!(got.len(), sizes.len());
+    for (i, (&n, m)) in sizes.iter().zip(&got).enumerate() {
+        assert_eq!(m.len(), n);
+        assert!(m == &pattern(i as u64, n), "message {i} corrupted");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_halves_in_different_tasks_both_directions() {
+    let cfg = Config::new().window(8, 1 << 20).inline_threshold(256);
+    let (a, b) = Connection::pair_with(cfg).await.unwrap();
+    let (mut a_tx, mut a_rx) = a.split();
+    let (mut b_tx, mut b_rx) = b.split();
+    const N: u64 = 2000;
+    let t1 = tokio::spawn(async move {
+        for i in 0..N {
+            a_tx.feed(pattern(i, (i as usize * 37) % 5000))
+                .await
+                .unwrap();
+        }
+        a_tx.close().await.unwrap();
+    });
+    let t2 = tokio::spawn(async move {
+        for i in 0..N {
+            b_tx.feed(pattern(i + N, (i as usize * 91) % 70_000))
+                .await
+                .unwrap();
+        }
+        b_tx.close().await.unwrap();
+    });
+    let r1 = tokio::spawn(async move {
+        let mut i = 0;
+        while let Some(m) = b_rx.next().await {
+            assert_eq!(m.unwrap(), pattern(i, (i as usize * 37) % 5000));
+            i += 1;
+        }
+        i
+    });
+    let r2 = tokio::spawn(async move {
+        let mut i = 0;
+        while let Some(m) = a_rx.next().await {
+            assert_eq!(m.unwrap(), pattern(i + N, (i as usize * 91) % 70_000));
+            i += 1;
+        }
+        i
+    });
+    t1.await.unwrap();
+    t2.await.unwrap();
+    assert_eq!(r1.await.unwrap(), N);
+    assert_eq!(r2.await.unwrap(), N);
+}
