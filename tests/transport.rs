@@ -1,0 +1,357 @@
+//! The pull transport between real processes: a child re-executes this test binary.
+
+mod util;
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::time::timeout;
+use tokio_pvm::{Config, Connection, ErrorKind, Listener};
+use util::{ChildProc, check, pattern, temp_dir};
+
+child_entry!();
+
+const SIZES: &str = "0,1,64,4095,4096,65536,262144,1048579,16777216";
+
+async fn accept(listener: &mut Listener) -> Connection {
+    timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .expect("accept timed out")
+        .expect("accept failed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_size_from_a_child_arrives_intact() {
+    let dir = temp_dir("sizes");
+    let path = dir.join("s");
+    let mut listener = Listener::bind(&path).unwrap();
+    let child = ChildProc::spawn("send", &[path.to_str().unwrap(), SIZES, "2"]);
+    let mut conn = accept(&mut listener).await;
+    assert_eq!(conn.peer().pid(), child.pid());
+    assert_eq!(conn.peer().uid(), nix::unistd::getuid().as_raw());
+    let sizes: Vec<usize> = SIZES.split(',').map(|s| s.parse().unwrap()).collect();
+    let mut seq = 0u64;
+    while let Some(m) = timeout(Duration::from_secs(20), conn.next()).await.unwrap() {
+        let m = m.unwrap();
+        let n = sizes[seq as usize % sizes.len()];
+        assert!(check(seq, n, &m), "message {seq} ({n} bytes) corrupted");
+        seq += 1;
+    }
+    assert_eq!(
+        seq,
+        2 * sizes.len() as u64,
+        "clean close ends the stream after every message"
+    );
+    assert!(conn.next().await.is_none(), "the stream stays ended");
+    let (ok, out) = child.finish(Duration::from_secs(10));
+    assert!(ok);
+    assert_eq!(out, [seq.to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_size_to_a_child_arrives_intact() {
+    let dir = temp_dir("sizes-out");
+    let path = dir.join("s");
+    let mut listener = Listener::bind(&path).unwrap();
+    let child = ChildProc::spawn("recv", &[path.to_str().unwrap(), SIZES]);
+    let mut conn = accept(&mut listener).await;
+    let sizes: Vec<usize> = SIZES.split(',').map(|s| s.parse().unwrap()).collect();
+    for (seq, &n) in sizes.iter().enumerate() {
+        conn.feed(pattern(seq as u64, n)).await.unwrap();
+    }
+    timeout(Duration::from_secs(20), conn.close())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conn.in_flight(), (0, 0), "flush released every buffer");
+    let (ok, out) = child.finish(Duration::from_secs(10));
+    assert!(ok, "the child found every byte intact");
+    assert_eq!(out, [sizes.len().to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_messages_stay_in_order() {
+    let dir = temp_dir("order");
+    let path = dir.join("s");
+    let mut listener = Listener::bind(&path).unwrap();
+    let child = ChildProc::spawn(
+        "send",
+        &[path.to_str().unwrap(), "10,100,3000,70000", "2500"],
+    );
+    let mut conn = accept(&mut listener).await;
+    let sizes = [10usize, 100, 3000, 70000];
+    let mut seq = 0u64;
+    while let Some(m) = timeout(Duration::from_secs(20), conn.next()).await.unwrap() {
+        let m = m.unwrap();
+        assert!(
+            check(seq, sizes[seq as usize % 4], &m),
+            "message {seq} out of order or corrupt"
+        );
+        seq += 1;
+    }
+    assert_eq!(seq, 10_000);
+    assert!(child.finish(Duration::from_secs(10)).0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_at_once() {
+    let dir = temp_dir("echo");
+    let path = dir.join("s");
+    let mut listener = Listener::bind_with(&path, Config::new().window(16, 8 << 20)).unwrap();
+    let child = ChildProc::spawn("echo", &[path.to_str().unwrap()]);
+    let conn = accept(&mut listener).await;
+    let (mut tx, mut rx) = conn.split();
+    const N: u64 = 3000;
+    let size = |i: u64| (i as usize * 7919) % 300_000;
+    let sending = tokio::spawn(async move {
+        for i in 0..N {
+            tx.feed(pattern(i, size(i))).await.unwrap();
+        }
+        tx.close().await.unwrap();
+    });
+    let mut seq = 0;
+    while let Some(m) = timeout(Duration::from_secs(20), rx.next()).await.unwrap() {
+        assert!(check(seq, size(seq), &m.unwrap()), "echo {seq} corrupted");
+        seq += 1;
+    }
+    assert_eq!(seq, N);
+    sending.await.unwrap();
+    let (ok, out) = child.finish(Duration::from_secs(10));
+    assert!(ok);
+    assert_eq!(out, [N.to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_receiver_holds_the_sender_at_the_window() {
+    let dir = temp_dir("window");
+    let path = dir.join("s");
+    let (win_msgs, win_bytes) = (4u32, 1u64 << 20);
+    let size = 300_000usize;
+    let mut listener =
+        Listener::bind_with(&path, Config::new().window(win_msgs, win_bytes)).unwrap();
+    let child = ChildProc::spawn("slow_recv", &[path.to_str().unwrap(), "20"]);
+    let mut conn = accept(&mut listener).await;
+    let mut max_seen = (0usize, 0u64);
+    let mut blocked = 0;
+    let started = std::time::Instant::now();
+    for i in 0..40u64 {
+        // Ready only when the window has room; count how often the sender had to wait.
+        let ready = futures::poll!(futures::future::poll_fn(|cx| {
+            futures::Sink::poll_ready(std::pin::Pin::new(&mut conn), cx)
+        }));
+        if ready.is_pending() {
+            blocked += 1;
+        }
+        conn.feed(pattern(i, size)).await.unwrap();
+        let (n, b) = conn.in_flight();
+        max_seen = (max_seen.0.max(n), max_seen.1.max(b));
+        assert!(
+            n <= win_msgs as usize,
+            "{n} messages in flight, window {win_msgs}"
+        );
+        assert!(b <= win_bytes + size as u64, "{b} bytes in flight");
+    }
+    assert!(
+        blocked >= 5,
+        "the sender waited at the window only {blocked} times"
+    );
+    assert_eq!(max_seen.0, win_msgs as usize);
+    timeout(Duration::from_secs(20), conn.close())
+        .await
+        .unwrap()
+        .unwrap();
+    // The receiver takes 20 ms a message and holds at most a window of its own: the sender
+    // cannot finish before the receiver has consumed all but two windows' worth.
+    let paced = Duration::from_millis(20 * (40 - 2 * win_msgs as u64));
+    assert!(
+        started.elapsed() >= paced,
+        "sender finished in {:?}",
+        started.elapsed()
+    );
+    let (ok, out) = child.finish(Duration::from_secs(10));
+    assert!(ok);
+    assert_eq!(out, ["40"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_killed_mid_stream_ends_the_stream_with_an_error() {
+    let dir = temp_dir("kill-sender");
+    let path = dir.join("s");
+    let mut listener = Listener::bind(&path).unwrap();
+    let mut child = ChildProc::spawn("flood", &[path.to_str().unwrap(), "1048576"]);
+    let mut conn = accept(&mut listener).await;
+    for _ in 0..20 {
+        let m = conn.next().await.unwrap().unwrap();
+        assert!(check(0, 1 << 20, &m));
+    }
+    child.kill();
+    let end = timeout(Duration::from_secs(5), async {
+        loop {
+            match conn.next().await {
+                Some(Ok(m)) => assert!(
+                    check(0, 1 << 20, &m),
+                    "a message pulled before the kill is intact"
+                ),
+                Some(Err(e)) => break e,
+                None => panic!("stream ended without an error after the peer was killed"),
+            }
+        }
+    })
+    .await
+    .expect("no error within 5 s of the peer's death");
+    assert!(end.is_peer_gone(), "{end}");
+    assert!(end.to_string().contains(&child.pid().to_string()), "{end}");
+    assert!(conn.next().await.is_none(), "one error, then None");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_killed_mid_stream_fails_the_sender_and_releases_buffers() {
+    let dir = temp_dir("kill-receiver");
+    let path = dir.join("s");
+    let mut listener = Listener::bind(&path).unwrap();
+    let mut child = ChildProc::spawn("sink", &[path.to_str().unwrap()]);
+    let mut conn = accept(&mut listener).await;
+    let msg = pattern(1, 1 << 20);
+    for _ in 0..50 {
+        conn.send(msg.clone()).await.unwrap();
+    }
+    child.kill();
+    let err = timeout(Duration::from_secs(5), async {
+        loop {
+            if let Err(e) = conn.send(msg.clone()).await {
+                break e;
+            }
+        }
+    })
+    .await
+    .expect("no error within 5 s of the peer's death");
+    assert!(err.is_peer_gone(), "{err}");
+    assert_eq!(conn.in_flight(), (0, 0), "held buffers released");
+}
+
+/// Runs `child` to completion while `listener` accepts; returns the child's outcome and what
+/// accept produced within the child's lifetime plus `grace`.
+async fn run_against(
+    listener: &mut Listener,
+    child: ChildProc,
+    grace: Duration,
+) -> ((bool, Vec<String>), Option<Connection>) {
+    let finished = tokio::task::spawn_blocking(move || child.finish(Duration::from_secs(10)));
+    tokio::pin!(finished);
+    let mut accepted = None;
+    let outcome = loop {
+        tokio::select! {
+            out = &mut finished => break out.unwrap(),
+            conn = listener.accept(), if accepted.is_none() => accepted = Some(conn.unwrap()),
+        }
+    };
+    if accepted.is_none() {
+        accepted = timeout(grace, listener.accept())
+            .await
+            .ok()
+            .map(Result::unwrap);
+    }
+    (outcome, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_another_uid_is_refused_by_default_on_both_sides() {
+    let dir = temp_dir("uid");
+    let path = dir.join("s");
+    let mut listener = Listener::bind(&path).unwrap();
+    util::open_to_all(&path);
+    let p = path.to_str().unwrap();
+    // nobody (allowing us) connects to our listener: we refuse it, and it learns why.
+    let child = ChildProc::spawn_with("connect_allow", &[p, "0"], Some(65534));
+    let ((ok, out), accepted) = run_against(&mut listener, child, Duration::from_millis(200)).await;
+    assert!(ok);
+    assert!(out[0].starts_with("PermissionDenied"), "{out:?}");
+    assert!(
+        out[0].contains("allow_uid(65534)"),
+        "names the fix: {out:?}"
+    );
+    assert!(
+        accepted.is_none(),
+        "a refused peer never comes out of accept"
+    );
+    // With its own default config, nobody refuses us as well, and says how to allow us.
+    let child = ChildProc::spawn_with("connect_expect", &[p], Some(65534));
+    let ((_, out), accepted) = run_against(&mut listener, child, Duration::from_millis(200)).await;
+    assert!(out[0].starts_with("PermissionDenied"), "{out:?}");
+    assert!(out[0].contains("allow_uid(0)"), "{out:?}");
+    assert!(accepted.is_none());
+    // A good client still gets in.
+    let good = ChildProc::spawn("send", &[p, "5", "1"]);
+    let mut conn = accept(&mut listener).await;
+    assert_eq!(conn.peer().pid(), good.pid());
+    assert!(check(0, 5, &conn.next().await.unwrap().unwrap()));
+
+    // We connect to nobody's listener: we refuse it.
+    let path2 = dir.join("n");
+    let nobody = ChildProc::spawn_with("listen_once", &[path2.to_str().unwrap()], Some(65534));
+    util::wait_for(&path2).await;
+    let err = Connection::connect(&path2).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("uid 65534"), "{err}");
+    let (_, out) = nobody.finish(Duration::from_secs(10));
+    assert_eq!(out, ["nothing accepted"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_uid_that_cannot_read_memory_fails_with_the_fix_on_both_sides() {
+    let dir = temp_dir("uid-allowed");
+    let path = dir.join("s");
+    let mut listener = Listener::bind_with(&path, Config::new().allow_uid(65534)).unwrap();
+    util::open_to_all(&path);
+    let child = ChildProc::spawn_with("connect_allow", &[path.to_str().unwrap(), "0"], Some(65534));
+    let ((ok, out), accepted) = run_against(&mut listener, child, Duration::from_millis(300)).await;
+    assert!(ok);
+    // nobody cannot read root's memory: its pull of our cookie fails with EPERM, and it says
+    // how to grant access.
+    assert!(out[0].starts_with("PermissionDenied"), "{out:?}");
+    assert!(out[0].contains("CAP_SYS_PTRACE"), "names the fix: {out:?}");
+    assert!(
+        accepted.is_none(),
+        "the failed handshake is not returned by accept"
+    );
+}
+
+#[tokio::test]
+async fn a_handshake_that_stalls_times_out() {
+    let dir = temp_dir("stall");
+    let path = dir.join("s");
+    // A plain socket that accepts and never speaks.
+    let raw = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let cfg = Config::new().handshake_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let err = Connection::connect_with(&path, cfg).await.unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    drop(raw);
+}
+
+#[tokio::test]
+async fn listener_replaces_stale_socket_but_never_a_live_one() {
+    let dir = temp_dir("stale");
+    let path = dir.join("s");
+    // A stale file: bound, then its owner went away.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let live = Listener::bind(&path).expect("a stale socket file does not block a restart");
+    let err = Listener::bind(&path).unwrap_err();
+    assert!(
+        err.to_string().contains("another listener is live"),
+        "{err}"
+    );
+    assert!(path.exists(), "the live listener's file is untouched");
+    drop(live);
+    assert!(!path.exists(), "the listener removes its file when dropped");
+    // Never remove something that is not a socket.
+    std::fs::write(&path, b"data").unwrap();
+    let err = Listener::bind(&path).unwrap_err();
+    assert!(err.to_string().contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"data");
+    // Connecting where nothing listens names the cause.
+    let err = Connection::connect(dir.join("missing")).await.unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}

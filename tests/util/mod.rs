@@ -1,0 +1,299 @@
+//! Helpers for tests that run real child processes.
+//!
+//! A test binary re-executes itself to play a child role: the child runs only the test named
+//! `child_entry` (defined in each test file with [`child_entry!`]), which reads its role from
+//! the environment. No `fork()` happens inside the multi-threaded test harness.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio_pvm::{Config, Connection, Listener};
+
+const ROLE_VAR: &str = "TOKIO_PVM_TEST_ROLE";
+
+/// Defines the `child_entry` test that child processes run.
+#[macro_export]
+macro_rules! child_entry {
+    () => {
+        #[test]
+        fn child_entry() {
+            util::run_child_role();
+        }
+    };
+}
+
+/// Deterministic content for message `seq` of `len` bytes.
+pub fn pattern(seq: u64, len: usize) -> Bytes {
+    let mut v = vec![0u8; len];
+    fill(seq, &mut v);
+    v.into()
+}
+
+fn fill(seq: u64, buf: &mut [u8]) {
+    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ buf.len() as u64 | 1;
+    for chunk in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+}
+
+/// Whether `msg` is exactly message `seq` of `len` bytes.
+pub fn check(seq: u64, len: usize, msg: &[u8]) -> bool {
+    msg.len() == len && msg == &pattern(seq, len)[..]
+}
+
+/// A fresh directory for sockets, writable by every user (children may run as `nobody`).
+pub fn temp_dir(name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("tokio-pvm-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+/// Lets every user connect to the socket at `path`.
+pub fn open_to_all(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+}
+
+/// A child process playing `role` with `args`.
+pub struct ChildProc {
+    pub child: Child,
+}
+
+impl ChildProc {
+    pub fn spawn(role: &str, args: &[&str]) -> ChildProc {
+        ChildProc::spawn_with(role, args, None)
+    }
+
+    /// Spawns the child, optionally as another uid (and that uid as gid).
+    pub fn spawn_with(role: &str, args: &[&str], uid: Option<u32>) -> ChildProc {
+        let exe = std::env::current_exe().unwrap();
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "--exact",
+            "child_entry",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env(ROLE_VAR, format!("{role}\x1f{}", args.join("\x1f")))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(uid);
+        }
+        ChildProc {
+            child: cmd.spawn().expect("spawn child"),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the child and returns (success, stdout lines beginning with `RESULT `).
+    pub fn finish(mut self, timeout: Duration) -> (bool, Vec<String>) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut out = String::new();
+                use std::io::Read;
+                self.child
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut out)
+                    .unwrap();
+                let lines = out
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("RESULT "))
+                    .map(str::to_owned)
+                    .collect();
+                return (status.success(), lines);
+            }
+            if std::time::Instant::now() > deadline {
+                self.kill();
+                panic!("child did not finish within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `path` exists (a child's listener is up).
+pub async fn wait_for(path: &Path) {
+    for _ in 0..1000 {
+        if path.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{} never appeared", path.display());
+}
+
+/// Entry point of a child process: runs the role named in the environment, if any.
+pub fn run_child_role() {
+    let Ok(spec) = std::env::var(ROLE_VAR) else {
+        return;
+    };
+    let mut parts = spec.split('\x1f');
+    let role = parts.next().unwrap().to_owned();
+    let args: Vec<String> = parts.map(str::to_owned).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let code = rt.block_on(child_main(&role, &args));
+    std::process::exit(code);
+}
+
+fn result(line: impl std::fmt::Display) {
+    println!("RESULT {line}");
+}
+
+async fn child_main(role: &str, args: &[String]) -> i32 {
+    let path = PathBuf::from(&args[0]);
+    let num = |i: usize| -> u64 { args[i].parse().unwrap() };
+    match role {
+        // send PATH SIZES(comma separated) REPEAT: connect, send every size REPEAT times, close.
+        "send" => {
+            let sizes: Vec<usize> = args[1].split(',').map(|s| s.parse().unwrap()).collect();
+            let repeat = num(2);
+            let mut conn = Connection::connect(&path).await.unwrap();
+            let mut seq = 0;
+            for _ in 0..repeat {
+                for &n in &sizes {
+                    conn.feed(pattern(seq, n)).await.unwrap();
+                    seq += 1;
+                }
+            }
+            conn.close().await.unwrap();
+            result(seq);
+            0
+        }
+        // recv PATH: connect, receive until the end, check content (sizes follow the sender's
+        // list given as SIZES), print the count.
+        "recv" => {
+            let sizes: Vec<usize> = args[1].split(',').map(|s| s.parse().unwrap()).collect();
+            let mut conn = Connection::connect(&path).await.unwrap();
+            let mut seq = 0u64;
+            while let Some(m) = conn.next().await {
+                let m = m.unwrap();
+                let n = sizes[seq as usize % sizes.len()];
+                if !check(seq, n, &m) {
+                    eprintln!("message {seq} corrupted");
+                    return 3;
+                }
+                seq += 1;
+            }
+            result(seq);
+            0
+        }
+        // slow_recv PATH DELAY_MS: connect, receive slowly, print the count at the end.
+        "slow_recv" => {
+            let delay = Duration::from_millis(num(1));
+            let mut conn = Connection::connect(&path).await.unwrap();
+            let mut seq = 0u64;
+            while let Some(m) = conn.next().await {
+                let m = m.unwrap();
+                assert!(check(seq, m.len(), &m));
+                seq += 1;
+                tokio::time::sleep(delay).await;
+            }
+            result(seq);
+            0
+        }
+        // echo PATH: connect, send back every message received, close when the peer closes.
+        "echo" => {
+            let conn = Connection::connect(&path).await.unwrap();
+            let (mut tx, mut rx) = conn.split();
+            let mut n = 0u64;
+            while let Some(m) = rx.next().await {
+                tx.feed(m.unwrap()).await.unwrap();
+                n += 1;
+            }
+            tx.close().await.unwrap();
+            result(n);
+            0
+        }
+        // flood PATH SIZE: connect and send SIZE-byte messages until killed.
+        "flood" => {
+            let size = num(1) as usize;
+            let mut conn = Connection::connect(&path).await.unwrap();
+            let msg = pattern(0, size);
+            loop {
+                if conn.feed(msg.clone()).await.is_err() {
+                    return 4;
+                }
+            }
+        }
+        // sink PATH: connect and receive until killed.
+        "sink" => {
+            let mut conn = Connection::connect(&path).await.unwrap();
+            while let Some(m) = conn.next().await {
+                m.unwrap();
+            }
+            0
+        }
+        // connect_expect PATH: connect with the default config; print the error kind.
+        "connect_expect" => match Connection::connect(&path).await {
+            Ok(_) => {
+                result("connected");
+                0
+            }
+            Err(e) => {
+                result(format!("{:?}: {e}", e.kind()));
+                0
+            }
+        },
+        // connect_allow PATH UID: connect accepting UID; print the outcome.
+        "connect_allow" => {
+            let cfg = Config::new().allow_uid(num(1) as u32);
+            match Connection::connect_with(&path, cfg).await {
+                Ok(_) => result("connected"),
+                Err(e) => result(format!("{:?}: {e}", e.kind())),
+            }
+            0
+        }
+        // listen_once PATH: bind, accept one connection (any outcome), print it.
+        "listen_once" => {
+            let mut listener = Listener::bind(&path).unwrap();
+            open_to_all(&path);
+            match tokio::time::timeout(Duration::from_secs(3), listener.accept()).await {
+                Ok(Ok(_)) => result("accepted"),
+                Ok(Err(e)) => result(format!("{:?}: {e}", e.kind())),
+                Err(_) => result("nothing accepted"),
+            }
+            0
+        }
+        other => {
+            eprintln!("unknown child role {other}");
+            2
+        }
+    }
+}
