@@ -11,14 +11,15 @@
 //! | 1    | HELLO  | 64 bytes: magic `TOKIOPVM`, version u16, reserved u16, window messages u32, cookie address u64, cookie [16], max message size u64, window bytes u64, max inline size u32, max ranges u32 |
 //! | 2    | READY  | empty: "I pulled your cookie and it matched" |
 //! | 3    | DATA   | sequence u64, total length u64, range count u32, reserved u32, then per range: address u64, length u64 |
-//! | 4    | BATCH  | reserved for batches of descriptors; not sent by version 1 |
+//! | 4    | BATCH  | reserved for batches of descriptors; version 1 neither sends nor accepts it |
 //! | 5    | INLINE | sequence u64, then the payload |
 //! | 6    | ACK    | count u64: every message with a sequence number below `count` has been received |
-//! | 7    | CLOSE  | sent u64: how many messages the sender sent in total; nothing follows |
-//! | 8    | ERROR  | code u32, reserved u32, UTF-8 reason (at most 1024 bytes); the sender closes next |
+//! | 7    | CLOSE  | sent u64: how many messages the sender sent in total; no DATA or INLINE follows (ACKs for the other direction may) |
+//! | 8    | ERROR  | code u32, reserved u32, reason (at most 1024 bytes, UTF-8, decoded lossily); the sender shuts the socket down next |
 //!
-//! Every length and count is checked against the receiver's limits as soon as the header (or
-//! the fixed part of the body) arrives, before any room is reserved for the rest; an unknown
+//! Every body length is checked against the receiver's limits as soon as the header arrives,
+//! before any room is reserved for the body; counts and lengths inside the body are checked
+//! when it is complete, before anything is allocated for the message itself. An unknown
 //! type, a non-zero flag or reserved field, or a malformed body is a protocol error. The full
 //! description, with the handshake and the rules for sequence numbers, is in
 //! `docs/PROTOCOL.md`.
@@ -73,6 +74,19 @@ pub(crate) enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The error kind a peer's ERROR frame with this code is reported as.
+    pub(crate) fn kind(self) -> crate::ErrorKind {
+        use crate::ErrorKind;
+        match self {
+            ErrorCode::Refused | ErrorCode::PullFailed => ErrorKind::PermissionDenied,
+            ErrorCode::Limit => ErrorKind::LimitExceeded,
+            ErrorCode::Protocol | ErrorCode::CookieMismatch | ErrorCode::Version => {
+                ErrorKind::Protocol
+            }
+            ErrorCode::Other => ErrorKind::PeerGone,
+        }
+    }
+
     pub(crate) fn from_u32(code: u32) -> ErrorCode {
         match code {
             1 => ErrorCode::Refused,
@@ -178,7 +192,10 @@ impl FrameCodec {
             T_HELLO => (HELLO_LEN, HELLO_LEN),
             T_READY => (0, 0),
             T_DATA => (DATA_FIXED, DATA_FIXED + RANGE_LEN * l.max_ranges as usize),
-            T_INLINE => (8, 8 + l.max_inline as usize),
+            T_INLINE => {
+                let max = u64::from(l.max_inline).min(l.max_message_size);
+                (8, 8 + max as usize)
+            }
             T_ACK | T_CLOSE => (8, 8),
             T_ERROR => (8, 8 + MAX_ERROR_TEXT),
             T_BATCH => {
@@ -319,17 +336,21 @@ impl Decoder for FrameCodec {
                     )));
                 }
                 if body_len < min || body_len > max {
-                    let what = if ty == T_INLINE && body_len > max {
-                        return Err(Error::limit(format!(
+                    return Err(match ty {
+                        T_INLINE if body_len > max => Error::limit(format!(
                             "the peer sent an inline payload of {} bytes, more than the {} \
                              this side accepts",
                             body_len - 8,
-                            self.limits.max_inline
-                        )));
-                    } else {
-                        format!("frame type {ty} has a {body_len}-byte body; allowed {min}..={max}")
-                    };
-                    return Err(Error::protocol(what));
+                            max - 8
+                        )),
+                        T_DATA if body_len > max => Error::limit(format!(
+                            "the peer sent a descriptor with more than {} address ranges",
+                            self.limits.max_ranges
+                        )),
+                        _ => Error::protocol(format!(
+                            "frame type {ty} has a {body_len}-byte body; allowed {min}..={max}"
+                        )),
+                    });
                 }
                 src.advance(HEADER_LEN);
                 self.pending = Some((ty, body_len));
@@ -538,7 +559,8 @@ mod tests {
     fn rejects_before_allocating() {
         // A huge body length is refused on the header alone.
         let err = decode_raw(&header(T_DATA, u32::MAX)).unwrap_err();
-        assert!(err.is_protocol(), "{err}");
+        assert!(err.is_limit_exceeded(), "{err}");
+        assert!(decode_raw(&header(T_DATA, 3)).unwrap_err().is_protocol());
         let err = decode_raw(&header(T_INLINE, 8 + 65)).unwrap_err();
         assert!(err.is_limit_exceeded(), "{err}");
         assert!(decode_raw(&header(0, 0)).unwrap_err().is_protocol());

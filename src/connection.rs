@@ -14,7 +14,7 @@ use futures::{Sink, Stream};
 
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::handshake::handshake;
+use crate::handshake::{handshake, handshake_until};
 use crate::protocol::{Role, Shared};
 use crate::sys;
 
@@ -83,11 +83,13 @@ impl PeerInfo {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), tokio_pvm::Error> {
 /// let (mut a, mut b) = Connection::pair().await?;
-/// a.send(Bytes::from(vec![7u8; 1 << 20])).await?;
-/// let got = b.next().await.unwrap()?;
-/// assert_eq!(got.len(), 1 << 20);
-/// a.close().await?;
-/// assert!(b.next().await.is_none());
+/// // `send` returns once the peer has pulled the message, so the peer must be receiving.
+/// let (sent, got) = tokio::join!(a.send(Bytes::from(vec![7u8; 1 << 20])), b.next());
+/// sent?;
+/// assert_eq!(got.unwrap()?.len(), 1 << 20);
+/// let (closed, end) = tokio::join!(a.close(), b.next());
+/// closed?;
+/// assert!(end.is_none());
 /// # Ok(())
 /// # }
 /// ```
@@ -143,7 +145,8 @@ impl Connection {
     /// As [`connect`](Connection::connect): cancelling drops the half-made connection.
     pub async fn connect_with(path: impl AsRef<Path>, config: Config) -> Result<Connection> {
         let path = path.as_ref();
-        let fd = tokio::time::timeout(config.handshake_timeout, connect_socket(path))
+        let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+        let fd = tokio::time::timeout_at(deadline, connect_socket(path))
             .await
             .map_err(|_| {
                 Error::new(
@@ -156,7 +159,7 @@ impl Connection {
                     ),
                 )
             })??;
-        let shared = handshake(fd, &config).await?;
+        let shared = handshake_until(fd, &config, deadline).await?;
         Ok(Connection::from_shared(shared))
     }
 

@@ -5,6 +5,8 @@ use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
 use futures::{SinkExt, StreamExt};
 use tokio_util::codec::Framed;
 use tracing::{Instrument, debug, debug_span};
@@ -21,13 +23,22 @@ type Io = Framed<ControlSocket, FrameCodec>;
 
 /// Runs the handshake on a connected socket, bounded by the configured timeout.
 pub(crate) async fn handshake(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
+    handshake_until(fd, config, Instant::now() + config.handshake_timeout).await
+}
+
+/// Runs the handshake, failing with a timeout error at `deadline`.
+pub(crate) async fn handshake_until(
+    fd: OwnedFd,
+    config: &Config,
+    deadline: Instant,
+) -> Result<Arc<Shared>> {
     let timeout = config.handshake_timeout;
     let span = debug_span!(
         "tokio_pvm::handshake",
         fd = sys::raw(&fd),
         peer_pid = tracing::field::Empty
     );
-    match tokio::time::timeout(timeout, run(fd, config).instrument(span)).await {
+    match tokio::time::timeout_at(deadline, run(fd, config).instrument(span)).await {
         Ok(result) => result,
         Err(_) => Err(Error::new(
             ErrorKind::Timeout,
@@ -54,7 +65,7 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
     };
     let mut io = Framed::new(socket, FrameCodec::new(limits));
 
-    let own_uid = nix::unistd::getuid().as_raw();
+    let own_uid = nix::unistd::geteuid().as_raw();
     if !config.accepts_uid(own_uid, uid) {
         let err = Error::new(
             ErrorKind::PermissionDenied,
@@ -95,6 +106,13 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
         Frame::Hello(h) => h,
         other => return Err(unexpected(other, "HELLO")),
     };
+    if theirs.window_messages == 0 || theirs.window_bytes == 0 || theirs.max_ranges == 0 {
+        let msg = format!(
+            "peer process {pid} announced an empty window or no address ranges in its HELLO"
+        );
+        refuse(&mut io, ErrorCode::Protocol, &msg).await;
+        return Err(Error::protocol(msg));
+    }
     if theirs.version != VERSION {
         let msg = format!(
             "peer process {pid} speaks protocol version {}, this side speaks {VERSION}; run the \
@@ -160,17 +178,10 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
 /// The next frame; a peer's ERROR or end of stream becomes the matching error.
 async fn next_frame(io: &mut Io, pid: i32) -> Result<Frame> {
     match io.next().await {
-        Some(Ok(Frame::Error { code, reason })) => {
-            let kind = match code {
-                ErrorCode::Refused | ErrorCode::PullFailed => ErrorKind::PermissionDenied,
-                ErrorCode::Limit => ErrorKind::LimitExceeded,
-                _ => ErrorKind::Protocol,
-            };
-            Err(Error::new(
-                kind,
-                format!("peer process {pid} refused the connection: {reason}"),
-            ))
-        }
+        Some(Ok(Frame::Error { code, reason })) => Err(Error::new(
+            code.kind(),
+            format!("peer process {pid} refused the connection: {reason}"),
+        )),
         Some(result) => result,
         None => Err(Error::new(
             ErrorKind::PeerGone,

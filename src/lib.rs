@@ -42,13 +42,7 @@
 //! documentation for the wire format) → protocol state (`protocol`: window, acks, pulls) →
 //! public types ([`Listener`], [`Connection`], [`Sender`], [`Receiver`]).
 
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    rust_2018_idioms,
-    unreachable_pub
-)]
-#![deny(unsafe_op_in_unsafe_fn)]
+// Lints are set in Cargo.toml's [lints] table.
 
 mod codec;
 mod config;

@@ -357,14 +357,7 @@ impl Guard<'_> {
                 Ok(())
             }
             Frame::Error { code, reason } => {
-                let kind = match code {
-                    ErrorCode::Refused | ErrorCode::PullFailed => ErrorKind::PermissionDenied,
-                    ErrorCode::Limit => ErrorKind::LimitExceeded,
-                    ErrorCode::Protocol | ErrorCode::CookieMismatch | ErrorCode::Version => {
-                        ErrorKind::Protocol
-                    }
-                    ErrorCode::Other => ErrorKind::PeerGone,
-                };
+                let kind = code.kind();
                 let pid = self.state.peer_pid;
                 self.fail(
                     Error::new(
@@ -549,6 +542,27 @@ impl Guard<'_> {
         }
     }
 
+    /// Whether a new message may be sent: no fatal error, not closed, peer still there.
+    fn check_can_send(&self) -> Result<()> {
+        self.check_fatal()?;
+        if self.state.send.closed {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                "the sending side was already closed",
+            ));
+        }
+        if self.state.eof {
+            return Err(Error::new(
+                ErrorKind::PeerGone,
+                format!(
+                    "peer process {} closed the connection; nothing more can be sent",
+                    self.state.peer_pid
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     // ----- sending -------------------------------------------------------------------------
 
     fn window_open(&self) -> bool {
@@ -560,20 +574,14 @@ impl Guard<'_> {
 
     fn poll_ready(mut self) -> Poll<Result<()>> {
         loop {
-            self.check_fatal()?;
-            if self.state.send.closed {
-                return Poll::Ready(Err(Error::new(
-                    ErrorKind::Closed,
-                    "the sending side was already closed",
-                )));
-            }
+            self.check_can_send()?;
             // Push descriptors out early once half the window is used, so the peer can pull
             // while we keep filling the window.
             let half = (self.state.limits.send_window_messages as usize).div_ceil(2);
-            if self.state.send.in_flight.len() >= half || !self.window_open() {
-                if let Poll::Ready(Err(e)) = self.flush_writes() {
-                    return Poll::Ready(Err(e));
-                }
+            if (self.state.send.in_flight.len() >= half || !self.window_open())
+                && let Poll::Ready(Err(e)) = self.flush_writes()
+            {
+                return Poll::Ready(Err(e));
             }
             if self.window_open() {
                 return Poll::Ready(Ok(()));
@@ -585,14 +593,8 @@ impl Guard<'_> {
     }
 
     fn start_send(mut self, item: Bytes) -> Result<()> {
-        self.check_fatal()?;
+        self.check_can_send()?;
         let limits = self.state.limits;
-        if self.state.send.closed {
-            return Err(Error::new(
-                ErrorKind::Closed,
-                "the sending side was already closed",
-            ));
-        }
         let len = item.len() as u64;
         if len > limits.send_max_message {
             return Err(Error::limit(format!(
@@ -656,8 +658,13 @@ impl Guard<'_> {
                 }
             }
             let sent = self.state.send.next_seq;
-            self.queue_frame(OutFrame::Close { sent })?;
             self.state.send.closed = true;
+            if self.state.eof {
+                // The peer has left the socket and everything was acknowledged: there is
+                // nobody left to tell.
+                return Poll::Ready(Ok(()));
+            }
+            self.queue_frame(OutFrame::Close { sent })?;
             debug!(sent, "closing sending side");
         }
         if self.state.fatal.is_none() {

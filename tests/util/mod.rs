@@ -65,6 +65,21 @@ pub fn open_to_all(path: &Path) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
 }
 
+/// A copy of this test binary that any user can execute, even when the build directory is
+/// private to its owner.
+fn world_executable_copy() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let dir = temp_dir("exe");
+        let copy = dir.join("child");
+        std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    })
+    .clone()
+}
+
 /// A child process playing `role` with `args`.
 pub struct ChildProc {
     pub child: Child,
@@ -77,7 +92,10 @@ impl ChildProc {
 
     /// Spawns the child, optionally as another uid (and that uid as gid).
     pub fn spawn_with(role: &str, args: &[&str], uid: Option<u32>) -> ChildProc {
-        let exe = std::env::current_exe().unwrap();
+        let exe = match uid {
+            None => std::env::current_exe().unwrap(),
+            Some(_) => world_executable_copy(),
+        };
         let mut cmd = Command::new(exe);
         cmd.args([
             "--exact",
@@ -97,6 +115,11 @@ impl ChildProc {
         ChildProc {
             child: cmd.spawn().expect("spawn child"),
         }
+    }
+
+    /// Whether this process may start children as another user.
+    pub fn can_switch_uid() -> bool {
+        nix::unistd::geteuid().is_root()
     }
 
     pub fn pid(&self) -> i32 {
