@@ -435,14 +435,16 @@ impl Guard<'_> {
         let pid = self.state.peer_pid;
         let recv = &self.state.recv;
         let lost = recv.next_seq - recv.acked;
+        let ours = self.state.send.in_flight.len();
         if !recv.peer_closed && !recv.done {
             self.fail(
                 Error::new(
                     ErrorKind::PeerGone,
                     format!(
                         "peer process {pid} closed the connection without closing its sending \
-                         side ({lost} announced messages not received): it exited, was killed, \
-                         or dropped the connection without close()"
+                         side ({lost} of its messages and {ours} of ours in flight were not \
+                         received): it exited, was killed, or dropped the connection without \
+                         close()"
                     ),
                 ),
                 false,
