@@ -61,3 +61,8 @@ pub use config::{
 pub use connection::{Connection, PeerInfo, Receiver, Sender};
 pub use error::{Error, ErrorKind, Result};
 pub use listener::Listener;
+
+// Compile the README's examples as doc tests so that they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+struct ReadmeDoctests;
