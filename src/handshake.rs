@@ -101,7 +101,7 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
         max_inline: config.max_inline_size,
         max_ranges: config.max_ranges,
     };
-    io.send(OutFrame::Hello(&hello)).await?;
+    send(&mut io, OutFrame::Hello(&hello), pid).await?;
     let theirs = match next_frame(&mut io, pid).await? {
         Frame::Hello(h) => h,
         other => return Err(unexpected(other, "HELLO")),
@@ -153,7 +153,7 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
         refuse(&mut io, ErrorCode::CookieMismatch, &msg).await;
         return Err(Error::protocol(msg));
     }
-    io.send(OutFrame::Ready).await?;
+    send(&mut io, OutFrame::Ready, pid).await?;
     match next_frame(&mut io, pid).await? {
         Frame::Ready => {}
         other => return Err(unexpected(other, "READY")),
@@ -173,6 +173,18 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
     debug!(?negotiated, uid, gid, "handshake complete");
     let span = debug_span!("tokio_pvm::connection", peer_pid = pid, peer_uid = uid);
     Ok(Shared::new(io, peer, negotiated, span))
+}
+
+/// Sends a handshake frame. If the peer already closed the socket, its ERROR frame (sent
+/// before it closed) explains why better than the broken pipe does.
+async fn send(io: &mut Io, frame: OutFrame<'_>, pid: i32) -> Result<()> {
+    match io.send(frame).await {
+        Ok(()) => Ok(()),
+        Err(e) => match next_frame(io, pid).await {
+            Err(reason) if reason.kind() != ErrorKind::PeerGone => Err(reason),
+            _ => Err(e),
+        },
+    }
 }
 
 /// The next frame; a peer's ERROR or end of stream becomes the matching error.
