@@ -42,6 +42,7 @@ pub struct Config {
     pub(crate) blocking_threshold: u64,
     pub(crate) max_pulls_in_flight: usize,
     pub(crate) max_ranges: u32,
+    pub(crate) pool_bytes: usize,
     uid_policy: UidPolicy,
 }
 
@@ -66,6 +67,7 @@ impl Default for Config {
             blocking_threshold: 256 << 10,
             max_pulls_in_flight: 4,
             max_ranges: IOV_MAX as u32,
+            pool_bytes: 32 << 20,
             uid_policy: UidPolicy::SameUid,
         }
     }
@@ -130,6 +132,15 @@ impl Config {
     /// Messages are still delivered in order.
     pub fn max_pulls_in_flight(mut self, pulls: usize) -> Config {
         self.max_pulls_in_flight = pulls.max(1);
+        self
+    }
+
+    /// Receive buffers of 64 KiB and more are recycled: when the application drops a received
+    /// message, its buffer returns to the connection's pool with its pages still mapped, which
+    /// spares the next pull the page faults of fresh memory. This caps the idle bytes the pool
+    /// keeps (default 32 MiB; 0 turns recycling off).
+    pub fn buffer_pool(mut self, bytes: usize) -> Config {
+        self.pool_bytes = bytes;
         self
     }
 

@@ -50,6 +50,7 @@ mod connection;
 mod error;
 mod handshake;
 mod listener;
+mod pool;
 mod protocol;
 mod socket;
 mod sys;

@@ -35,6 +35,7 @@ use tracing::{debug, trace};
 use crate::PeerInfo;
 use crate::codec::{Descriptor, ErrorCode, Frame, FrameCodec, OutFrame};
 use crate::error::{Error, ErrorKind, Result};
+use crate::pool::{BufferPool, MIN_POOLED};
 use crate::socket::ControlSocket;
 use crate::sys::{self, RemoteRange};
 
@@ -104,6 +105,8 @@ pub(crate) struct Negotiated {
     /// Pulls of at least this size go to the blocking pool.
     pub(crate) blocking_threshold: u64,
     pub(crate) max_pulls_in_flight: usize,
+    /// Idle receive buffers kept for reuse, in bytes.
+    pub(crate) pool_bytes: usize,
 }
 
 /// State shared by the two halves of one connection.
@@ -121,6 +124,8 @@ struct State {
     io: Framed<ControlSocket, FrameCodec>,
     peer_pid: i32,
     limits: Negotiated,
+    /// Recycled receive buffers.
+    pool: BufferPool,
     /// The error that ended the connection, handed to both halves.
     fatal: Option<Error>,
     /// The control socket reached end of stream.
@@ -198,6 +203,7 @@ impl Shared {
                 io,
                 peer_pid: peer.pid(),
                 limits,
+                pool: BufferPool::new(limits.pool_bytes),
                 fatal: None,
                 eof: false,
                 send: SendState::default(),
@@ -710,60 +716,92 @@ impl Guard<'_> {
     }
 
     /// Starts pulls for queued messages while there is room. Returns whether any started.
+    ///
+    /// Large messages are pulled on the blocking pool, one task each. A run of smaller
+    /// messages is pulled in place with as few `process_vm_readv` calls as their ranges allow
+    /// (up to `IOV_MAX` ranges a call) into one buffer that is then split into the messages.
     fn start_pulls(&mut self) -> bool {
         let limits = self.state.limits;
         let pid = self.state.peer_pid;
         let mut started = false;
         loop {
-            let recv = &mut self.state.recv;
-            let held = recv.ready.len() + recv.pulls.len();
-            if held >= limits.recv_window_messages as usize
-                || recv.ready_bytes >= limits.recv_window_bytes
-            {
+            let st = &mut *self.state;
+            let recv = &mut st.recv;
+            let room = (limits.recv_window_messages as usize)
+                .saturating_sub(recv.ready.len() + recv.pulls.len());
+            if room == 0 || recv.ready_bytes >= limits.recv_window_bytes {
                 break;
             }
-            let blocking = match recv.queue.front() {
+            match recv.queue.front() {
                 None => break,
-                Some(Incoming::Inline(_)) => false,
-                Some(Incoming::Pull(d)) => d.len >= limits.blocking_threshold,
-            };
-            if blocking && recv.running >= limits.max_pulls_in_flight {
-                break;
-            }
-            started = true;
-            let pull = match recv.queue.pop_front() {
-                Some(Incoming::Inline(data)) => Pull::Done { data, check: false },
-                Some(Incoming::Pull(desc)) if blocking => {
+                Some(Incoming::Inline(_)) => {
+                    if let Some(Incoming::Inline(data)) = recv.queue.pop_front() {
+                        recv.pulls.push_back(Pull::Done { data, check: false });
+                    }
+                }
+                Some(Incoming::Pull(d)) if d.len >= limits.blocking_threshold => {
+                    if recv.running >= limits.max_pulls_in_flight {
+                        break;
+                    }
+                    let Some(Incoming::Pull(desc)) = recv.queue.pop_front() else {
+                        unreachable!("front was checked")
+                    };
                     recv.running += 1;
                     let len = desc.len;
                     let ranges: Vec<RemoteRange> = desc.ranges().collect();
+                    let pool = st.pool.clone();
                     let handle =
-                        tokio::task::spawn_blocking(move || pull_into_new(pid, len, &ranges));
-                    Pull::Running {
+                        tokio::task::spawn_blocking(move || pull_message(pid, len, &ranges, &pool));
+                    recv.pulls.push_back(Pull::Running {
                         handle,
                         len,
                         started: Instant::now(),
+                    });
+                }
+                Some(Incoming::Pull(_)) => {
+                    if let Err(e) = self.pull_in_place(room) {
+                        self.fail(Error::pull(pid, e), true);
+                        return true;
                     }
                 }
-                Some(Incoming::Pull(desc)) => {
-                    let started_at = Instant::now();
-                    let ranges: Vec<RemoteRange> = desc.ranges().collect();
-                    match pull_into_new(pid, desc.len, &ranges) {
-                        Ok(data) => {
-                            trace!(seq = desc.seq, len = desc.len, elapsed = ?started_at.elapsed(), "pulled in place");
-                            Pull::Done { data, check: true }
-                        }
-                        Err(e) => {
-                            self.fail(Error::pull(pid, e), true);
-                            return true;
-                        }
-                    }
-                }
-                None => unreachable!("front was checked"),
-            };
-            self.state.recv.pulls.push_back(pull);
+            }
+            started = true;
         }
         started
+    }
+
+    /// Pulls the run of small messages at the front of the queue (at most `room` of them, and
+    /// at most `blocking_threshold` bytes in all) into one buffer.
+    fn pull_in_place(&mut self, room: usize) -> std::io::Result<()> {
+        let limits = self.state.limits;
+        let pid = self.state.peer_pid;
+        let st = &mut *self.state;
+        let recv = &mut st.recv;
+        let mut lens = Vec::new();
+        let mut ranges = Vec::new();
+        let mut total = 0u64;
+        while let Some(Incoming::Pull(d)) = recv.queue.front() {
+            let fits = lens.len() < room
+                && d.len < limits.blocking_threshold
+                && (lens.is_empty() || total + d.len <= limits.blocking_threshold);
+            if !fits {
+                break;
+            }
+            total += d.len;
+            lens.push(d.len as usize);
+            ranges.extend(d.ranges());
+            recv.queue.pop_front();
+        }
+        let started = Instant::now();
+        let whole = pull_message(pid, total, &ranges, &st.pool)?;
+        trace!(messages = lens.len(), bytes = total, elapsed = ?started.elapsed(), "pulled in place");
+        let mut off = 0;
+        for len in lens {
+            let data = whole.slice(off..off + len);
+            off += len;
+            recv.pulls.push_back(Pull::Done { data, check: true });
+        }
+        Ok(())
     }
 
     /// Moves finished pulls at the front into `ready`: one hang-up check for the batch, then
@@ -887,12 +925,23 @@ impl Guard<'_> {
     }
 }
 
-/// Allocates exactly `len` bytes and pulls a message into them.
-fn pull_into_new(pid: i32, len: u64, ranges: &[RemoteRange]) -> std::io::Result<Bytes> {
+/// Pulls `len` bytes from `ranges` of process `pid` into a new buffer: a pooled one for large
+/// messages, otherwise exactly `len` bytes from the allocator.
+fn pull_message(
+    pid: i32,
+    len: u64,
+    ranges: &[RemoteRange],
+    pool: &BufferPool,
+) -> std::io::Result<Bytes> {
     let len =
         usize::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(nix::libc::EFBIG))?;
     if len == 0 {
         return Ok(Bytes::new());
+    }
+    if len >= MIN_POOLED && pool.enabled() {
+        let mut loan = pool.take(len);
+        sys::read_remote_init(pid, loan.as_mut_slice(), ranges)?;
+        return Ok(loan.into_bytes());
     }
     let mut buf = BytesMut::with_capacity(len);
     let spare: &mut [MaybeUninit<u8>] = &mut buf.spare_capacity_mut()[..len];

@@ -264,6 +264,18 @@ pub(crate) fn read_remote(
     Ok(())
 }
 
+/// [`read_remote`] into initialised memory.
+pub(crate) fn read_remote_init(
+    pid: i32,
+    local: &mut [u8],
+    remote: &[RemoteRange],
+) -> io::Result<()> {
+    // SAFETY: `u8` and `MaybeUninit<u8>` have the same layout, and `read_remote` only stores
+    // initialised bytes (what the kernel copies), so `local` stays initialised.
+    let local = unsafe { &mut *(std::ptr::from_mut(local) as *mut [MaybeUninit<u8>]) };
+    read_remote(pid, local, remote)
+}
+
 /// The raw descriptor of any fd-like value, for logging.
 pub(crate) fn raw(fd: &impl AsFd) -> i32 {
     fd.as_fd().as_raw_fd()

@@ -1,0 +1,167 @@
+//! Reusable receive buffers.
+//!
+//! A pull into fresh memory pays a page fault per 4 KiB page (3-5x the cost of the copy
+//! itself). Large receive buffers are therefore recycled: a message is handed to the
+//! application as a `Bytes` that owns a pooled buffer, and when the application drops the last
+//! reference the buffer goes back to its connection's pool, pages still mapped. Buffers come
+//! in power-of-two size classes from [`MIN_POOLED`] up; smaller ones come from the allocator,
+//! which recycles small blocks without faults on its own.
+
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use bytes::Bytes;
+
+/// Smallest buffer worth pooling.
+pub(crate) const MIN_POOLED: usize = 64 << 10;
+
+/// A pool of receive buffers with a cap on the bytes it keeps idle.
+#[derive(Debug, Clone)]
+pub(crate) struct BufferPool {
+    inner: Arc<Mutex<Idle>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    /// Idle buffers, each with `len() == capacity` a power of two.
+    buffers: Vec<Vec<u8>>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+/// A buffer on loan from a pool; holds `len` bytes of message.
+#[derive(Debug)]
+pub(crate) struct Loan {
+    buf: Vec<u8>,
+    len: usize,
+    pool: Weak<Mutex<Idle>>,
+}
+
+impl BufferPool {
+    /// A pool keeping at most `max_bytes` of idle buffers (0 disables pooling).
+    pub(crate) fn new(max_bytes: usize) -> BufferPool {
+        BufferPool {
+            inner: Arc::new(Mutex::new(Idle {
+                buffers: Vec::new(),
+                bytes: 0,
+                max_bytes,
+            })),
+        }
+    }
+
+    /// Whether the pool keeps anything.
+    pub(crate) fn enabled(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .max_bytes
+            > 0
+    }
+
+    /// A buffer of at least `len` bytes, initialised (its contents are unspecified).
+    pub(crate) fn take(&self, len: usize) -> Loan {
+        let class = len.max(MIN_POOLED).next_power_of_two();
+        let reused = {
+            let mut idle = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            match idle.buffers.iter().position(|b| b.len() == class) {
+                Some(i) => {
+                    let buf = idle.buffers.swap_remove(i);
+                    idle.bytes -= buf.len();
+                    Some(buf)
+                }
+                None => None,
+            }
+        };
+        Loan {
+            // A fresh buffer is zeroed lazily by the kernel (calloc of fresh pages).
+            buf: reused.unwrap_or_else(|| vec![0u8; class]),
+            len,
+            pool: Arc::downgrade(&self.inner),
+        }
+    }
+}
+
+impl Loan {
+    /// The message part of the buffer, to be filled.
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.len]
+    }
+
+    /// The filled buffer as `Bytes`; the buffer returns to the pool when the last reference is
+    /// dropped.
+    pub(crate) fn into_bytes(self) -> Bytes {
+        Bytes::from_owner(self)
+    }
+}
+
+impl AsRef<[u8]> for Loan {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Loan {
+    fn drop(&mut self) {
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        let mut idle = pool.lock().unwrap_or_else(PoisonError::into_inner);
+        let size = self.buf.len();
+        if idle.bytes + size <= idle.max_bytes {
+            idle.bytes += size;
+            idle.buffers.push(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_come_back_and_are_reused() {
+        let pool = BufferPool::new(1 << 20);
+        let mut loan = pool.take(100_000);
+        loan.as_mut_slice().fill(7);
+        let addr = loan.as_ref().as_ptr();
+        let bytes = loan.into_bytes();
+        assert_eq!(bytes.len(), 100_000);
+        assert!(bytes.iter().all(|&b| b == 7));
+        let copy = bytes.clone();
+        drop(bytes);
+        assert_eq!(pool.inner.lock().unwrap().bytes, 0, "still referenced");
+        drop(copy);
+        assert_eq!(pool.inner.lock().unwrap().bytes, 128 << 10);
+        let again = pool.take(70_000);
+        assert_eq!(
+            again.as_ref().as_ptr(),
+            addr,
+            "same class reuses the buffer"
+        );
+        assert_eq!(pool.inner.lock().unwrap().bytes, 0);
+    }
+
+    #[test]
+    fn idle_bytes_are_capped() {
+        let pool = BufferPool::new(200 << 10);
+        let a = pool.take(128 << 10).into_bytes();
+        let b = pool.take(128 << 10).into_bytes();
+        drop(a);
+        drop(b);
+        assert_eq!(
+            pool.inner.lock().unwrap().bytes,
+            128 << 10,
+            "the second is freed"
+        );
+        let disabled = BufferPool::new(0);
+        drop(disabled.take(1 << 20).into_bytes());
+        assert_eq!(disabled.inner.lock().unwrap().bytes, 0);
+    }
+
+    #[test]
+    fn buffers_outliving_their_pool_are_freed() {
+        let pool = BufferPool::new(1 << 20);
+        let bytes = pool.take(1 << 16).into_bytes();
+        drop(pool);
+        drop(bytes);
+    }
+}
