@@ -46,6 +46,9 @@ pub struct Config {
     uid_policy: UidPolicy,
 }
 
+/// Largest inline payload either side may configure: frames stay far below 4 GiB.
+const MAX_INLINE: u32 = 16 << 20;
+
 /// Default largest message: 64 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 64 << 20;
 /// Default window: 64 messages in flight.
@@ -108,16 +111,16 @@ impl Config {
     }
 
     /// Messages up to this size travel inside the frame over the control socket instead of
-    /// being pulled (default 0: every message is pulled). Capped by the peer's
+    /// being pulled (default 0: every message is pulled; at most 16 MiB). Capped by the peer's
     /// [`max_inline_size`](Config::max_inline_size).
     pub fn inline_threshold(mut self, bytes: u32) -> Config {
-        self.inline_threshold = bytes;
+        self.inline_threshold = bytes.min(MAX_INLINE);
         self
     }
 
-    /// Largest inline payload this side accepts from the peer (default 64 KiB).
+    /// Largest inline payload this side accepts from the peer (default 64 KiB, at most 16 MiB).
     pub fn max_inline_size(mut self, bytes: u32) -> Config {
-        self.max_inline_size = bytes;
+        self.max_inline_size = bytes.min(MAX_INLINE);
         self
     }
 

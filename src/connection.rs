@@ -64,15 +64,28 @@ impl PeerInfo {
 /// `None`. Pulls run while the stream is polled: a receiver that stops polling holds the peer
 /// at its window, and memory stays bounded.
 ///
+/// # Progress needs polling
+/// There is no background task: the receiving side pulls and acknowledges only while its
+/// stream is polled. `flush()` (and so `send()`) waits for the peer's acknowledgements, so two
+/// sides that each `send().await` without polling their own stream at the same time wait on
+/// each other. Poll the stream in another task (see [`split`](Connection::split)) or in the
+/// same `select!`.
+///
 /// # Cancel safety
-/// All state lives in the connection, so dropping a `next()`, `send()`, `feed()` or `flush()`
-/// future loses nothing: a message handed to `start_send` is in flight, and a message pulled
-/// but not yet yielded is yielded by the next `next()`.
+/// All state lives in the connection. `next()` is cancel safe: a message pulled but not yet
+/// yielded is yielded by the next call. `flush()` and `close()` are cancel safe: calling them
+/// again resumes. `feed(item)` and `send(item)` own their item until `poll_ready` lets it in:
+/// if such a future is cancelled while it waits for room in the window, the item is dropped
+/// and not sent; once `start_send` took it, it is in flight and the next `flush()` covers it.
 ///
 /// # Dropping
-/// Dropping a connection without closing it shuts the socket down first and releases the
-/// in-flight buffers after; the peer discards any message it had not yet acknowledged and its
-/// stream ends with a [`PeerGone`](ErrorKind::PeerGone) error.
+/// Dropping the sending side (the [`Sender`] or the whole connection) with nothing in flight
+/// closes that direction as `close()` would, and the peer's stream ends with `None`; a
+/// [`Sender`] dropped with messages in flight does so once they are acknowledged (which needs
+/// this side's [`Receiver`] to be polled, as it reads the acknowledgements). Dropping the
+/// whole connection with messages in flight shuts the socket down first and releases the
+/// buffers after: the peer discards what it had not acknowledged and its stream ends with a
+/// [`PeerGone`](ErrorKind::PeerGone) error.
 ///
 /// # Example
 /// ```
@@ -109,9 +122,10 @@ pub struct Sender {
 /// The receiving half of a [`Connection`], from [`Connection::split`]. A [`Stream`] of
 /// [`Bytes`].
 ///
-/// See [`Connection`] for how the stream ends, and for cancel safety. Dropping the receiver
-/// while the peer still sends ends the connection with an error on both sides, rather than
-/// leaving the peer waiting for acknowledgements that never come.
+/// See [`Connection`] for how the stream ends, and for cancel safety. Drop the receiver only
+/// when the peer sends no more: messages it announced and this side had not received end the
+/// connection with an error on both sides, at once if they were already here, otherwise when
+/// this side next reads the socket (any poll of the [`Sender`]).
 pub struct Receiver {
     shared: Arc<Shared>,
 }

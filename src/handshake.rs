@@ -4,6 +4,7 @@
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -181,8 +182,11 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
 async fn send(io: &mut Io, frame: OutFrame<'_>, pid: i32) -> Result<()> {
     match io.send(frame).await {
         Ok(()) => Ok(()),
-        Err(e) => match next_frame(io, pid).await {
-            Err(reason) if reason.kind() != ErrorKind::PeerGone => Err(reason),
+        // The reason, if any, is already in our receive buffer or on its way; do not wait
+        // for a peer that keeps the socket half open.
+        Err(e) => match tokio::time::timeout(Duration::from_millis(100), next_frame(io, pid)).await
+        {
+            Ok(Err(reason)) if reason.kind() != ErrorKind::PeerGone => Err(reason),
             _ => Err(e),
         },
     }

@@ -93,44 +93,55 @@ impl Listener {
     /// later call returns them.
     pub async fn accept(&mut self) -> Result<Connection> {
         std::future::poll_fn(|cx| {
-            // Take in new sockets while there is room for their handshakes.
-            while self.handshakes.len() < MAX_HANDSHAKES {
-                let mut guard = match self.fd.poll_read_ready(cx) {
-                    Poll::Ready(Ok(guard)) => guard,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::io("polling the listener", e))),
-                    Poll::Pending => break,
-                };
-                match guard.try_io(|fd| sys::accept(fd.as_fd())) {
-                    Ok(Ok(sock)) => {
-                        let config = self.config.clone();
-                        self.handshakes.spawn(async move {
-                            let shared = handshake(sock, &config).await?;
-                            Ok(Connection::accepted(shared))
-                        });
-                    }
-                    Ok(Err(e)) if transient_accept_error(&e) => {}
-                    Ok(Err(e)) => {
-                        return Poll::Ready(Err(Error::io(
-                            &format!("accepting on {}", self.path.display()),
-                            e,
-                        )));
-                    }
-                    Err(_would_block) => {}
-                }
-            }
             loop {
-                match self.handshakes.poll_join_next(cx) {
-                    Poll::Ready(Some(Ok(Ok(conn)))) => {
-                        debug!(peer = ?conn.peer(), "accepted");
-                        return Poll::Ready(Ok(conn));
+                // Take in new sockets while there is room for their handshakes.
+                let mut accept_pending = false;
+                while self.handshakes.len() < MAX_HANDSHAKES {
+                    let mut guard = match self.fd.poll_read_ready(cx) {
+                        Poll::Ready(Ok(guard)) => guard,
+                        Poll::Ready(Err(e)) => {
+                            return Poll::Ready(Err(Error::io("polling the listener", e)));
+                        }
+                        Poll::Pending => {
+                            accept_pending = true;
+                            break;
+                        }
+                    };
+                    match guard.try_io(|fd| sys::accept(fd.as_fd())) {
+                        Ok(Ok(sock)) => {
+                            let config = self.config.clone();
+                            self.handshakes.spawn(async move {
+                                let shared = handshake(sock, &config).await?;
+                                Ok(Connection::accepted(shared))
+                            });
+                        }
+                        Ok(Err(e)) if transient_accept_error(&e) => {}
+                        Ok(Err(e)) => {
+                            return Poll::Ready(Err(Error::io(
+                                &format!("accepting on {}", self.path.display()),
+                                e,
+                            )));
+                        }
+                        Err(_would_block) => {}
                     }
-                    Poll::Ready(Some(Ok(Err(e)))) => {
-                        warn!(path = %self.path.display(), error = %e, "handshake failed; connection dropped");
+                }
+                // Collect finished handshakes. Return Pending only with a waker registered:
+                // on the listening socket (accept_pending) or on a running handshake.
+                loop {
+                    match self.handshakes.poll_join_next(cx) {
+                        Poll::Ready(Some(Ok(Ok(conn)))) => {
+                            debug!(peer = ?conn.peer(), "accepted");
+                            return Poll::Ready(Ok(conn));
+                        }
+                        Poll::Ready(Some(Ok(Err(e)))) => {
+                            warn!(path = %self.path.display(), error = %e, "handshake failed; connection dropped");
+                        }
+                        Poll::Ready(Some(Err(join))) => {
+                            warn!(error = %join, "handshake task failed");
+                        }
+                        Poll::Ready(None) if !accept_pending => break,
+                        Poll::Ready(None) | Poll::Pending => return Poll::Pending,
                     }
-                    Poll::Ready(Some(Err(join))) => {
-                        warn!(error = %join, "handshake task failed");
-                    }
-                    Poll::Ready(None) | Poll::Pending => return Poll::Pending,
                 }
             }
         })

@@ -9,7 +9,9 @@
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use bytes::Bytes;
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
 
 /// Smallest buffer worth pooling.
 pub(crate) const MIN_POOLED: usize = 64 << 10;
@@ -109,6 +111,52 @@ impl Drop for Loan {
         if idle.bytes + size <= idle.max_bytes {
             idle.bytes += size;
             idle.buffers.push(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// A buffer for one message being received: exactly `len` bytes from the allocator for small
+/// messages, a pooled buffer for large ones.
+#[derive(Debug)]
+pub(crate) enum RecvBuf {
+    Fresh(BytesMut, usize),
+    Pooled(Loan),
+}
+
+impl RecvBuf {
+    pub(crate) fn new(len: usize, pool: &BufferPool) -> RecvBuf {
+        if len >= MIN_POOLED && pool.enabled() {
+            RecvBuf::Pooled(pool.take(len))
+        } else {
+            RecvBuf::Fresh(BytesMut::with_capacity(len), len)
+        }
+    }
+
+    /// The memory the message is to be written to.
+    pub(crate) fn target(&mut self) -> &mut [MaybeUninit<u8>] {
+        match self {
+            RecvBuf::Fresh(buf, len) => &mut buf.spare_capacity_mut()[..*len],
+            RecvBuf::Pooled(loan) => {
+                let init = loan.as_mut_slice();
+                // SAFETY: `u8` and `MaybeUninit<u8>` have the same layout; the only writer of
+                // the returned slice is the kernel copying bytes in, so it stays initialised.
+                unsafe { &mut *(std::ptr::from_mut(init) as *mut [MaybeUninit<u8>]) }
+            }
+        }
+    }
+
+    /// The message, once every byte of [`target`](RecvBuf::target) has been written.
+    ///
+    /// # Safety
+    /// The caller must have written every byte of `target()`.
+    pub(crate) unsafe fn assume_filled(self) -> Bytes {
+        match self {
+            RecvBuf::Fresh(mut buf, len) => {
+                // SAFETY: the caller wrote all `len` bytes of the spare capacity.
+                unsafe { buf.set_len(len) };
+                buf.freeze()
+            }
+            RecvBuf::Pooled(loan) => loan.into_bytes(),
         }
     }
 }

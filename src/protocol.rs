@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{Sink, Stream};
 use nix::sys::socket::Shutdown;
 use tokio::task::JoinHandle;
@@ -35,7 +35,7 @@ use tracing::{debug, trace};
 use crate::PeerInfo;
 use crate::codec::{Descriptor, ErrorCode, Frame, FrameCodec, OutFrame};
 use crate::error::{Error, ErrorKind, Result};
-use crate::pool::{BufferPool, MIN_POOLED};
+use crate::pool::{BufferPool, RecvBuf};
 use crate::socket::ControlSocket;
 use crate::sys::{self, RemoteRange};
 
@@ -223,8 +223,8 @@ impl Shared {
     /// Locks the state for `role`, registering its waker first.
     fn enter(&self, role: Role, cx: &Context<'_>) -> Guard<'_> {
         self.wakers.register(role, cx.waker());
-        let _span = self.span.enter();
         Guard {
+            _span: self.span.enter(),
             state: self.lock(),
             shared: self,
             role,
@@ -237,6 +237,7 @@ impl Shared {
 
     pub(crate) fn start_send(&self, item: Bytes) -> Result<()> {
         Guard {
+            _span: self.span.enter(),
             state: self.lock(),
             shared: self,
             role: Role::Send,
@@ -260,12 +261,16 @@ impl Shared {
     pub(crate) fn drop_half(&self, role: Role) {
         self.wakers.clear(role);
         let mut g = Guard {
+            _span: self.span.enter(),
             state: self.lock(),
             shared: self,
             role,
         };
         match role {
-            Role::Send => g.state.send.dropped = true,
+            Role::Send => {
+                g.state.send.dropped = true;
+                g.close_if_dropped();
+            }
             Role::Recv => {
                 g.state.recv.dropped = true;
                 g.check_receiver_dropped();
@@ -295,6 +300,7 @@ struct Guard<'a> {
     state: MutexGuard<'a, State>,
     shared: &'a Shared,
     role: Role,
+    _span: tracing::span::Entered<'a>,
 }
 
 impl Guard<'_> {
@@ -323,6 +329,7 @@ impl Guard<'_> {
                 Poll::Ready(Some(Err(e))) => {
                     progressed = true;
                     let tell_peer = !e.is_peer_gone() && e.kind() != ErrorKind::Io;
+                    let e = self.peer_gone_if_reset(e);
                     self.fail(e, tell_peer);
                 }
                 Poll::Ready(None) => {
@@ -395,6 +402,7 @@ impl Guard<'_> {
             }
         }
         trace!(count, in_flight = send.in_flight.len(), "ack received");
+        self.close_if_dropped();
         self.notify(Role::Send);
         Ok(())
     }
@@ -524,22 +532,30 @@ impl Guard<'_> {
         match Pin::new(&mut self.state.io).poll_flush(&mut cx) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Ready(Err(e)) => {
-                let pid = self.state.peer_pid;
-                let err = if matches!(
-                    e.source_io_kind(),
-                    Some(std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset)
-                ) {
-                    Error::new(
-                        ErrorKind::PeerGone,
-                        format!("peer process {pid} closed the connection"),
-                    )
-                } else {
-                    e
-                };
+                let err = self.peer_gone_if_reset(e);
                 self.fail(err.clone(), false);
                 Poll::Ready(Err(err))
             }
             Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// A reset or broken connection means the peer went away; say so.
+    fn peer_gone_if_reset(&self, e: Error) -> Error {
+        match e.source_io_kind() {
+            Some(std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) => {
+                Error::new(
+                    ErrorKind::PeerGone,
+                    format!(
+                        "peer process {} closed the connection abruptly ({} of its messages and \
+                         {} of ours in flight were not received)",
+                        self.state.peer_pid,
+                        self.state.recv.next_seq - self.state.recv.acked,
+                        self.state.send.in_flight.len()
+                    ),
+                )
+            }
+            _ => e,
         }
     }
 
@@ -675,14 +691,27 @@ impl Guard<'_> {
             self.queue_frame(OutFrame::Close { sent })?;
             debug!(sent, "closing sending side");
         }
-        if self.state.fatal.is_none() {
-            match self.flush_writes() {
-                Poll::Ready(r) => r?,
-                Poll::Pending => return Poll::Pending,
-            }
+        self.check_fatal()?;
+        match self.flush_writes() {
+            Poll::Ready(r) => r?,
+            Poll::Pending => return Poll::Pending,
         }
         self.maybe_shutdown_write();
         Poll::Ready(Ok(()))
+    }
+
+    /// A dropped sender closes its direction once everything it sent is acknowledged, so that
+    /// the peer's stream ends with `None`.
+    fn close_if_dropped(&mut self) {
+        let send = &self.state.send;
+        if send.dropped && !send.closed && send.in_flight.is_empty() && self.state.fatal.is_none() {
+            let sent = send.next_seq;
+            self.state.send.closed = true;
+            if !self.state.eof && self.queue_frame(OutFrame::Close { sent }).is_ok() {
+                let _ = self.flush_writes();
+            }
+            self.maybe_shutdown_write();
+        }
     }
 
     /// Shuts down our write side once nothing more will be written: CLOSE was sent and the
@@ -771,7 +800,8 @@ impl Guard<'_> {
     }
 
     /// Pulls the run of small messages at the front of the queue (at most `room` of them, and
-    /// at most `blocking_threshold` bytes in all) into one buffer.
+    /// at most `blocking_threshold` bytes in all), each into its own buffer, in as few system
+    /// calls as their ranges allow.
     fn pull_in_place(&mut self, room: usize) -> std::io::Result<()> {
         let limits = self.state.limits;
         let pid = self.state.peer_pid;
@@ -793,12 +823,9 @@ impl Guard<'_> {
             recv.queue.pop_front();
         }
         let started = Instant::now();
-        let whole = pull_message(pid, total, &ranges, &st.pool)?;
+        let msgs = pull_messages(pid, &lens, &ranges, &st.pool)?;
         trace!(messages = lens.len(), bytes = total, elapsed = ?started.elapsed(), "pulled in place");
-        let mut off = 0;
-        for len in lens {
-            let data = whole.slice(off..off + len);
-            off += len;
+        for data in msgs {
             recv.pulls.push_back(Pull::Done { data, check: true });
         }
         Ok(())
@@ -917,6 +944,7 @@ impl Guard<'_> {
                 }
                 // Acknowledgements that did not fit into the socket yet.
                 if let Poll::Ready(Err(e)) = self.flush_writes() {
+                    self.state.recv.done = true;
                     return Poll::Ready(Some(Err(e)));
                 }
                 return Poll::Pending;
@@ -925,8 +953,25 @@ impl Guard<'_> {
     }
 }
 
-/// Pulls `len` bytes from `ranges` of process `pid` into a new buffer: a pooled one for large
-/// messages, otherwise exactly `len` bytes from the allocator.
+/// Pulls messages of `lens` bytes, in order, from `ranges` of process `pid`, each into a
+/// buffer of its own, with as few system calls as the ranges allow.
+fn pull_messages(
+    pid: i32,
+    lens: &[usize],
+    ranges: &[RemoteRange],
+    pool: &BufferPool,
+) -> std::io::Result<Vec<Bytes>> {
+    let mut bufs: Vec<RecvBuf> = lens.iter().map(|&len| RecvBuf::new(len, pool)).collect();
+    let mut targets: Vec<&mut [MaybeUninit<u8>]> = bufs.iter_mut().map(RecvBuf::target).collect();
+    sys::read_remote_scatter(pid, &mut targets, ranges)?;
+    // SAFETY: `read_remote_scatter` returned Ok, so every byte of every target was written.
+    Ok(bufs
+        .into_iter()
+        .map(|b| unsafe { b.assume_filled() })
+        .collect())
+}
+
+/// Pulls one message of `len` bytes.
 fn pull_message(
     pid: i32,
     len: u64,
@@ -935,20 +980,8 @@ fn pull_message(
 ) -> std::io::Result<Bytes> {
     let len =
         usize::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(nix::libc::EFBIG))?;
-    if len == 0 {
-        return Ok(Bytes::new());
-    }
-    if len >= MIN_POOLED && pool.enabled() {
-        let mut loan = pool.take(len);
-        sys::read_remote_init(pid, loan.as_mut_slice(), ranges)?;
-        return Ok(loan.into_bytes());
-    }
-    let mut buf = BytesMut::with_capacity(len);
-    let spare: &mut [MaybeUninit<u8>] = &mut buf.spare_capacity_mut()[..len];
-    sys::read_remote(pid, spare, ranges)?;
-    // SAFETY: `read_remote` returned Ok, so all `len` bytes of the spare capacity were written.
-    unsafe { buf.set_len(len) };
-    Ok(buf.freeze())
+    let mut msgs = pull_messages(pid, &[len], ranges, pool)?;
+    Ok(msgs.pop().unwrap_or_default())
 }
 
 trait SourceIoKind {

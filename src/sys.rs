@@ -175,6 +175,49 @@ pub(crate) struct RemoteRange {
     pub(crate) len: u64,
 }
 
+/// A position in a list of `(address, length)` segments, for building iovecs.
+struct Segments<'a> {
+    segs: &'a [(usize, usize)],
+    idx: usize,
+    off: usize,
+}
+
+impl Segments<'_> {
+    /// Fills `iov` with the segments from the current position; returns how many were used.
+    fn fill(&self, iov: &mut [libc::iovec]) -> usize {
+        let mut count = 0;
+        let mut off = self.off;
+        for &(addr, len) in &self.segs[self.idx..] {
+            if count == iov.len() {
+                break;
+            }
+            if len > off {
+                iov[count] = libc::iovec {
+                    iov_base: addr.wrapping_add(off) as *mut libc::c_void,
+                    iov_len: len - off,
+                };
+                count += 1;
+            }
+            off = 0;
+        }
+        count
+    }
+
+    /// Moves the position `n` bytes forward.
+    fn advance(&mut self, mut n: usize) {
+        while self.idx < self.segs.len() {
+            let rest = self.segs[self.idx].1 - self.off;
+            if n < rest {
+                self.off += n;
+                return;
+            }
+            n -= rest;
+            self.idx += 1;
+            self.off = 0;
+        }
+    }
+}
+
 /// Copies exactly `local.len()` bytes out of process `pid`, from the concatenation of `remote`,
 /// into `local`, with as many `process_vm_readv` calls as it takes.
 ///
@@ -186,49 +229,70 @@ pub(crate) fn read_remote(
     local: &mut [MaybeUninit<u8>],
     remote: &[RemoteRange],
 ) -> io::Result<()> {
-    debug_assert_eq!(
-        remote.iter().map(|r| r.len).sum::<u64>(),
-        local.len() as u64,
-        "remote ranges must add up to the local buffer"
-    );
-    // Position in `remote`: index of the current range and bytes already copied from it.
-    let (mut idx, mut off) = (0usize, 0u64);
-    let mut done = 0usize;
-    let mut iov = [libc::iovec {
+    read_remote_scatter(pid, &mut [local], remote)
+}
+
+/// Like [`read_remote`], but scatters the bytes over several local buffers in order: one
+/// system call can fill many messages. The lengths in `remote` must add up to the total length
+/// of `local`.
+pub(crate) fn read_remote_scatter(
+    pid: i32,
+    local: &mut [&mut [MaybeUninit<u8>]],
+    remote: &[RemoteRange],
+) -> io::Result<()> {
+    let total: usize = local.iter().map(|b| b.len()).sum();
+    let remote_total = remote
+        .iter()
+        .try_fold(0u64, |acc, r| acc.checked_add(r.len));
+    if remote_total != Some(total as u64) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "remote ranges do not add up to the local buffers",
+        ));
+    }
+    let local_segs: Vec<(usize, usize)> = local
+        .iter_mut()
+        .map(|b| (b.as_mut_ptr() as usize, b.len()))
+        .collect();
+    let remote_segs = remote
+        .iter()
+        .map(|r| Ok((usize::try_from(r.addr)?, usize::try_from(r.len)?)))
+        .collect::<Result<Vec<_>, std::num::TryFromIntError>>()
+        .map_err(|_| io::Error::from_raw_os_error(libc::EFAULT))?;
+    let mut here = Segments {
+        segs: &local_segs,
+        idx: 0,
+        off: 0,
+    };
+    let mut there = Segments {
+        segs: &remote_segs,
+        idx: 0,
+        off: 0,
+    };
+    let empty = libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
-    }; IOV_MAX];
-    while done < local.len() {
-        // Gather up to IOV_MAX remote pieces starting at (idx, off).
-        let mut count = 0;
-        let mut want = 0usize;
-        let (mut i, mut o) = (idx, off);
-        while count < IOV_MAX && i < remote.len() {
-            let r = remote[i];
-            let rest = r.len - o;
-            if rest > 0 {
-                iov[count] = libc::iovec {
-                    // The address is in the peer's address space; it is never dereferenced here.
-                    iov_base: (r.addr.wrapping_add(o)) as usize as *mut libc::c_void,
-                    iov_len: rest as usize,
-                };
-                count += 1;
-                want += rest as usize;
-            }
-            i += 1;
-            o = 0;
-        }
-        let dst = &mut local[done..];
-        debug_assert!(want <= dst.len());
-        let local_iov = libc::iovec {
-            iov_base: dst.as_mut_ptr().cast(),
-            iov_len: want.min(dst.len()),
+    };
+    let mut local_iov = [empty; IOV_MAX];
+    let mut remote_iov = [empty; IOV_MAX];
+    let mut done = 0usize;
+    while done < total {
+        let nl = here.fill(&mut local_iov);
+        let nr = there.fill(&mut remote_iov);
+        // SAFETY: `local_iov[..nl]` describe writable parts of the `local` buffers, which are
+        // exclusively borrowed for this call and only written by the kernel; `remote_iov[..nr]`
+        // describe memory of the other process, which the kernel checks and never maps into
+        // ours. The kernel copies at most the smaller of the two totals.
+        let ret = unsafe {
+            libc::process_vm_readv(
+                pid,
+                local_iov.as_ptr(),
+                nl as libc::c_ulong,
+                remote_iov.as_ptr(),
+                nr as libc::c_ulong,
+                0,
+            )
         };
-        // SAFETY: `local_iov` covers `want` writable bytes inside `local` (checked above), which
-        // the kernel only writes; `iov[..count]` are initialised iovecs describing memory in the
-        // other process, which the kernel validates and never touches in ours.
-        let ret =
-            unsafe { libc::process_vm_readv(pid, &local_iov, 1, iov.as_ptr(), count as _, 0) };
         if ret < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -238,42 +302,15 @@ pub(crate) fn read_remote(
         }
         let n = ret.unsigned_abs();
         if n == 0 {
-            // No progress and no error: do not spin. The kernel reports faults as EFAULT when
-            // nothing was copied, so this only happens with a range the kernel refuses.
+            // No progress and no error: do not spin. The kernel reports a fault as EFAULT when
+            // nothing was copied, so this only happens with ranges the kernel refuses.
             return Err(io::Error::from_raw_os_error(libc::EFAULT));
         }
         done += n;
-        // Advance (idx, off) by n bytes.
-        let mut left = n as u64;
-        while left > 0 {
-            let rest = remote[idx].len - off;
-            if left >= rest {
-                left -= rest;
-                idx += 1;
-                off = 0;
-            } else {
-                off += left;
-                left = 0;
-            }
-        }
-        while idx < remote.len() && remote[idx].len == off {
-            idx += 1;
-            off = 0;
-        }
+        here.advance(n);
+        there.advance(n);
     }
     Ok(())
-}
-
-/// [`read_remote`] into initialised memory.
-pub(crate) fn read_remote_init(
-    pid: i32,
-    local: &mut [u8],
-    remote: &[RemoteRange],
-) -> io::Result<()> {
-    // SAFETY: `u8` and `MaybeUninit<u8>` have the same layout, and `read_remote` only stores
-    // initialised bytes (what the kernel copies), so `local` stays initialised.
-    let local = unsafe { &mut *(std::ptr::from_mut(local) as *mut [MaybeUninit<u8>]) };
-    read_remote(pid, local, remote)
 }
 
 /// The raw descriptor of any fd-like value, for logging.

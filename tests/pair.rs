@@ -89,3 +89,50 @@ async fn split_halves_in_different_tasks_both_directions() {
     assert_eq!(r1.await.unwrap(), N);
     assert_eq!(r2.await.unwrap(), N);
 }
+
+#[tokio::test]
+async fn dropping_the_sender_after_its_messages_closes_cleanly() {
+    let (a, mut b) = Connection::pair().await.unwrap();
+    let (mut tx, mut rx) = a.split();
+    let receiving = async {
+        let mut n = 0;
+        while let Some(m) = b.next().await {
+            assert_eq!(m.unwrap(), pattern(n, 100_000));
+            n += 1;
+        }
+        b.close().await.unwrap();
+        n
+    };
+    let sending = async move {
+        for i in 0..10 {
+            tx.feed(pattern(i, 100_000)).await.unwrap();
+        }
+        // Dropped with messages still in flight: once they are acknowledged (read by this
+        // side's receiving half, which must be polled), CLOSE follows.
+        drop(tx);
+        assert!(rx.next().await.is_none(), "the peer closes after our CLOSE");
+    };
+    let ((), n) = tokio::join!(sending, receiving);
+    assert_eq!(n, 10, "the stream ended with None after every message");
+}
+
+#[tokio::test]
+async fn a_kept_message_stays_intact_while_buffers_are_recycled() {
+    let (mut a, mut b) = Connection::pair().await.unwrap();
+    let mut kept = Vec::new();
+    for round in 0..20u64 {
+        let (sent, got) = tokio::join!(a.send(pattern(round, 1 << 20)), b.next());
+        sent.unwrap();
+        let got = got.unwrap().unwrap();
+        if round % 5 == 0 {
+            kept.push((round, got));
+        }
+    }
+    for (round, m) in kept {
+        assert_eq!(
+            m,
+            pattern(round, 1 << 20),
+            "message {round} changed after reuse"
+        );
+    }
+}

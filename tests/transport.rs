@@ -363,3 +363,23 @@ async fn listener_replaces_stale_socket_but_never_a_live_one() {
     let err = Connection::connect(dir.join("missing")).await.unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
+
+#[tokio::test]
+async fn a_listener_full_of_stalled_handshakes_still_accepts() {
+    let dir = temp_dir("stalled");
+    let path = dir.join("s");
+    let cfg = Config::new().handshake_timeout(Duration::from_millis(300));
+    let mut listener = Listener::bind_with(&path, cfg).unwrap();
+    // More clients than the listener runs handshakes for at once; none of them speaks.
+    let stalled: Vec<_> = (0..200)
+        .map(|_| std::os::unix::net::UnixStream::connect(&path).unwrap())
+        .collect();
+    let good = ChildProc::spawn("send", &[path.to_str().unwrap(), "7", "1"]);
+    let mut conn = timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .expect("accept kept going after the stalled handshakes timed out")
+        .unwrap();
+    assert_eq!(conn.peer().pid(), good.pid());
+    assert!(check(0, 7, &conn.next().await.unwrap().unwrap()));
+    drop(stalled);
+}
