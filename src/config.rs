@@ -51,8 +51,8 @@ const MAX_INLINE: u32 = 16 << 20;
 
 /// Default largest message: 64 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 64 << 20;
-/// Default window: 64 messages in flight.
-pub const DEFAULT_WINDOW_MESSAGES: u32 = 64;
+/// Default window: 1024 messages in flight.
+pub const DEFAULT_WINDOW_MESSAGES: u32 = 1024;
 /// Default window: 64 MiB in flight.
 pub const DEFAULT_WINDOW_BYTES: u64 = 64 << 20;
 /// Default handshake timeout: 10 seconds.
@@ -65,7 +65,7 @@ impl Default for Config {
             window_messages: DEFAULT_WINDOW_MESSAGES,
             window_bytes: DEFAULT_WINDOW_BYTES,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            inline_threshold: 0,
+            inline_threshold: 256,
             max_inline_size: 64 << 10,
             blocking_threshold: 256 << 10,
             max_pulls_in_flight: 4,
@@ -77,7 +77,7 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The defaults: 64 MiB messages, a window of 64 messages and 64 MiB, a 10 s handshake
+    /// The defaults: 64 MiB messages, a window of 1024 messages and 64 MiB, a 10 s handshake
     /// timeout, peers of the same uid only.
     pub fn new() -> Config {
         Config::default()
@@ -92,7 +92,7 @@ impl Config {
     }
 
     /// How many messages and how many bytes may be in flight (sent but not yet acknowledged),
-    /// in each direction (default 64 messages, 64 MiB; each at least 1).
+    /// in each direction (default 1024 messages, 64 MiB; each at least 1).
     ///
     /// The sender waits in `poll_ready` while either is reached; one message may take the byte
     /// count past the limit, so the memory a sender holds is bounded by `bytes` plus one
@@ -111,7 +111,8 @@ impl Config {
     }
 
     /// Messages up to this size travel inside the frame over the control socket instead of
-    /// being pulled (default 0: every message is pulled; at most 16 MiB). Capped by the peer's
+    /// being pulled (default 256 bytes: below that a pull costs more than the copy it saves;
+    /// at most 16 MiB). Capped by the peer's
     /// [`max_inline_size`](Config::max_inline_size).
     pub fn inline_threshold(mut self, bytes: u32) -> Config {
         self.inline_threshold = bytes.min(MAX_INLINE);

@@ -39,6 +39,9 @@ use crate::pool::{BufferPool, RecvBuf};
 use crate::socket::ControlSocket;
 use crate::sys::{self, RemoteRange};
 
+/// Queued frames are written out once the write buffer holds this much.
+const WRITE_BATCH_BYTES: usize = 256 << 10;
+
 /// Which half is polling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -142,6 +145,8 @@ struct SendState {
     /// `next_seq - in_flight.len()`. Inline messages hold an empty `Bytes`.
     in_flight: VecDeque<(u64, Bytes)>,
     in_flight_bytes: u64,
+    /// Messages queued in the write buffer since it was last written out.
+    unflushed: usize,
     /// CLOSE has been queued.
     closed: bool,
     /// Our write side has been shut down.
@@ -525,12 +530,16 @@ impl Guard<'_> {
     /// Writes buffered frames. `Ready(Ok)` once the buffer is empty.
     fn flush_writes(&mut self) -> Poll<Result<()>> {
         if self.state.io.write_buffer().is_empty() {
+            self.state.send.unflushed = 0;
             return Poll::Ready(Ok(()));
         }
         let waker = self.shared.io_waker.clone();
         let mut cx = Context::from_waker(&waker);
         match Pin::new(&mut self.state.io).poll_flush(&mut cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Ok(())) => {
+                self.state.send.unflushed = 0;
+                Poll::Ready(Ok(()))
+            }
             Poll::Ready(Err(e)) => {
                 let err = self.peer_gone_if_reset(e);
                 self.fail(err.clone(), false);
@@ -599,10 +608,13 @@ impl Guard<'_> {
     fn poll_ready(mut self) -> Poll<Result<()>> {
         loop {
             self.check_can_send()?;
-            // Push descriptors out early once half the window is used, so the peer can pull
-            // while we keep filling the window.
-            let half = (self.state.limits.send_window_messages as usize).div_ceil(2);
-            if (self.state.send.in_flight.len() >= half || !self.window_open())
+            // Write queued frames out in batches: when a quarter of the window is queued, when
+            // the buffer is large, or when the window is full. The peer pulls one batch while
+            // the next one fills, and small messages cost a fraction of a write each.
+            let batch = (self.state.limits.send_window_messages as usize).div_ceil(4);
+            if (self.state.send.unflushed >= batch
+                || self.state.io.write_buffer().len() >= WRITE_BATCH_BYTES
+                || !self.window_open())
                 && let Poll::Ready(Err(e)) = self.flush_writes()
             {
                 return Poll::Ready(Err(e));
@@ -645,6 +657,7 @@ impl Guard<'_> {
         };
         let send = &mut self.state.send;
         send.next_seq += 1;
+        send.unflushed += 1;
         send.in_flight.push_back((len, held));
         send.in_flight_bytes += len;
         trace!(seq, len, "message queued");
@@ -753,7 +766,13 @@ impl Guard<'_> {
         let limits = self.state.limits;
         let pid = self.state.peer_pid;
         let mut started = false;
+        // Bytes pulled in place by this call: bounded, so that one poll does not copy a whole
+        // window on the runtime thread before the first message is handed over.
+        let mut in_place = 0u64;
         loop {
+            if in_place >= limits.blocking_threshold {
+                break;
+            }
             let st = &mut *self.state;
             let recv = &mut st.recv;
             let room = (limits.recv_window_messages as usize)
@@ -787,12 +806,13 @@ impl Guard<'_> {
                         started: Instant::now(),
                     });
                 }
-                Some(Incoming::Pull(_)) => {
-                    if let Err(e) = self.pull_in_place(room) {
+                Some(Incoming::Pull(_)) => match self.pull_in_place(room) {
+                    Ok(bytes) => in_place += bytes.max(1),
+                    Err(e) => {
                         self.fail(Error::pull(pid, e), true);
                         return true;
                     }
-                }
+                },
             }
             started = true;
         }
@@ -802,7 +822,7 @@ impl Guard<'_> {
     /// Pulls the run of small messages at the front of the queue (at most `room` of them, and
     /// at most `blocking_threshold` bytes in all), each into its own buffer, in as few system
     /// calls as their ranges allow.
-    fn pull_in_place(&mut self, room: usize) -> std::io::Result<()> {
+    fn pull_in_place(&mut self, room: usize) -> std::io::Result<u64> {
         let limits = self.state.limits;
         let pid = self.state.peer_pid;
         let st = &mut *self.state;
@@ -828,7 +848,7 @@ impl Guard<'_> {
         for data in msgs {
             recv.pulls.push_back(Pull::Done { data, check: true });
         }
-        Ok(())
+        Ok(total)
     }
 
     /// Moves finished pulls at the front into `ready`: one hang-up check for the batch, then

@@ -1,0 +1,599 @@
+//! Throughput and latency of `tokio-pvm` next to a Unix socket with a length-delimited codec,
+//! the raw `process_vm_readv` ceiling and a single-threaded `memcpy`, between real processes.
+//!
+//! ```text
+//! cargo run --release --example bench [-- --json] [--reps N] [--sizes LIST] [--quick]
+//!                                        [--timeout SECS]
+//! ```
+//!
+//! # Processes
+//! This process only orchestrates. For each measurement it starts this same binary again
+//! (`std::env::current_exe()` with a hidden `--child ROLE ARGS...` argument) as the children
+//! the measurement needs, reads their one-line reports from their standard output, and waits
+//! for them to exit. Nothing is timed in this process. A child that fails, or a measurement
+//! that takes longer than `--timeout` (default 120 s), kills the measurement's children and
+//! becomes an error row; the run goes on. Socket files live in the temporary directory, named
+//! after this process's id, and are removed.
+//!
+//! # Throughput rows
+//! For each message size, every row moves the same number of messages of that size: 4 GiB
+//! worth, but at least 64 and at most 1,000,000 messages (64 B: 1,000,000; 1 KiB: 1,000,000;
+//! 16 KiB: 262,144; 256 KiB: 16,384; 1 MiB: 4,096; 16 MiB: 256). With `--quick`: 64 MiB
+//! worth, 8 to 20,000 messages.
+//!
+//! * `tokio-pvm`: a receiver child binds a [`tokio_pvm::Listener`], accepts, and calls
+//!   `next()` until the stream ends; a sender child connects with
+//!   `Connection::connect_with`, `feed`s a clone of one pre-built `Bytes` for every message
+//!   (so the sender measures the transport, not allocation), then `close()`s, which returns
+//!   once the receiver has pulled and acknowledged everything. Default [`tokio_pvm::Config`]
+//!   apart from the largest message size.
+//! * `unix+LengthDelimitedCodec`: the same two roles over `tokio::net::UnixStream` with
+//!   `tokio_util::codec::Framed` and a `LengthDelimitedCodec` (frames up to 64 MiB, as
+//!   `tokio-pvm`'s default): `feed` per message, `close()` at the end (flush, then shut the
+//!   write side down); the receiver reads frames until end of stream.
+//! * `process_vm_readv (raw)`: the ceiling for anything built on cross memory attach. A source
+//!   child allocates and fills one buffer of the message size, reports its pid and address,
+//!   and sleeps; a reader child copies that buffer with `process_vm_readv` (continuing after
+//!   short transfers) into one reused, pre-faulted local buffer, in a tight loop. No socket, no
+//!   allocation, no acknowledgement.
+//! * `memcpy (1 thread)`: one child copies between two pre-faulted buffers: what one core can
+//!   copy, for scale.
+//!
+//! Both Tokio rows run both children on a multi-thread runtime with the default worker count
+//! (one per CPU), with the work in a spawned task. Every receiver checks each message's length
+//! and its first and last byte, then drops it.
+//!
+//! # What is timed
+//! The receiving child (the reader, for the raw row; the copying child for `memcpy`) starts
+//! its clock when the first message has arrived and stops it when the last one has. Rates
+//! count the N - 1 messages in between, so process start, connection set-up and handshake
+//! stay out. msg/s and GB/s (10^9 bytes per second) follow from that; "vs unix" is GB/s over
+//! the Unix-socket row of the same size.
+//!
+//! # CPU
+//! Before and after each measurement this process reads `getrusage(RUSAGE_CHILDREN)`, user +
+//! system time of all its children that have been waited for. It reads the second value only
+//! after every child of the measurement has been reaped, so the difference is the CPU time of
+//! exactly those processes (both, or one for `memcpy`), over their whole lives, start-up and
+//! handshake included. CPU s/GB divides it by the N × size bytes moved. With two processes
+//! working at once, CPU s/GB can exceed 1 / (GB/s).
+//!
+//! # Latency
+//! One-way latency, for 64 B and 1 MiB, over `tokio-pvm` and the Unix socket + codec: an echo
+//! child sends every message back; a pinger child sends one message, waits for the echo,
+//! records half the round trip, and repeats, after a few untimed round trips of warm-up. Both
+//! use `send` (feed + flush). For `tokio-pvm`, flush returns only once the peer has pulled and
+//! acknowledged the message: part of what the transport promises, so part of its latency.
+//! Small-message latency is mostly thread wake-ups; where a wake-up across CPUs is expensive
+//! (virtual machines), it depends on whether the scheduler puts the two processes on one CPU
+//! or on two, and can change between runs.
+//!
+//! # Repetitions
+//! Every measurement runs `--reps` times (default 5), interleaved: for each repetition, for
+//! each size, for each transport, then the latency measurements. Tables show medians; "spread" is (max - min) / median of
+//! GB/s. `--quick` makes a much smaller run (1 repetition unless `--reps` is given) as a smoke
+//! test. `--json` prints the results as JSON instead of tables.
+
+#[path = "bench/child.rs"]
+mod child;
+#[path = "bench/report.rs"]
+mod report;
+#[path = "bench/spawn.rs"]
+mod spawn;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use report::{Machine, size_label};
+use spawn::{CHILD_FLAG, Group, RemoveOnDrop, children_cpu, socket_path};
+
+const USAGE: &str = "\
+usage: bench [--json] [--reps N] [--sizes LIST] [--quick] [--timeout SECS]
+
+Compares tokio-pvm with a Unix socket + LengthDelimitedCodec, raw process_vm_readv and a
+single-threaded memcpy, each measurement between separate child processes.
+
+  --json          print the results as JSON instead of tables
+  --reps N        repetitions of every measurement (default 5; 1 with --quick)
+  --sizes LIST    message sizes, comma-separated, in bytes or with K/KiB, M/MiB, G/GiB
+                  (default 64,1K,16K,256K,1M,16M)
+  --quick         a much smaller run, as a smoke test
+  --timeout SECS  give up on a measurement after SECS seconds (default 120)";
+
+const DEFAULT_SIZES: [usize; 6] = [64, 1 << 10, 16 << 10, 256 << 10, 1 << 20, 16 << 20];
+
+/// Message sizes of the latency table.
+const LATENCY_SIZES: [usize; 2] = [64, 1 << 20];
+
+/// The rows of the throughput table, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Pvm,
+    Unix,
+    Raw,
+    Memcpy,
+}
+
+impl Transport {
+    const ALL: [Transport; 4] = [
+        Transport::Pvm,
+        Transport::Unix,
+        Transport::Raw,
+        Transport::Memcpy,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Transport::Pvm => "tokio-pvm",
+            Transport::Unix => "unix+LengthDelimitedCodec",
+            Transport::Raw => "process_vm_readv (raw)",
+            Transport::Memcpy => "memcpy (1 thread)",
+        }
+    }
+}
+
+/// How much each measurement moves.
+#[derive(Debug, Clone, Copy)]
+struct Scale {
+    /// Bytes per throughput measurement, before the limits below.
+    target_bytes: u64,
+    /// Fewest and most messages per throughput measurement.
+    min_messages: u64,
+    max_messages: u64,
+    /// Untimed and timed round trips per latency measurement, for 64 B and for 1 MiB.
+    small_round_trips: (u64, u64),
+    large_round_trips: (u64, u64),
+}
+
+const FULL: Scale = Scale {
+    target_bytes: 4 << 30,
+    min_messages: 64,
+    max_messages: 1_000_000,
+    small_round_trips: (200, 2000),
+    large_round_trips: (30, 300),
+};
+
+const QUICK: Scale = Scale {
+    target_bytes: 64 << 20,
+    min_messages: 8,
+    max_messages: 20_000,
+    small_round_trips: (20, 200),
+    large_round_trips: (5, 30),
+};
+
+impl Scale {
+    fn messages(&self, size: usize) -> u64 {
+        (self.target_bytes / size as u64).clamp(self.min_messages, self.max_messages)
+    }
+
+    fn round_trips(&self, size: usize) -> (u64, u64) {
+        if size <= 64 << 10 {
+            self.small_round_trips
+        } else {
+            self.large_round_trips
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Options {
+    json: bool,
+    reps: usize,
+    sizes: Vec<usize>,
+    scale: Scale,
+    quick: bool,
+    timeout: Duration,
+}
+
+fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let unit = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("bad size {text:?}")),
+    };
+    let n: usize = digits.parse().map_err(|_| format!("bad size {text:?}"))?;
+    match n.checked_mul(unit) {
+        Some(0) => Err(format!("size {text:?}: messages must have at least 1 byte")),
+        Some(size) => Ok(size),
+        None => Err(format!("size {text:?} is too large")),
+    }
+}
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let (mut json, mut quick, mut reps, mut sizes, mut timeout) =
+        (false, false, None, None, Duration::from_secs(120));
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{arg} needs a value"))
+                .cloned()
+        };
+        match arg.as_str() {
+            "--json" => json = true,
+            "--quick" => quick = true,
+            "--reps" => {
+                let v = value()?;
+                let n: usize = v
+                    .parse()
+                    .map_err(|_| format!("--reps: {v:?} is not a number"))?;
+                if n == 0 {
+                    return Err("--reps must be at least 1".to_owned());
+                }
+                reps = Some(n);
+            }
+            "--sizes" => {
+                let list = value()?;
+                let parsed = list
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(parse_size)
+                    .collect::<Result<Vec<_>, _>>()?;
+                if parsed.is_empty() {
+                    return Err("--sizes needs at least one size".to_owned());
+                }
+                sizes = Some(parsed);
+            }
+            "--timeout" => {
+                let v = value()?;
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                    .ok_or_else(|| format!("--timeout: {v:?} is not a positive number"))?;
+                timeout = Duration::from_secs_f64(secs);
+            }
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    Ok(Options {
+        json,
+        reps: reps.unwrap_or(if quick { 1 } else { 5 }),
+        sizes: sizes.unwrap_or_else(|| DEFAULT_SIZES.to_vec()),
+        scale: if quick { QUICK } else { FULL },
+        quick,
+        timeout,
+    })
+}
+
+/// One successful throughput measurement.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sample {
+    /// From the first message's arrival to the last one's.
+    pub(crate) elapsed: Duration,
+    /// User + system time of the measurement's processes.
+    pub(crate) cpu: Duration,
+}
+
+/// All repetitions of one throughput row.
+#[derive(Debug, Clone)]
+pub(crate) struct Cell {
+    pub(crate) size: usize,
+    pub(crate) transport: Transport,
+    pub(crate) messages: u64,
+    pub(crate) samples: Vec<Sample>,
+    pub(crate) errors: Vec<String>,
+}
+
+/// All repetitions of one latency row.
+#[derive(Debug, Clone)]
+pub(crate) struct LatencyCell {
+    pub(crate) size: usize,
+    pub(crate) transport: Transport,
+    pub(crate) rounds: u64,
+    pub(crate) p50_us: Vec<f64>,
+    pub(crate) p99_us: Vec<f64>,
+    pub(crate) errors: Vec<String>,
+}
+
+/// Everything the report shows.
+#[derive(Debug, Clone)]
+pub(crate) struct Results {
+    pub(crate) machine: Machine,
+    pub(crate) command: String,
+    pub(crate) reps: usize,
+    pub(crate) quick: bool,
+    pub(crate) sizes: Vec<usize>,
+    pub(crate) cells: Vec<Cell>,
+    pub(crate) latency: Vec<LatencyCell>,
+    pub(crate) wall: Duration,
+}
+
+/// Parses the `DONE MESSAGES ELAPSED_NS` line of a receiver.
+fn parse_done(line: &str, messages: u64) -> Result<Duration, String> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    match fields[..] {
+        ["DONE", n, ns] => {
+            let n: u64 = n.parse().map_err(|_| format!("bad report {line:?}"))?;
+            let ns: u64 = ns.parse().map_err(|_| format!("bad report {line:?}"))?;
+            if n != messages {
+                return Err(format!(
+                    "the receiver counted {n} messages, expected {messages}"
+                ));
+            }
+            Ok(Duration::from_nanos(ns))
+        }
+        _ => Err(format!("unexpected report {line:?}")),
+    }
+}
+
+fn expect_line(line: String, want: &str) -> Result<(), String> {
+    if line == want {
+        Ok(())
+    } else {
+        Err(format!("expected {want:?} from a child, got {line:?}"))
+    }
+}
+
+fn path_arg(path: &Path) -> Result<String, String> {
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("the socket path {} is not UTF-8", path.display()))
+}
+
+/// The children of one throughput measurement; returns the receiver's elapsed time. The group
+/// is dropped (every child reaped) before this returns.
+fn run_throughput(
+    exe: &Path,
+    transport: Transport,
+    size: usize,
+    messages: u64,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let mut group = Group::new(exe, timeout);
+    let (s, n) = (size.to_string(), messages.to_string());
+    let report = match transport {
+        Transport::Pvm | Transport::Unix => {
+            let (recv, send) = if transport == Transport::Pvm {
+                ("pvm-recv", "pvm-send")
+            } else {
+                ("unix-recv", "unix-send")
+            };
+            let path = RemoveOnDrop(socket_path());
+            let p = path_arg(&path.0)?;
+            let receiver = group.spawn(recv, &[p.clone(), s.clone(), n.clone()])?;
+            expect_line(group.line(receiver)?, "READY")?;
+            group.spawn(send, &[p, s, n])?;
+            let report = group.line(receiver)?;
+            group.wait_all()?;
+            report
+        }
+        Transport::Raw => {
+            let source = group.spawn("raw-src", std::slice::from_ref(&s))?;
+            let line = group.line(source)?;
+            let (pid, addr) = match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["SRC", pid, addr] => (pid.to_owned(), addr.to_owned()),
+                _ => return Err(format!("unexpected report {line:?} from raw-src")),
+            };
+            let reader = group.spawn("raw-dst", &[pid, addr, s, n])?;
+            let report = group.line(reader)?;
+            group.close_stdin(source);
+            group.wait_all()?;
+            report
+        }
+        Transport::Memcpy => {
+            let copier = group.spawn("memcpy", &[s, n])?;
+            let report = group.line(copier)?;
+            group.wait_all()?;
+            report
+        }
+    };
+    drop(group);
+    parse_done(&report, messages)
+}
+
+fn measure_throughput(
+    exe: &Path,
+    transport: Transport,
+    size: usize,
+    messages: u64,
+    timeout: Duration,
+) -> Result<Sample, String> {
+    let before = children_cpu()?;
+    let elapsed = run_throughput(exe, transport, size, messages, timeout);
+    let after = children_cpu()?;
+    Ok(Sample {
+        elapsed: elapsed?,
+        cpu: after.saturating_sub(before),
+    })
+}
+
+/// One latency measurement: the pinger's median and 99th percentile, in µs.
+fn measure_latency(
+    exe: &Path,
+    transport: Transport,
+    size: usize,
+    (warmup, rounds): (u64, u64),
+    timeout: Duration,
+) -> Result<(f64, f64), String> {
+    let (echo, ping) = match transport {
+        Transport::Pvm => ("lat-echo-pvm", "lat-ping-pvm"),
+        Transport::Unix => ("lat-echo-unix", "lat-ping-unix"),
+        other => return Err(format!("no latency measurement for {}", other.label())),
+    };
+    let mut group = Group::new(exe, timeout);
+    let path = RemoveOnDrop(socket_path());
+    let p = path_arg(&path.0)?;
+    let s = size.to_string();
+    let echo = group.spawn(echo, &[p.clone(), s.clone()])?;
+    expect_line(group.line(echo)?, "READY")?;
+    let pinger = group.spawn(ping, &[p, s, warmup.to_string(), rounds.to_string()])?;
+    let line = group.line(pinger)?;
+    group.wait_all()?;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let bad = || format!("unexpected report {line:?}");
+    match fields[..] {
+        ["LAT", n, p50, p99] => {
+            let n: u64 = n.parse().map_err(|_| bad())?;
+            if n != rounds {
+                return Err(format!(
+                    "the pinger timed {n} round trips, expected {rounds}"
+                ));
+            }
+            let p50: f64 = p50.parse().map_err(|_| bad())?;
+            let p99: f64 = p99.parse().map_err(|_| bad())?;
+            Ok((p50 / 1e3, p99 / 1e3))
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Shows progress on standard error when it is a terminal.
+struct Progress {
+    on: bool,
+    total: usize,
+    done: usize,
+}
+
+impl Progress {
+    fn step(&mut self, what: &str) {
+        self.done += 1;
+        if self.on {
+            eprint!("\r\x1b[K[{}/{}] {what}", self.done, self.total);
+        }
+    }
+
+    fn finish(&self) {
+        if self.on {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+fn run(opts: &Options, command: String) -> Result<Results, String> {
+    let started = Instant::now();
+    let exe: PathBuf =
+        std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
+    let mut cells: Vec<Cell> = opts
+        .sizes
+        .iter()
+        .flat_map(|&size| {
+            Transport::ALL.map(|transport| Cell {
+                size,
+                transport,
+                messages: opts.scale.messages(size).max(2),
+                samples: Vec::new(),
+                errors: Vec::new(),
+            })
+        })
+        .collect();
+    let mut latency: Vec<LatencyCell> = LATENCY_SIZES
+        .iter()
+        .flat_map(|&size| {
+            [Transport::Pvm, Transport::Unix].map(|transport| LatencyCell {
+                size,
+                transport,
+                rounds: opts.scale.round_trips(size).1,
+                p50_us: Vec::new(),
+                p99_us: Vec::new(),
+                errors: Vec::new(),
+            })
+        })
+        .collect();
+    let mut progress = Progress {
+        on: std::io::stderr().is_terminal(),
+        total: opts.reps * (cells.len() + latency.len()),
+        done: 0,
+    };
+
+    for rep in 0..opts.reps {
+        for cell in &mut cells {
+            progress.step(&format!(
+                "rep {}/{} {} {}",
+                rep + 1,
+                opts.reps,
+                size_label(cell.size),
+                cell.transport.label()
+            ));
+            match measure_throughput(&exe, cell.transport, cell.size, cell.messages, opts.timeout) {
+                Ok(sample) => cell.samples.push(sample),
+                Err(e) => cell.errors.push(format!("repetition {}: {e}", rep + 1)),
+            }
+        }
+        for cell in &mut latency {
+            progress.step(&format!(
+                "rep {}/{} latency {} {}",
+                rep + 1,
+                opts.reps,
+                size_label(cell.size),
+                cell.transport.label()
+            ));
+            let trips = opts.scale.round_trips(cell.size);
+            match measure_latency(&exe, cell.transport, cell.size, trips, opts.timeout) {
+                Ok((p50, p99)) => {
+                    cell.p50_us.push(p50);
+                    cell.p99_us.push(p99);
+                }
+                Err(e) => cell.errors.push(format!("repetition {}: {e}", rep + 1)),
+            }
+        }
+    }
+    progress.finish();
+    Ok(Results {
+        machine: Machine::detect(),
+        command,
+        reps: opts.reps,
+        quick: opts.quick,
+        sizes: opts.sizes.clone(),
+        cells,
+        latency,
+        wall: started.elapsed(),
+    })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(CHILD_FLAG) {
+        let role = args.get(1).map_or("", String::as_str);
+        return match child::run(role, args.get(2..).unwrap_or_default()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench child {role} (pid {}): {e}", std::process::id());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let opts = match parse_args(&args) {
+        Ok(opts) => opts,
+        Err(e) => {
+            eprintln!("bench: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let command = if args.is_empty() {
+        "cargo run --release --example bench".to_owned()
+    } else {
+        format!("cargo run --release --example bench -- {}", args.join(" "))
+    };
+    match run(&opts, command) {
+        Ok(results) => {
+            if opts.json {
+                print!("{}", report::json(&results));
+            } else {
+                print!("{}", report::text(&results));
+            }
+            let failed = results.cells.iter().any(|c| !c.errors.is_empty())
+                || results.latency.iter().any(|c| !c.errors.is_empty());
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

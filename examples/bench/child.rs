@@ -1,0 +1,514 @@
+//! The child processes of the benchmark: one function per role.
+//!
+//! A child is this same binary started as `bench --child ROLE ARGS...`. It reports on its
+//! standard output, one line per report:
+//!
+//! * `READY`: a listener is bound and the peer may be started.
+//! * `SRC PID ADDR`: (raw source) the buffer to read lives at `ADDR` in process `PID`.
+//! * `DONE MESSAGES ELAPSED_NS`: a receiver's result; the clock ran from the moment the first
+//!   message had arrived to the moment the last one had.
+//! * `LAT ROUND_TRIPS P50_NS P99_NS`: a pinger's one-way latency (round trip / 2).
+//!
+//! Errors go to standard error and make the child exit with a failure status.
+
+use std::future::Future;
+use std::hint::black_box;
+use std::io::Read;
+use std::str::FromStr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use nix::errno::Errno;
+use nix::sys::uio::{RemoteIoVec, process_vm_readv};
+use nix::unistd::Pid;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_pvm::{Config, Connection, DEFAULT_MAX_MESSAGE_SIZE, Listener};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+/// Runs child role `role` with its arguments.
+pub(crate) fn run(role: &str, args: &[String]) -> Result<(), String> {
+    match role {
+        "pvm-recv" => {
+            let (path, size, count) = path_size_count(args)?;
+            on_runtime(pvm_recv(path, size, count))
+        }
+        "pvm-send" => {
+            let (path, size, count) = path_size_count(args)?;
+            on_runtime(pvm_send(path, size, count))
+        }
+        "unix-recv" => {
+            let (path, size, count) = path_size_count(args)?;
+            on_runtime(unix_recv(path, size, count))
+        }
+        "unix-send" => {
+            let (path, size, count) = path_size_count(args)?;
+            on_runtime(unix_send(path, size, count))
+        }
+        "raw-src" => {
+            let [size] = args else {
+                return Err(format!("raw-src takes SIZE, got {args:?}"));
+            };
+            raw_src(size_arg(size)?)
+        }
+        "raw-dst" => {
+            let [pid, addr, size, count] = args else {
+                return Err(format!("raw-dst takes PID ADDR SIZE COUNT, got {args:?}"));
+            };
+            raw_dst(
+                number(pid, "pid")?,
+                number(addr, "address")?,
+                size_arg(size)?,
+                count_arg(count)?,
+            )
+        }
+        "memcpy" => {
+            let [size, count] = args else {
+                return Err(format!("memcpy takes SIZE COUNT, got {args:?}"));
+            };
+            memcpy(size_arg(size)?, count_arg(count)?)
+        }
+        "lat-echo-pvm" | "lat-echo-unix" => {
+            let [path, size] = args else {
+                return Err(format!("{role} takes PATH SIZE, got {args:?}"));
+            };
+            let (path, size) = (path.clone(), size_arg(size)?);
+            if role == "lat-echo-pvm" {
+                on_runtime(pvm_echo(path, size))
+            } else {
+                on_runtime(unix_echo(path, size))
+            }
+        }
+        "lat-ping-pvm" | "lat-ping-unix" => {
+            let [path, size, warmup, rounds] = args else {
+                return Err(format!(
+                    "{role} takes PATH SIZE WARMUP ROUND_TRIPS, got {args:?}"
+                ));
+            };
+            let ping = Ping {
+                path: path.clone(),
+                size: size_arg(size)?,
+                warmup: number(warmup, "warm-up count")?,
+                rounds: count_arg(rounds)?,
+            };
+            if role == "lat-ping-pvm" {
+                on_runtime(pvm_ping(ping))
+            } else {
+                on_runtime(unix_ping(ping))
+            }
+        }
+        other => Err(format!("unknown child role {other:?}")),
+    }
+}
+
+// ----- arguments ---------------------------------------------------------------------------
+
+fn number<T: FromStr>(value: &str, what: &str) -> Result<T, String> {
+    value.parse().map_err(|_| format!("bad {what} {value:?}"))
+}
+
+fn size_arg(value: &str) -> Result<usize, String> {
+    match number(value, "size")? {
+        0 => Err("the message size must be at least 1 byte".to_owned()),
+        size => Ok(size),
+    }
+}
+
+fn count_arg(value: &str) -> Result<u64, String> {
+    match number(value, "message count")? {
+        n if n < 2 => Err(format!(
+            "at least 2 messages are needed to time anything, got {n}"
+        )),
+        n => Ok(n),
+    }
+}
+
+fn path_size_count(args: &[String]) -> Result<(String, usize, u64), String> {
+    let [path, size, count] = args else {
+        return Err(format!("expected PATH SIZE COUNT, got {args:?}"));
+    };
+    Ok((path.clone(), size_arg(size)?, count_arg(count)?))
+}
+
+// ----- shared pieces -----------------------------------------------------------------------
+
+/// Runs `work` as a task on a multi-thread Tokio runtime with the default number of workers
+/// (one per CPU). Every async role, of either transport, runs this way.
+fn on_runtime<F>(work: F) -> Result<(), String>
+where
+    F: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the Tokio runtime: {e}"))?;
+    rt.block_on(async move {
+        tokio::spawn(work)
+            .await
+            .map_err(|e| format!("the benchmark task failed: {e}"))?
+    })
+}
+
+/// A message of `size` bytes: byte `i` is `i % 251`.
+fn pattern(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8).collect()
+}
+
+/// Checks what a receiver can check cheaply: the length and the first and last byte.
+#[inline]
+fn touch(msg: &[u8], size: usize) -> Result<(), String> {
+    if msg.len() != size {
+        return Err(format!(
+            "a message has {} bytes, expected {size}",
+            msg.len()
+        ));
+    }
+    let first = black_box(msg[0]);
+    let last = black_box(msg[size - 1]);
+    if first != 0 || last != ((size - 1) % 251) as u8 {
+        return Err(format!(
+            "a message of {size} bytes has first byte {first} and last byte {last}, expected 0 \
+             and {}",
+            (size - 1) % 251
+        ));
+    }
+    Ok(())
+}
+
+/// Tells the parent that the listener is bound.
+fn ready() {
+    println!("READY");
+}
+
+/// The same limits on both sides of a `tokio-pvm` connection: the default window, and
+/// messages up to 64 MiB or `size`, whichever is larger.
+fn pvm_config(size: usize) -> Config {
+    Config::new().max_message_size((size as u64).max(DEFAULT_MAX_MESSAGE_SIZE))
+}
+
+/// A length-delimited codec (4-byte length) that accepts frames up to 64 MiB or `size`,
+/// whichever is larger: the same limit as [`pvm_config`].
+fn codec(size: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(size.max(DEFAULT_MAX_MESSAGE_SIZE as usize))
+        .new_codec()
+}
+
+/// Counts messages and takes the time when the first and when the last expected one arrived.
+/// Two branches and two clock reads per run, nothing per message.
+struct Clock {
+    expect: u64,
+    seen: u64,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Clock {
+    fn new(expect: u64) -> Clock {
+        Clock {
+            expect,
+            seen: 0,
+            first: None,
+            last: None,
+        }
+    }
+
+    #[inline]
+    fn tick(&mut self) {
+        self.seen += 1;
+        if self.seen == 1 {
+            self.first = Some(Instant::now());
+        }
+        if self.seen == self.expect {
+            self.last = Some(Instant::now());
+        }
+    }
+
+    fn report(self) -> Result<(), String> {
+        let (Some(first), Some(last)) = (self.first, self.last) else {
+            return Err(format!(
+                "received {} of {} messages",
+                self.seen, self.expect
+            ));
+        };
+        if self.seen != self.expect {
+            return Err(format!(
+                "received {} messages, expected {}",
+                self.seen, self.expect
+            ));
+        }
+        println!("DONE {} {}", self.seen, (last - first).as_nanos());
+        Ok(())
+    }
+}
+
+// ----- throughput: tokio-pvm ---------------------------------------------------------------
+
+async fn pvm_recv(path: String, size: usize, count: u64) -> Result<(), String> {
+    let mut listener =
+        Listener::bind_with(&path, pvm_config(size)).map_err(|e| format!("binding {path}: {e}"))?;
+    ready();
+    let mut conn = listener
+        .accept()
+        .await
+        .map_err(|e| format!("accepting on {path}: {e}"))?;
+    drop(listener); // removes the socket file
+    let mut clock = Clock::new(count);
+    while let Some(msg) = conn.next().await {
+        let msg = msg.map_err(|e| format!("receiving message {}: {e}", clock.seen))?;
+        touch(&msg, size)?;
+        drop(msg);
+        clock.tick();
+    }
+    clock.report()
+}
+
+async fn pvm_send(path: String, size: usize, count: u64) -> Result<(), String> {
+    let mut conn = Connection::connect_with(&path, pvm_config(size))
+        .await
+        .map_err(|e| format!("connecting to {path}: {e}"))?;
+    let msg = Bytes::from(pattern(size));
+    for i in 0..count {
+        conn.feed(msg.clone())
+            .await
+            .map_err(|e| format!("sending message {i}: {e}"))?;
+    }
+    conn.close()
+        .await
+        .map_err(|e| format!("closing after {count} messages: {e}"))
+}
+
+// ----- throughput: Unix socket + LengthDelimitedCodec --------------------------------------
+
+async fn unix_recv(path: String, size: usize, count: u64) -> Result<(), String> {
+    let listener = UnixListener::bind(&path).map_err(|e| format!("binding {path}: {e}"))?;
+    ready();
+    let (stream, _) = listener
+        .accept()
+        .await
+        .map_err(|e| format!("accepting on {path}: {e}"))?;
+    drop(listener);
+    let _ = std::fs::remove_file(&path);
+    let mut framed = Framed::new(stream, codec(size));
+    let mut clock = Clock::new(count);
+    while let Some(frame) = framed.next().await {
+        let frame = frame.map_err(|e| format!("receiving message {}: {e}", clock.seen))?;
+        touch(&frame, size)?;
+        drop(frame);
+        clock.tick();
+    }
+    clock.report()
+}
+
+async fn unix_send(path: String, size: usize, count: u64) -> Result<(), String> {
+    let stream = UnixStream::connect(&path)
+        .await
+        .map_err(|e| format!("connecting to {path}: {e}"))?;
+    let mut framed = Framed::new(stream, codec(size));
+    let msg = Bytes::from(pattern(size));
+    for i in 0..count {
+        framed
+            .feed(msg.clone())
+            .await
+            .map_err(|e| format!("sending message {i}: {e}"))?;
+    }
+    SinkExt::<Bytes>::close(&mut framed)
+        .await
+        .map_err(|e| format!("closing after {count} messages: {e}"))
+}
+
+// ----- throughput: raw process_vm_readv and memcpy -----------------------------------------
+
+/// Holds a touched buffer of `size` bytes, says where it is, and waits until standard input
+/// closes.
+fn raw_src(size: usize) -> Result<(), String> {
+    let buf = pattern(size);
+    println!("SRC {} {}", std::process::id(), buf.as_ptr() as usize);
+    let mut rest = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut rest)
+        .map_err(|e| format!("waiting for standard input to close: {e}"))?;
+    black_box(&buf);
+    Ok(())
+}
+
+/// Copies `local.len()` bytes at `addr` in process `pid` into `local`, continuing after short
+/// transfers.
+fn read_full(pid: Pid, addr: usize, local: &mut [u8]) -> Result<(), String> {
+    let len = local.len();
+    let mut done = 0;
+    while done < len {
+        let remote = [RemoteIoVec {
+            base: addr + done,
+            len: len - done,
+        }];
+        let mut iov = [std::io::IoSliceMut::new(&mut local[done..])];
+        match process_vm_readv(pid, &mut iov, &remote) {
+            Ok(0) => {
+                return Err(format!(
+                    "process_vm_readv from process {pid} copied nothing at offset {done}"
+                ));
+            }
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                return Err(format!(
+                    "process_vm_readv of {len} bytes from process {pid} at {addr:#x}: {e}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads process `pid`'s buffer `count` times into one reused, pre-faulted local buffer.
+fn raw_dst(pid: i32, addr: usize, size: usize, count: u64) -> Result<(), String> {
+    let pid = Pid::from_raw(pid);
+    // A non-zero fill writes every page, so none faults during the loop.
+    let mut local = black_box(vec![0x5a_u8; size]);
+    let mut clock = Clock::new(count);
+    for _ in 0..count {
+        read_full(pid, addr, &mut local)?;
+        touch(&local, size)?;
+        clock.tick();
+    }
+    clock.report()
+}
+
+/// Copies `size` bytes between two pre-faulted buffers `count` times on one thread.
+fn memcpy(size: usize, count: u64) -> Result<(), String> {
+    let src = pattern(size);
+    let mut dst = black_box(vec![0x5a_u8; size]);
+    let mut clock = Clock::new(count);
+    for _ in 0..count {
+        black_box(&mut dst[..]).copy_from_slice(black_box(&src[..]));
+        touch(&dst, size)?;
+        clock.tick();
+    }
+    clock.report()
+}
+
+// ----- latency -----------------------------------------------------------------------------
+
+/// What a pinger does: `warmup` untimed round trips, then `rounds` timed ones.
+struct Ping {
+    path: String,
+    size: usize,
+    warmup: u64,
+    rounds: u64,
+}
+
+/// Reports the median and 99th percentile (nearest rank) of one-way latencies in ns.
+fn report_latency(mut one_way_ns: Vec<u64>) -> Result<(), String> {
+    if one_way_ns.is_empty() {
+        return Err("no round trips were timed".to_owned());
+    }
+    one_way_ns.sort_unstable();
+    let rank = |p: usize| one_way_ns[(one_way_ns.len() * p).div_ceil(100).max(1) - 1];
+    println!("LAT {} {} {}", one_way_ns.len(), rank(50), rank(99));
+    Ok(())
+}
+
+/// Echoes every message back with `send` (feed + flush: returns once the pinger has pulled
+/// the reply), then closes when the pinger closes.
+async fn pvm_echo(path: String, size: usize) -> Result<(), String> {
+    let mut listener =
+        Listener::bind_with(&path, pvm_config(size)).map_err(|e| format!("binding {path}: {e}"))?;
+    ready();
+    let mut conn = listener
+        .accept()
+        .await
+        .map_err(|e| format!("accepting on {path}: {e}"))?;
+    drop(listener);
+    while let Some(msg) = conn.next().await {
+        let msg = msg.map_err(|e| format!("receiving: {e}"))?;
+        conn.send(msg).await.map_err(|e| format!("echoing: {e}"))?;
+    }
+    conn.close().await.map_err(|e| format!("closing: {e}"))
+}
+
+async fn pvm_ping(ping: Ping) -> Result<(), String> {
+    let mut conn = Connection::connect_with(&ping.path, pvm_config(ping.size))
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", ping.path))?;
+    let msg = Bytes::from(pattern(ping.size));
+    let mut one_way = Vec::with_capacity(ping.rounds as usize);
+    for i in 0..ping.warmup + ping.rounds {
+        let start = Instant::now();
+        conn.send(msg.clone())
+            .await
+            .map_err(|e| format!("sending round trip {i}: {e}"))?;
+        let reply = conn
+            .next()
+            .await
+            .ok_or_else(|| format!("the echo closed before round trip {i} came back"))?
+            .map_err(|e| format!("receiving round trip {i}: {e}"))?;
+        let rtt = start.elapsed();
+        touch(&reply, ping.size)?;
+        if i >= ping.warmup {
+            one_way.push(rtt.as_nanos() as u64 / 2);
+        }
+    }
+    conn.close().await.map_err(|e| format!("closing: {e}"))?;
+    // Wait for the echo's own close, so that neither side leaves the other mid-frame.
+    while let Some(msg) = conn.next().await {
+        msg.map_err(|e| format!("waiting for the echo to close: {e}"))?;
+    }
+    report_latency(one_way)
+}
+
+/// Echoes every frame back with `send` (feed + flush into the socket).
+async fn unix_echo(path: String, size: usize) -> Result<(), String> {
+    let listener = UnixListener::bind(&path).map_err(|e| format!("binding {path}: {e}"))?;
+    ready();
+    let (stream, _) = listener
+        .accept()
+        .await
+        .map_err(|e| format!("accepting on {path}: {e}"))?;
+    drop(listener);
+    let _ = std::fs::remove_file(&path);
+    let mut framed = Framed::new(stream, codec(size));
+    while let Some(frame) = framed.next().await {
+        let frame = frame.map_err(|e| format!("receiving: {e}"))?;
+        framed
+            .send(frame.freeze())
+            .await
+            .map_err(|e| format!("echoing: {e}"))?;
+    }
+    SinkExt::<Bytes>::close(&mut framed)
+        .await
+        .map_err(|e| format!("closing: {e}"))
+}
+
+async fn unix_ping(ping: Ping) -> Result<(), String> {
+    let stream = UnixStream::connect(&ping.path)
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", ping.path))?;
+    let mut framed = Framed::new(stream, codec(ping.size));
+    let msg = Bytes::from(pattern(ping.size));
+    let mut one_way = Vec::with_capacity(ping.rounds as usize);
+    for i in 0..ping.warmup + ping.rounds {
+        let start = Instant::now();
+        framed
+            .send(msg.clone())
+            .await
+            .map_err(|e| format!("sending round trip {i}: {e}"))?;
+        let reply = framed
+            .next()
+            .await
+            .ok_or_else(|| format!("the echo closed before round trip {i} came back"))?
+            .map_err(|e| format!("receiving round trip {i}: {e}"))?;
+        let rtt = start.elapsed();
+        touch(&reply, ping.size)?;
+        if i >= ping.warmup {
+            one_way.push(rtt.as_nanos() as u64 / 2);
+        }
+    }
+    SinkExt::<Bytes>::close(&mut framed)
+        .await
+        .map_err(|e| format!("closing: {e}"))?;
+    while let Some(frame) = framed.next().await {
+        frame.map_err(|e| format!("waiting for the echo to close: {e}"))?;
+    }
+    report_latency(one_way)
+}

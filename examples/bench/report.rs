@@ -1,0 +1,417 @@
+//! The machine description, and the results as aligned text tables or as JSON.
+
+use std::fmt::Write as _;
+
+use crate::{Cell, LatencyCell, Results, Transport};
+
+/// What the results were measured on.
+#[derive(Debug, Clone)]
+pub(crate) struct Machine {
+    pub(crate) nproc: usize,
+    pub(crate) cpu: String,
+    pub(crate) kernel: String,
+}
+
+impl Machine {
+    /// CPUs this process may run on (as `nproc` counts them), the CPU model from
+    /// `/proc/cpuinfo` and the kernel release (as `uname -r` prints it).
+    pub(crate) fn detect() -> Machine {
+        let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown CPU".to_owned());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown kernel".to_owned());
+        Machine { nproc, cpu, kernel }
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+/// Medians and spread of one throughput cell.
+#[derive(Debug, Clone, Copy, Default)]
+struct Summary {
+    msg_per_s: Option<f64>,
+    gb_per_s: Option<f64>,
+    gb_per_s_min: Option<f64>,
+    gb_per_s_max: Option<f64>,
+    cpu_s_per_gb: Option<f64>,
+    ratio_vs_unix: Option<f64>,
+}
+
+fn summarize(cell: &Cell, unix_gb_per_s: Option<f64>) -> Summary {
+    let timed = (cell.messages - 1) as f64;
+    let moved_gb = cell.messages as f64 * cell.size as f64 / 1e9;
+    let secs: Vec<f64> = cell
+        .samples
+        .iter()
+        .map(|s| s.elapsed.as_secs_f64())
+        .filter(|&s| s > 0.0)
+        .collect();
+    let gb: Vec<f64> = secs
+        .iter()
+        .map(|s| timed * cell.size as f64 / 1e9 / s)
+        .collect();
+    let gb_per_s = median(gb.iter().copied());
+    Summary {
+        msg_per_s: median(secs.iter().map(|s| timed / s)),
+        gb_per_s,
+        gb_per_s_min: gb.iter().copied().reduce(f64::min),
+        gb_per_s_max: gb.iter().copied().reduce(f64::max),
+        cpu_s_per_gb: median(cell.samples.iter().map(|s| s.cpu.as_secs_f64() / moved_gb)),
+        ratio_vs_unix: match (gb_per_s, unix_gb_per_s) {
+            (Some(g), Some(u)) if u > 0.0 => Some(g / u),
+            _ => None,
+        },
+    }
+}
+
+/// Median GB/s of the Unix-socket row of `size`, the reference for the ratio column.
+fn unix_reference(results: &Results, size: usize) -> Option<f64> {
+    results
+        .cells
+        .iter()
+        .find(|c| c.size == size && c.transport == Transport::Unix)
+        .and_then(|c| summarize(c, None).gb_per_s)
+}
+
+/// `65536` as `64 KiB`; sizes that are not a whole number of KiB or MiB in bytes.
+pub(crate) fn size_label(size: usize) -> String {
+    match size {
+        s if s >= 1 << 30 && s.is_multiple_of(1 << 30) => format!("{} GiB", s >> 30),
+        s if s >= 1 << 20 && s.is_multiple_of(1 << 20) => format!("{} MiB", s >> 20),
+        s if s >= 1 << 10 && s.is_multiple_of(1 << 10) => format!("{} KiB", s >> 10),
+        s => format!("{s} B"),
+    }
+}
+
+/// `1234567` as `1,234,567`.
+pub(crate) fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn num(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+/// The aligned text report.
+pub(crate) fn text(results: &Results) -> String {
+    let mut out = String::new();
+    let m = &results.machine;
+    let _ = writeln!(out, "tokio-pvm transport benchmark");
+    let _ = writeln!(
+        out,
+        "machine: {} CPUs, {}, Linux {}",
+        m.nproc, m.cpu, m.kernel
+    );
+    let _ = writeln!(out, "command: {}", results.command);
+    let _ = writeln!(
+        out,
+        "{} repetition(s), interleaved (each repetition: each size, each transport, then the \
+         latency runs); medians shown",
+        results.reps
+    );
+    let mut counts = Vec::new();
+    for size in &results.sizes {
+        if let Some(c) = results.cells.iter().find(|c| c.size == *size) {
+            counts.push(format!("{} x {}", size_label(*size), grouped(c.messages)));
+        }
+    }
+    let _ = writeln!(out, "messages per measurement: {}", counts.join(", "));
+    let _ = writeln!(out);
+
+    let _ = writeln!(out, "throughput");
+    let header = format!(
+        "{:>8}  {:<26}  {:>12}  {:>8}  {:>9}  {:>8}  {:>7}",
+        "size", "transport", "msg/s", "GB/s", "CPU s/GB", "vs unix", "spread"
+    );
+    let _ = writeln!(out, "{header}");
+    let _ = writeln!(out, "{}", "-".repeat(header.len()));
+    let mut notes = Vec::new();
+    let mut last_size = None;
+    for cell in &results.cells {
+        if last_size.is_some_and(|s| s != cell.size) {
+            let _ = writeln!(out);
+        }
+        last_size = Some(cell.size);
+        let s = summarize(cell, unix_reference(results, cell.size));
+        let mark = if cell.errors.is_empty() {
+            ""
+        } else {
+            notes.extend(
+                cell.errors
+                    .iter()
+                    .map(|e| format!("{} {}: {e}", size_label(cell.size), cell.transport.label())),
+            );
+            " *"
+        };
+        if cell.samples.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:>8}  {:<26}  ERROR: all {} repetition(s) failed, see below",
+                size_label(cell.size),
+                cell.transport.label(),
+                cell.errors.len()
+            );
+            continue;
+        }
+        let spread = match (s.gb_per_s_min, s.gb_per_s_max, s.gb_per_s) {
+            (Some(lo), Some(hi), Some(mid)) if mid > 0.0 => {
+                format!("{:.0}%", (hi - lo) / mid * 100.0)
+            }
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<26}  {:>12}  {:>8}  {:>9}  {:>8}  {:>7}{mark}",
+            size_label(cell.size),
+            cell.transport.label(),
+            s.msg_per_s
+                .map_or_else(|| "-".to_owned(), |v| grouped(v.round() as u64)),
+            num(s.gb_per_s, 3),
+            num(s.cpu_s_per_gb, 3),
+            s.ratio_vs_unix
+                .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x")),
+            spread,
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "GB = 10^9 bytes. Rates count the messages after the first, timed in the receiving \
+         process from the first message's arrival to the last one's."
+    );
+    let _ = writeln!(
+        out,
+        "CPU s/GB: user + system time of all processes of the measurement (both children; \
+         memcpy: its one child), whole lifetimes, per GB moved; getrusage(RUSAGE_CHILDREN)."
+    );
+    let _ = writeln!(
+        out,
+        "vs unix: GB/s over the unix+LengthDelimitedCodec row of the same size. spread: \
+         (max - min) / median of GB/s over the repetitions."
+    );
+
+    if !results.latency.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "one-way latency (round trip / 2, ping-pong)");
+        let header = format!(
+            "{:>8}  {:<26}  {:>11}  {:>9}  {:>9}",
+            "size", "transport", "round trips", "p50 us", "p99 us"
+        );
+        let _ = writeln!(out, "{header}");
+        let _ = writeln!(out, "{}", "-".repeat(header.len()));
+        for cell in &results.latency {
+            let mark = if cell.errors.is_empty() {
+                ""
+            } else {
+                notes.extend(cell.errors.iter().map(|e| {
+                    format!(
+                        "latency {} {}: {e}",
+                        size_label(cell.size),
+                        cell.transport.label()
+                    )
+                }));
+                " *"
+            };
+            if cell.p50_us.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "{:>8}  {:<26}  ERROR: all {} repetition(s) failed, see below",
+                    size_label(cell.size),
+                    cell.transport.label(),
+                    cell.errors.len()
+                );
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "{:>8}  {:<26}  {:>11}  {:>9}  {:>9}{mark}",
+                size_label(cell.size),
+                cell.transport.label(),
+                grouped(cell.rounds),
+                num(median(cell.p50_us.iter().copied()), 1),
+                num(median(cell.p99_us.iter().copied()), 1),
+            );
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "Round trips per repetition after a warm-up; p50 and p99 are medians over the \
+             repetitions."
+        );
+        let _ = writeln!(
+            out,
+            "tokio-pvm: both sides use send() = feed + flush, and flush returns only once the \
+             peer has pulled and acknowledged the message, so every round trip includes two \
+             acknowledgements (the transport's delivery guarantee)."
+        );
+        let _ = writeln!(
+            out,
+            "unix: send() = feed + flush, which returns once the frame is written into the \
+             socket."
+        );
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "* failed repetitions:");
+        for note in notes {
+            let _ = writeln!(out, "  {note}");
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "wall time: {:.1} s", results.wall.as_secs_f64());
+    out
+}
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A JSON number, or `null` for none (or a value JSON cannot hold).
+fn json_num(value: Option<f64>) -> String {
+    match value {
+        Some(v) if v.is_finite() => format!("{v}"),
+        _ => "null".to_owned(),
+    }
+}
+
+fn json_errors(errors: &[String]) -> String {
+    let items: Vec<String> = errors.iter().map(|e| json_str(e)).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// The machine-readable report: one object, with flat arrays of flat objects.
+pub(crate) fn json(results: &Results) -> String {
+    let m = &results.machine;
+    let mut out = String::new();
+    let _ = writeln!(out, "{{");
+    let _ = writeln!(
+        out,
+        "  \"machine\": {{\"nproc\": {}, \"cpu\": {}, \"kernel\": {}}},",
+        m.nproc,
+        json_str(&m.cpu),
+        json_str(&m.kernel)
+    );
+    let _ = writeln!(out, "  \"command\": {},", json_str(&results.command));
+    let _ = writeln!(out, "  \"reps\": {},", results.reps);
+    let _ = writeln!(out, "  \"quick\": {},", results.quick);
+    let _ = writeln!(out, "  \"gb\": 1e9,");
+    let _ = writeln!(out, "  \"throughput\": [");
+    let rows: Vec<String> = results
+        .cells
+        .iter()
+        .map(|cell| {
+            let s = summarize(cell, unix_reference(results, cell.size));
+            format!(
+                "    {{\"size\": {}, \"transport\": {}, \"messages\": {}, \"ok_reps\": {}, \
+                 \"msg_per_s\": {}, \"gb_per_s\": {}, \"gb_per_s_min\": {}, \
+                 \"gb_per_s_max\": {}, \"cpu_s_per_gb\": {}, \"ratio_vs_unix\": {}, \
+                 \"errors\": {}}}",
+                cell.size,
+                json_str(cell.transport.label()),
+                cell.messages,
+                cell.samples.len(),
+                json_num(s.msg_per_s),
+                json_num(s.gb_per_s),
+                json_num(s.gb_per_s_min),
+                json_num(s.gb_per_s_max),
+                json_num(s.cpu_s_per_gb),
+                json_num(s.ratio_vs_unix),
+                json_errors(&cell.errors),
+            )
+        })
+        .collect();
+    let _ = writeln!(out, "{}", rows.join(",\n"));
+    let _ = writeln!(out, "  ],");
+    let _ = writeln!(out, "  \"latency\": [");
+    let rows: Vec<String> = results
+        .latency
+        .iter()
+        .map(|cell: &LatencyCell| {
+            format!(
+                "    {{\"size\": {}, \"transport\": {}, \"round_trips\": {}, \"ok_reps\": {}, \
+                 \"p50_us\": {}, \"p99_us\": {}, \"errors\": {}}}",
+                cell.size,
+                json_str(cell.transport.label()),
+                cell.rounds,
+                cell.p50_us.len(),
+                json_num(median(cell.p50_us.iter().copied())),
+                json_num(median(cell.p99_us.iter().copied())),
+                json_errors(&cell.errors),
+            )
+        })
+        .collect();
+    if !rows.is_empty() {
+        let _ = writeln!(out, "{}", rows.join(",\n"));
+    }
+    let _ = writeln!(out, "  ],");
+    let _ = writeln!(
+        out,
+        "  \"wall_s\": {}",
+        json_num(Some(results.wall.as_secs_f64()))
+    );
+    let _ = writeln!(out, "}}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers() {
+        assert_eq!(grouped(1234567), "1,234,567");
+        assert_eq!(grouped(12), "12");
+        assert_eq!(size_label(64), "64 B");
+        assert_eq!(size_label(16 << 20), "16 MiB");
+        assert_eq!(median([3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(json_str("a\"b\n"), "\"a\\\"b\\n\"");
+        assert_eq!(json_num(Some(f64::NAN)), "null");
+    }
+}
