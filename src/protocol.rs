@@ -26,6 +26,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 use futures::{Sink, Stream};
 use nix::sys::socket::Shutdown;
 use tokio::task::JoinHandle;
@@ -50,34 +51,23 @@ pub(crate) enum Role {
 }
 
 /// Wakers of the two halves. Registered with the socket's readiness so that one readiness
-/// event wakes both.
+/// event wakes both. Lock-free: registering the same waker again costs a few atomic operations.
 #[derive(Debug, Default)]
 struct HalfWakers {
-    slots: Mutex<[Option<Waker>; 2]>,
+    slots: [AtomicWaker; 2],
 }
 
 impl HalfWakers {
-    fn lock(&self) -> MutexGuard<'_, [Option<Waker>; 2]> {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn register(&self, role: Role, waker: &Waker) {
-        let mut slots = self.lock();
-        match &slots[role as usize] {
-            Some(w) if w.will_wake(waker) => {}
-            _ => slots[role as usize] = Some(waker.clone()),
-        }
+        self.slots[role as usize].register(waker);
     }
 
     fn wake_half(&self, role: Role) {
-        let waker = self.lock()[role as usize].take();
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.slots[role as usize].wake();
     }
 
     fn clear(&self, role: Role) {
-        self.lock()[role as usize] = None;
+        drop(self.slots[role as usize].take());
     }
 }
 
@@ -87,8 +77,7 @@ impl Wake for HalfWakers {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let [a, b] = std::mem::take(&mut *self.lock());
-        a.into_iter().chain(b).for_each(Waker::wake);
+        self.slots.iter().for_each(AtomicWaker::wake);
     }
 }
 
@@ -322,8 +311,8 @@ impl Guard<'_> {
     fn drive_read(&mut self) -> bool {
         let mut progressed = false;
         while self.state.fatal.is_none() && !self.state.eof {
-            let waker = self.shared.io_waker.clone();
-            let mut cx = Context::from_waker(&waker);
+            let shared = self.shared;
+            let mut cx = Context::from_waker(&shared.io_waker);
             match Pin::new(&mut self.state.io).poll_next(&mut cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     progressed = true;
@@ -506,8 +495,8 @@ impl Guard<'_> {
                 code,
                 reason: &reason,
             });
-            let waker = self.shared.io_waker.clone();
-            let _ = Pin::new(io).poll_flush(&mut Context::from_waker(&waker));
+            let shared = self.shared;
+            let _ = Pin::new(io).poll_flush(&mut Context::from_waker(&shared.io_waker));
         }
         let _ = self.state.io.get_ref().shutdown(Shutdown::Both);
         self.state.fatal = Some(err);
@@ -533,8 +522,8 @@ impl Guard<'_> {
             self.state.send.unflushed = 0;
             return Poll::Ready(Ok(()));
         }
-        let waker = self.shared.io_waker.clone();
-        let mut cx = Context::from_waker(&waker);
+        let shared = self.shared;
+        let mut cx = Context::from_waker(&shared.io_waker);
         match Pin::new(&mut self.state.io).poll_flush(&mut cx) {
             Poll::Ready(Ok(())) => {
                 self.state.send.unflushed = 0;
@@ -938,8 +927,9 @@ impl Guard<'_> {
         loop {
             if let Some(data) = self.state.recv.ready.pop_front() {
                 self.state.recv.ready_bytes -= data.len() as u64;
-                // Keep the pipeline moving before handing the message over.
-                if self.state.fatal.is_none() {
+                // When the last ready message goes, start the next pulls before handing it
+                // over, so that they overlap with the application's work on it.
+                if self.state.recv.ready.is_empty() && self.state.fatal.is_none() {
                     self.drive_read();
                     self.start_pulls();
                 }
