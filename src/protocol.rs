@@ -214,9 +214,9 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Locks the state for `role`, registering its waker first.
-    fn enter(&self, role: Role, cx: &Context<'_>) -> Guard<'_> {
-        self.wakers.register(role, cx.waker());
+    /// Locks the state for `role`. The caller registers its waker with [`Guard::register`]
+    /// before it looks at anything that may make it return `Pending`.
+    fn enter(&self, role: Role, _cx: &Context<'_>) -> Guard<'_> {
         Guard {
             _span: self.span.enter(),
             state: self.lock(),
@@ -226,7 +226,7 @@ impl Shared {
     }
 
     pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.enter(Role::Send, cx).poll_ready()
+        self.enter(Role::Send, cx).poll_ready(cx)
     }
 
     pub(crate) fn start_send(&self, item: Bytes) -> Result<()> {
@@ -240,11 +240,11 @@ impl Shared {
     }
 
     pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.enter(Role::Send, cx).poll_flush()
+        self.enter(Role::Send, cx).poll_flush(cx)
     }
 
     pub(crate) fn poll_close(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.enter(Role::Send, cx).poll_close()
+        self.enter(Role::Send, cx).poll_close(cx)
     }
 
     pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
@@ -299,6 +299,11 @@ struct Guard<'a> {
 
 impl Guard<'_> {
     /// Wakes the other half if `role` is not the one polling.
+    /// Registers the polling task's waker, before anything that may return `Pending`.
+    fn register(&self, cx: &Context<'_>) {
+        self.shared.wakers.register(self.role, cx.waker());
+    }
+
     fn notify(&self, role: Role) {
         if role != self.role {
             self.shared.wakers.wake_half(role);
@@ -594,13 +599,23 @@ impl Guard<'_> {
             && s.in_flight_bytes < l.send_window_bytes
     }
 
-    fn poll_ready(mut self) -> Poll<Result<()>> {
+    fn poll_ready(mut self, cx: &Context<'_>) -> Poll<Result<()>> {
+        let batch = (self.state.limits.send_window_messages as usize).div_ceil(4);
+        // Fast path: room in the window and nothing to write yet. Returning Ready needs no
+        // registered waker.
+        if self.window_open()
+            && self.state.send.unflushed < batch
+            && self.state.io.write_buffer().len() < WRITE_BATCH_BYTES
+            && self.check_can_send().is_ok()
+        {
+            return Poll::Ready(Ok(()));
+        }
+        self.register(cx);
         loop {
             self.check_can_send()?;
             // Write queued frames out in batches: when a quarter of the window is queued, when
             // the buffer is large, or when the window is full. The peer pulls one batch while
             // the next one fills, and small messages cost a fraction of a write each.
-            let batch = (self.state.limits.send_window_messages as usize).div_ceil(4);
             if (self.state.send.unflushed >= batch
                 || self.state.io.write_buffer().len() >= WRITE_BATCH_BYTES
                 || !self.window_open())
@@ -653,7 +668,8 @@ impl Guard<'_> {
         Ok(())
     }
 
-    fn poll_flush(mut self) -> Poll<Result<()>> {
+    fn poll_flush(mut self, cx: &Context<'_>) -> Poll<Result<()>> {
+        self.register(cx);
         loop {
             self.check_fatal()?;
             if let Poll::Ready(Err(e)) = self.flush_writes() {
@@ -668,7 +684,8 @@ impl Guard<'_> {
         }
     }
 
-    fn poll_close(mut self) -> Poll<Result<()>> {
+    fn poll_close(mut self, cx: &Context<'_>) -> Poll<Result<()>> {
+        self.register(cx);
         if !self.state.send.closed {
             // Flush first: every message must be acknowledged before CLOSE.
             loop {
@@ -940,6 +957,7 @@ impl Guard<'_> {
                 self.maybe_shutdown_write();
                 return Poll::Ready(Some(Err(err)));
             }
+            self.register(cx);
             let mut progressed = self.drive_read();
             progressed |= self.start_pulls();
             progressed |= self.collect_pulls(cx);
