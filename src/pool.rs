@@ -64,9 +64,11 @@ impl BufferPool {
         let class = len.max(MIN_POOLED).next_power_of_two();
         let reused = {
             let mut idle = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            match idle.buffers.iter().position(|b| b.len() == class) {
+            // The most recently returned buffer of the class: its pages are the likeliest to
+            // still be in the cache.
+            match idle.buffers.iter().rposition(|b| b.len() == class) {
                 Some(i) => {
-                    let buf = idle.buffers.swap_remove(i);
+                    let buf = idle.buffers.remove(i);
                     idle.bytes -= buf.len();
                     Some(buf)
                 }
