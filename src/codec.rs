@@ -643,3 +643,37 @@ mod tests {
         codec.decode(&mut buf).unwrap().unwrap()
     }
 }
+
+/// Drives the decoder the way the control socket does, for fuzzing and property tests.
+pub(crate) fn decode_stream(data: &[u8], chunk: usize, limits: Limits) -> DecodeReport {
+    let mut codec = FrameCodec::new(limits);
+    let mut buf = BytesMut::new();
+    let mut report = DecodeReport::default();
+    for piece in data.chunks(chunk.max(1)) {
+        buf.extend_from_slice(piece);
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(_)) => report.frames += 1,
+                Ok(None) => break,
+                Err(e) => {
+                    report.error = Some(e);
+                    return report;
+                }
+            }
+            report.max_capacity = report.max_capacity.max(buf.capacity());
+        }
+        report.max_capacity = report.max_capacity.max(buf.capacity());
+    }
+    if let Err(e) = codec.decode_eof(&mut buf) {
+        report.error = Some(e);
+    }
+    report
+}
+
+/// What [`decode_stream`] saw.
+#[derive(Debug, Default)]
+pub(crate) struct DecodeReport {
+    pub(crate) frames: usize,
+    pub(crate) error: Option<Error>,
+    pub(crate) max_capacity: usize,
+}

@@ -63,6 +63,34 @@ pub use connection::{Connection, PeerInfo, Receiver, Sender};
 pub use error::{Error, ErrorKind, Result};
 pub use listener::Listener;
 
+/// Entry points for the fuzz target and property tests. Not part of the public API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::codec::{Limits, decode_stream};
+
+    /// Limits the fuzzing entry points decode under.
+    pub const MAX_MESSAGE: u64 = 1 << 20;
+    /// Most ranges per descriptor under fuzzing.
+    pub const MAX_RANGES: u32 = 1024;
+    /// Largest inline payload under fuzzing.
+    pub const MAX_INLINE: u32 = 64 << 10;
+    /// Largest frame the limits above allow: header plus the largest body (an INLINE frame).
+    pub const MAX_FRAME: usize = 8 + 8 + MAX_INLINE as usize;
+
+    /// Feeds `data` to the frame decoder in pieces of `chunk` bytes, as the control socket
+    /// delivers it. Returns the frames decoded, the error that stopped decoding (if any), and
+    /// the largest capacity the receive buffer reached.
+    pub fn decode(data: &[u8], chunk: usize) -> (usize, Option<crate::Error>, usize) {
+        let limits = Limits {
+            max_message_size: MAX_MESSAGE,
+            max_ranges: MAX_RANGES,
+            max_inline: MAX_INLINE,
+        };
+        let r = decode_stream(data, chunk, limits);
+        (r.frames, r.error, r.max_capacity)
+    }
+}
+
 // Compile the README's examples as doc tests so that they stay true.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -1,0 +1,334 @@
+//! Hostile and broken input: random bytes at the decoder, and a raw peer that completes the
+//! handshake by hand and then breaks the protocol over a real socket.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use proptest::prelude::*;
+use tokio::time::timeout;
+use tokio_pvm::fuzzing::{self, MAX_FRAME};
+use tokio_pvm::{Config, Connection, ErrorKind, Listener};
+use util::{ChildProc, check, temp_dir};
+
+child_entry!();
+
+// ----- the decoder -------------------------------------------------------------------------
+
+fn frame(ty: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![ty, 0, 0, 0];
+    v.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+fn data_body(seq: u64, len: u64, ranges: &[(u64, u64)], count: u32) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&seq.to_le_bytes());
+    b.extend_from_slice(&len.to_le_bytes());
+    b.extend_from_slice(&count.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    for (a, l) in ranges {
+        b.extend_from_slice(&a.to_le_bytes());
+        b.extend_from_slice(&l.to_le_bytes());
+    }
+    b
+}
+
+/// The receive buffer never grows past what the largest allowed frame needs.
+fn assert_bounded(capacity: usize, chunk: usize) {
+    let bound = 2 * (MAX_FRAME + chunk) + 64;
+    assert!(
+        capacity <= bound,
+        "buffer grew to {capacity} bytes (bound {bound})"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic_or_overallocate(
+        data in proptest::collection::vec(any::<u8>(), 0..4096),
+        chunk in 1usize..600,
+    ) {
+        let (_, _, cap) = fuzzing::decode(&data, chunk);
+        assert_bounded(cap, chunk);
+    }
+
+    #[test]
+    fn every_length_field_is_checked_before_allocation(
+        ty in 0u8..12,
+        len in any::<u32>(),
+        flags in prop_oneof![Just(0u8), any::<u8>()],
+        chunk in 1usize..100,
+    ) {
+        let mut data = vec![ty, flags, 0, 0];
+        data.extend_from_slice(&len.to_le_bytes());
+        // Some body bytes, far fewer than most lengths announce.
+        data.extend(std::iter::repeat_n(0u8, 64));
+        let (frames, err, cap) = fuzzing::decode(&data, chunk);
+        assert_bounded(cap, chunk);
+        // A frame that cannot complete either errors or waits; it never yields garbage.
+        prop_assert!(frames <= 1);
+        if len as usize > MAX_FRAME {
+            prop_assert!(err.is_some(), "a {len}-byte body was accepted for type {ty}");
+        }
+    }
+
+    #[test]
+    fn truncated_valid_frames_end_with_peer_gone(cut in 1usize..40) {
+        let full = frame(3, &data_body(0, 10, &[(4096, 10)], 1));
+        let cut = cut.min(full.len() - 1);
+        let (frames, err, _) = fuzzing::decode(&full[..cut], 7);
+        prop_assert_eq!(frames, 0);
+        prop_assert!(err.expect("truncation is an error").is_peer_gone());
+    }
+
+    #[test]
+    fn range_counts_over_the_limit_are_refused(count in 1025u32..5000) {
+        let ranges: Vec<(u64, u64)> = (0..count as u64).map(|i| (4096 * (i + 1), 1)).collect();
+        let body = data_body(0, count as u64, &ranges, count);
+        let (frames, err, cap) = fuzzing::decode(&frame(3, &body), 4096);
+        prop_assert_eq!(frames, 0);
+        prop_assert!(err.expect("over IOV_MAX").is_limit_exceeded());
+        assert_bounded(cap, 4096);
+    }
+}
+
+// ----- a raw peer over a real socket -------------------------------------------------------
+
+const T_HELLO: u8 = 1;
+const T_READY: u8 = 2;
+const T_DATA: u8 = 3;
+const T_INLINE: u8 = 5;
+const T_ACK: u8 = 6;
+const T_ERROR: u8 = 8;
+
+/// A peer that speaks the wire protocol by hand. It lives in the test process, as does the
+/// listener, so the listener's cookie pull reads this process's memory.
+struct RawPeer {
+    sock: UnixStream,
+    _cookie: Box<[u8; 16]>,
+}
+
+fn hello_body(cookie: &[u8; 16]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(b"TOKIOPVM");
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&0u16.to_le_bytes());
+    b.extend_from_slice(&1024u32.to_le_bytes()); // window messages
+    b.extend_from_slice(&(cookie.as_ptr() as u64).to_le_bytes());
+    b.extend_from_slice(cookie);
+    b.extend_from_slice(&(64u64 << 20).to_le_bytes()); // max message
+    b.extend_from_slice(&(64u64 << 20).to_le_bytes()); // window bytes
+    b.extend_from_slice(&(64u32 << 10).to_le_bytes()); // max inline
+    b.extend_from_slice(&1024u32.to_le_bytes()); // max ranges
+    assert_eq!(b.len(), 64);
+    b
+}
+
+impl RawPeer {
+    fn connect(path: &std::path::Path) -> RawPeer {
+        let sock = UnixStream::connect(path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        RawPeer {
+            sock,
+            _cookie: Box::new(*b"0123456789abcdef"),
+        }
+    }
+
+    /// Connects and completes the handshake (the listener must be accepting concurrently).
+    fn handshake(path: &std::path::Path) -> RawPeer {
+        let mut p = RawPeer::connect(path);
+        let hello = hello_body(&p._cookie);
+        p.send(T_HELLO, &hello);
+        let (ty, _) = p.recv().expect("the listener's HELLO");
+        assert_eq!(ty, T_HELLO);
+        p.send(T_READY, &[]);
+        let (ty, _) = p.recv().expect("the listener's READY");
+        assert_eq!(ty, T_READY);
+        p
+    }
+
+    fn send(&mut self, ty: u8, body: &[u8]) {
+        let _ = self.sock.write_all(&frame(ty, body));
+    }
+
+    fn recv(&mut self) -> Option<(u8, Vec<u8>)> {
+        let mut h = [0u8; 8];
+        self.sock.read_exact(&mut h).ok()?;
+        let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+        let mut body = vec![0; len];
+        self.sock.read_exact(&mut body).ok()?;
+        Some((h[0], body))
+    }
+
+    /// Reads until an ERROR frame (returns its reason) or the end of the stream.
+    fn error_reason(&mut self) -> Option<String> {
+        while let Some((ty, body)) = self.recv() {
+            if ty == T_ERROR {
+                return Some(String::from_utf8_lossy(&body[8..]).into_owned());
+            }
+        }
+        None
+    }
+}
+
+/// Accepts one connection while `peer` runs on a thread; returns both.
+async fn accept_raw<F>(listener: &mut Listener, peer: F) -> (Connection, RawPeer)
+where
+    F: FnOnce() -> RawPeer + Send + 'static,
+{
+    let peer = tokio::task::spawn_blocking(peer);
+    let conn = timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    (conn, peer.await.unwrap())
+}
+
+/// The next stream item, which must be an error of `kind` mentioning `needle`; then `None`.
+async fn expect_error(conn: &mut Connection, kind: ErrorKind, needle: &str) {
+    let err = match timeout(Duration::from_secs(5), conn.next())
+        .await
+        .expect("no hang")
+    {
+        Some(Err(e)) => e,
+        other => panic!("expected an error, got {other:?}"),
+    };
+    assert_eq!(err.kind(), kind, "{err}");
+    assert!(err.to_string().contains(needle), "{err}");
+    assert!(conn.next().await.is_none(), "one error, then None");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_violations_end_only_that_connection() {
+    let dir = temp_dir("hostile");
+    let path = dir.join("s");
+    let mut listener = Listener::bind_with(&path, Config::new().window(4, 1 << 20)).unwrap();
+
+    // An ACK for messages never sent.
+    let p = path.clone();
+    let (mut conn, mut peer) = accept_raw(&mut listener, move || RawPeer::handshake(&p)).await;
+    peer.send(T_ACK, &5u64.to_le_bytes());
+    expect_error(&mut conn, ErrorKind::Protocol, "ACK for 5 messages").await;
+    assert!(
+        peer.error_reason().unwrap().contains("ACK"),
+        "the peer is told why"
+    );
+
+    // A duplicate ACK.
+    let p = path.clone();
+    let (conn, mut peer) = accept_raw(&mut listener, move || RawPeer::handshake(&p)).await;
+    let (mut tx, mut rx) = conn.split();
+    tx.feed(bytes::Bytes::from_static(&[1; 1000]))
+        .await
+        .unwrap();
+    // Writes the descriptor out; the flush itself waits for the ACK, which comes below.
+    let _ = timeout(Duration::from_millis(50), tx.flush()).await;
+    peer.send(T_ACK, &1u64.to_le_bytes());
+    peer.send(T_ACK, &1u64.to_le_bytes());
+    let err = timeout(Duration::from_secs(5), rx.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.is_protocol() && err.to_string().contains("already acknowledged"),
+        "{err}"
+    );
+    assert_eq!(tx.in_flight(), (0, 0));
+
+    // HELLO after the handshake.
+    let p = path.clone();
+    let (mut conn, mut peer) = accept_raw(&mut listener, move || RawPeer::handshake(&p)).await;
+    let hello = hello_body(&[0; 16]);
+    peer.send(T_HELLO, &hello);
+    expect_error(&mut conn, ErrorKind::Protocol, "after the handshake").await;
+
+    // A sequence number out of order.
+    let p = path.clone();
+    let (mut conn, mut peer) = accept_raw(&mut listener, move || RawPeer::handshake(&p)).await;
+    let mut body = 7u64.to_le_bytes().to_vec();
+    body.extend_from_slice(b"hi");
+    peer.send(T_INLINE, &body);
+    expect_error(&mut conn, ErrorKind::Protocol, "expected 0").await;
+
+    // Overrunning the window (4 messages) before any acknowledgement.
+    let p = path.clone();
+    let (mut conn, mut peer) = accept_raw(&mut listener, move || RawPeer::handshake(&p)).await;
+    for seq in 0..5u64 {
+        let mut body = seq.to_le_bytes().to_vec();
+        body.extend_from_slice(b"x");
+        peer.send(T_INLINE, &body);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await; // all five are in our socket
+    expect_error(&mut conn, ErrorKind::Protocol, "overran the window").await;
+
+    // A descriptor for memory the peer does not have mapped: EFAULT, named.
+    let p = path.clone();
+    let (mut conn, mut peer) = accept_raw(&mut listener, move || RawPeer::handshake(&p)).await;
+    peer.send(T_DATA, &data_body(0, 4096, &[(4096, 4096)], 1));
+    expect_error(&mut conn, ErrorKind::Protocol, "EFAULT").await;
+    assert!(
+        peer.error_reason().unwrap().contains("EFAULT"),
+        "the peer is told why"
+    );
+
+    // Garbage instead of a HELLO, DATA before HELLO, a peer that vanishes mid-handshake: the
+    // listener drops each and goes on serving.
+    let mut garbage = RawPeer::connect(&path);
+    garbage.sock.write_all(&[0xff; 300]).unwrap();
+    let mut early = RawPeer::connect(&path);
+    early.send(T_DATA, &data_body(0, 1, &[(4096, 1)], 1));
+    let mut vanished = RawPeer::connect(&path);
+    let hello = hello_body(&[1; 16]);
+    vanished.send(T_HELLO, &hello);
+    drop(vanished);
+    let good = ChildProc::spawn("send", &[path.to_str().unwrap(), "100", "3"]);
+    let mut conn = timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        conn.peer().pid(),
+        good.pid(),
+        "only the good client comes out of accept"
+    );
+    for seq in 0..3 {
+        assert!(check(seq, 100, &conn.next().await.unwrap().unwrap()));
+    }
+    assert!(conn.next().await.is_none());
+    // Each got at most the listener's HELLO, then the end of the stream (not a read timeout).
+    let mut rest = Vec::new();
+    assert!(
+        garbage.sock.read_to_end(&mut rest).is_ok(),
+        "garbage is disconnected"
+    );
+    assert!(
+        early.sock.read_to_end(&mut rest).is_ok(),
+        "DATA before HELLO is disconnected"
+    );
+}
+
+#[tokio::test]
+async fn a_message_too_large_for_the_peer_is_refused_and_the_connection_lives() {
+    let (mut a, mut b) = Connection::pair_with(Config::new().max_message_size(1000))
+        .await
+        .unwrap();
+    let err = a
+        .send(bytes::Bytes::from(vec![0u8; 1001]))
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_limit_exceeded() && err.to_string().contains("max_message_size"),
+        "{err}"
+    );
+    let (sent, got) = tokio::join!(a.send(bytes::Bytes::from(vec![3u8; 1000])), b.next());
+    sent.unwrap();
+    assert_eq!(got.unwrap().unwrap().len(), 1000);
+}
