@@ -53,8 +53,8 @@ const MAX_INLINE: u32 = 16 << 20;
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 64 << 20;
 /// Default window: 1024 messages in flight.
 pub const DEFAULT_WINDOW_MESSAGES: u32 = 1024;
-/// Default window: 64 MiB in flight.
-pub const DEFAULT_WINDOW_BYTES: u64 = 64 << 20;
+/// Default window: 16 MiB in flight.
+pub const DEFAULT_WINDOW_BYTES: u64 = 16 << 20;
 /// Default handshake timeout: 10 seconds.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -70,14 +70,14 @@ impl Default for Config {
             blocking_threshold: 2 << 20,
             max_pulls_in_flight: 4,
             max_ranges: IOV_MAX as u32,
-            pool_bytes: 64 << 20,
+            pool_bytes: 32 << 20,
             uid_policy: UidPolicy::SameUid,
         }
     }
 }
 
 impl Config {
-    /// The defaults: 64 MiB messages, a window of 1024 messages and 64 MiB, a 10 s handshake
+    /// The defaults: 64 MiB messages, a window of 1024 messages and 16 MiB, a 10 s handshake
     /// timeout, peers of the same uid only.
     pub fn new() -> Config {
         Config::default()
@@ -92,7 +92,7 @@ impl Config {
     }
 
     /// How many messages and how many bytes may be in flight (sent but not yet acknowledged),
-    /// in each direction (default 1024 messages, 64 MiB; each at least 1).
+    /// in each direction (default 1024 messages, 16 MiB; each at least 1).
     ///
     /// The sender waits in `poll_ready` while either is reached; one message may take the byte
     /// count past the limit, so the memory a sender holds is bounded by `bytes` plus one
@@ -144,7 +144,7 @@ impl Config {
     /// Receive buffers of 64 KiB and more are recycled: when the application drops a received
     /// message, its buffer returns to the connection's pool with its pages still mapped, which
     /// spares the next pull the page faults of fresh memory. This caps the idle bytes the pool
-    /// keeps (default 64 MiB, the default byte window; 0 turns recycling off).
+    /// keeps (default 32 MiB; 0 turns recycling off).
     pub fn buffer_pool(mut self, bytes: usize) -> Config {
         self.pool_bytes = bytes;
         self
