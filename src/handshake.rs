@@ -2,6 +2,7 @@
 //! peer's memory to prove that pulls work before any user data moves.
 
 use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,6 +155,16 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
         refuse(&mut io, ErrorCode::CookieMismatch, &msg).await;
         return Err(Error::protocol(msg));
     }
+    // The pid is proven: hold the process itself, so that a pid reused after the peer's death
+    // can never be read from.
+    let pidfd = match sys::peer_pidfd(io.get_ref().as_fd(), pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let err = Error::pull(pid, e);
+            refuse(&mut io, ErrorCode::Other, &format!("{err}")).await;
+            return Err(err);
+        }
+    };
     send(&mut io, OutFrame::Ready, pid).await?;
     match next_frame(&mut io, pid).await? {
         Frame::Ready => {}
@@ -174,7 +185,7 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
     };
     debug!(?negotiated, uid, gid, "handshake complete");
     let span = debug_span!("tokio_pvm::connection", peer_pid = pid, peer_uid = uid);
-    Ok(Shared::new(io, peer, negotiated, span))
+    Ok(Shared::new(io, peer, pidfd, negotiated, span))
 }
 
 /// Sends a handshake frame. If the peer already closed the socket, its ERROR frame (sent

@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
@@ -115,6 +116,9 @@ pub(crate) struct Shared {
 struct State {
     io: Framed<ControlSocket, FrameCodec>,
     peer_pid: i32,
+    /// The peer process, to confirm after each batch of pulls that it is still the process
+    /// that announced the buffers.
+    pidfd: Option<OwnedFd>,
     limits: Negotiated,
     /// Recycled receive buffers.
     pool: BufferPool,
@@ -188,6 +192,7 @@ impl Shared {
     pub(crate) fn new(
         io: Framed<ControlSocket, FrameCodec>,
         peer: PeerInfo,
+        pidfd: Option<OwnedFd>,
         limits: Negotiated,
         span: tracing::Span,
     ) -> Arc<Shared> {
@@ -196,6 +201,7 @@ impl Shared {
             state: Mutex::new(State {
                 io,
                 peer_pid: peer.pid(),
+                pidfd,
                 limits,
                 pool: BufferPool::new(limits.pool_bytes),
                 fatal: None,
@@ -896,17 +902,23 @@ impl Guard<'_> {
             return false;
         }
         if needs_check {
-            match self.state.io.get_ref().peer_hung_up() {
-                Ok(false) => {}
-                Ok(true) => {
+            let pidfd = self.state.pidfd.as_ref().map(AsFd::as_fd);
+            match self.state.io.get_ref().check_peer(pidfd) {
+                Ok(peer) if !peer.hung_up && !peer.exited => {}
+                Ok(peer) => {
                     let n = batch.len();
+                    let what = if peer.exited {
+                        "exited"
+                    } else {
+                        "closed the connection"
+                    };
                     self.fail(
                         Error::new(
                             ErrorKind::PeerGone,
                             format!(
-                                "peer process {pid} closed the connection while {n} pulled \
-                                 messages were unacknowledged; they were discarded because the \
-                                 peer may have released their buffers"
+                                "peer process {pid} {what} while {n} pulled messages were \
+                                 unacknowledged; they were discarded because the peer may have \
+                                 released their buffers"
                             ),
                         ),
                         false,

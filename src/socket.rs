@@ -38,9 +38,9 @@ impl ControlSocket {
         sys::shutdown(self.as_fd(), how)
     }
 
-    /// Whether the peer has shut down its sending side, checked with a system call now.
-    pub(crate) fn peer_hung_up(&self) -> io::Result<bool> {
-        sys::peer_hung_up(self.as_fd())
+    /// Whether the peer hung up, and (given its pidfd) whether it exited: one system call, now.
+    pub(crate) fn check_peer(&self, pidfd: Option<BorrowedFd<'_>>) -> io::Result<sys::PeerState> {
+        sys::check_peer(self.as_fd(), pidfd)
     }
 }
 

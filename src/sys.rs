@@ -6,7 +6,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -118,17 +118,37 @@ pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     .map_err(nix_err)
 }
 
-/// Whether the peer has shut down its sending side (or the whole socket), checked now with a
-/// zero-timeout `poll`, not from cached readiness.
-pub(crate) fn peer_hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLRDHUP,
-        revents: 0,
-    };
+/// What a check of the peer found, from one `poll` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerState {
+    /// The peer shut down its sending side, or the whole socket.
+    pub(crate) hung_up: bool,
+    /// The peer process has exited (its pidfd became readable).
+    pub(crate) exited: bool,
+}
+
+/// Checks now, with one zero-timeout `poll` and not from cached readiness, whether the peer
+/// has hung up the socket and, given its pidfd, whether the process has exited.
+pub(crate) fn check_peer(
+    socket: BorrowedFd<'_>,
+    pidfd: Option<BorrowedFd<'_>>,
+) -> io::Result<PeerState> {
+    let mut fds = [
+        libc::pollfd {
+            fd: socket.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: pidfd.map_or(-1, |p| p.as_raw_fd()),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
     loop {
-        // SAFETY: `pfd` is one valid pollfd for the duration of the call; the timeout is 0.
-        let ret = unsafe { libc::poll(&mut pfd, 1, 0) };
+        // SAFETY: `fds` is an array of two valid pollfds for the duration of the call (a
+        // negative fd is ignored by the kernel); the timeout is 0.
+        let ret = unsafe { libc::poll(fds.as_mut_ptr(), 2, 0) };
         if ret >= 0 {
             break;
         }
@@ -137,7 +157,115 @@ pub(crate) fn peer_hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
             return Err(err);
         }
     }
-    Ok(pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0)
+    let gone = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
+    Ok(PeerState {
+        hung_up: fds[0].revents & gone != 0,
+        exited: fds[1].revents & (libc::POLLIN | libc::POLLHUP) != 0,
+    })
+}
+
+/// A pidfd for the peer of a connected Unix socket.
+///
+/// `SO_PEERPIDFD` (Linux 6.5+) names the very process that connected, with no pid-reuse race.
+/// On older kernels (`ENOPROTOOPT`) this falls back to `pidfd_open(pid)`, which the caller
+/// must only trust after proving the pid (the handshake's cookie pull). `Ok(None)` when
+/// neither is available (kernels before 5.3). `EINVAL` from `SO_PEERPIDFD` means the peer has
+/// already exited and been reaped: reported as `ESRCH`.
+pub(crate) fn peer_pidfd(socket: BorrowedFd<'_>, pid: i32) -> io::Result<Option<OwnedFd>> {
+    match socket::getsockopt(&socket, sockopt::PeerPidfd) {
+        Ok(fd) => return Ok(Some(fd)),
+        Err(Errno::ENOPROTOOPT) => {}
+        Err(Errno::EINVAL) => return Err(io::Error::from_raw_os_error(libc::ESRCH)),
+        Err(e) => return Err(nix_err(e)),
+    }
+    match pidfd_open(pid) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `pidfd_open(pid, 0)`.
+fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory
+    // is passed.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(ret).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: pidfd_open succeeded, so `fd` is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_peer_sees_hang_up_and_exit() {
+        let (a, b) = stream_pair().unwrap();
+        let own = peer_pidfd(a.as_fd(), std::process::id() as i32).unwrap();
+        let own = own.expect("pidfds are available here");
+        let state = check_peer(a.as_fd(), Some(own.as_fd())).unwrap();
+        assert_eq!(
+            state,
+            PeerState {
+                hung_up: false,
+                exited: false
+            }
+        );
+        shutdown(b.as_fd(), socket::Shutdown::Write).unwrap();
+        assert!(check_peer(a.as_fd(), None).unwrap().hung_up);
+
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pidfd = pidfd_open(child.id() as i32).unwrap();
+        child.wait().unwrap();
+        let state = check_peer(a.as_fd(), Some(pidfd.as_fd())).unwrap();
+        assert!(state.exited, "an exited child's pidfd is readable");
+    }
+
+    #[test]
+    fn read_remote_loops_and_refuses_bad_addresses() {
+        let src: Vec<u8> = (0..=255u8).cycle().take(3 * 4096 + 5).collect();
+        let pid = std::process::id() as i32;
+        // Three ranges out of order, scattered into two local buffers of other sizes.
+        let base = src.as_ptr() as u64;
+        let ranges = [
+            RemoteRange {
+                addr: base + 4096,
+                len: 4096,
+            },
+            RemoteRange {
+                addr: base,
+                len: 4096,
+            },
+            RemoteRange {
+                addr: base + 8192,
+                len: 4101,
+            },
+        ];
+        let mut x = vec![MaybeUninit::new(0u8); 5000];
+        let mut y = vec![MaybeUninit::new(0u8); 7293];
+        read_remote_scatter(pid, &mut [&mut x[..], &mut y[..]], &ranges).unwrap();
+        // SAFETY: the buffers were initialised with zeroes and then overwritten.
+        let got: Vec<u8> = x
+            .iter()
+            .chain(&y)
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
+        let want: Vec<u8> = [&src[4096..8192], &src[..4096], &src[8192..]].concat();
+        assert_eq!(got, want);
+        let mut z = vec![MaybeUninit::new(0u8); 16];
+        let bad = [RemoteRange { addr: 8, len: 16 }];
+        let err = read_remote(pid, &mut z, &bad).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EFAULT));
+        let wrong_total = [RemoteRange {
+            addr: base,
+            len: 15,
+        }];
+        assert!(read_remote(pid, &mut z, &wrong_total).is_err());
+    }
 }
 
 /// Registers a socket with the current Tokio runtime's reactor.
