@@ -44,6 +44,19 @@ fn fill(seq: u64, buf: &mut [u8]) {
     }
 }
 
+/// Size of soak message `seq` from the producer with `seed`: mostly small, sometimes up to
+/// 4 MiB.
+pub fn soak_size(seed: u64, seq: u64) -> usize {
+    let mut x = (seed << 32 ^ seq).wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
+    x ^= x >> 29;
+    let r = x as usize;
+    match r % 10 {
+        0 => r % ((4 << 20) + 1),
+        1..=3 => r % 65_537,
+        _ => r % 2_049,
+    }
+}
+
 /// Whether `msg` is exactly message `seq` of `len` bytes.
 pub fn check(seq: u64, len: usize, msg: &[u8]) -> bool {
     msg.len() == len && msg == &pattern(seq, len)[..]
@@ -312,6 +325,28 @@ async fn child_main(role: &str, args: &[String]) -> i32 {
                 Ok(Err(e)) => result(format!("{:?}: {e}", e.kind())),
                 Err(_) => result("nothing accepted"),
             }
+            0
+        }
+        // soak_send PATH SEED COUNT: connect, send COUNT messages of soak sizes, flush every
+        // few and report the flushed count, then close and report DONE.
+        "soak_send" => {
+            use std::io::Write;
+            let seed = num(1);
+            let count = num(2);
+            let mut conn = Connection::connect(&path).await.unwrap();
+            for seq in 0..count {
+                conn.feed(pattern(seed ^ seq, soak_size(seed, seq)))
+                    .await
+                    .unwrap();
+                if seq % 4 == 3 {
+                    conn.flush().await.unwrap();
+                    println!("FLUSHED {}", seq + 1);
+                    std::io::stdout().flush().unwrap();
+                }
+            }
+            conn.close().await.unwrap();
+            println!("FLUSHED {count}");
+            result("DONE");
             0
         }
         other => {
