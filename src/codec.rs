@@ -9,7 +9,7 @@
 //! | type | name   | body |
 //! |------|--------|------|
 //! | 1    | HELLO  | 64 bytes: magic `TOKIOPVM`, version u16, reserved u16, window messages u32, cookie address u64, cookie [16], max message size u64, window bytes u64, max inline size u32, max ranges u32 |
-//! | 2    | READY  | empty: "I pulled your cookie and it matched" |
+//! | 2    | READY  | flags u32, reserved u32: "I checked your cookie"; flag 1 = "I cannot pull from you, send me every message inline" |
 //! | 3    | DATA   | sequence u64, total length u64, range count u32, reserved u32, then per range: address u64, length u64 |
 //! | 4    | BATCH  | reserved for batches of descriptors; version 1 neither sends nor accepts it |
 //! | 5    | INLINE | sequence u64, then the payload |
@@ -40,6 +40,8 @@ pub(crate) const COOKIE_LEN: usize = 16;
 pub(crate) const MAX_ERROR_TEXT: usize = 1024;
 
 const HEADER_LEN: usize = 8;
+/// READY flag: "I cannot read your memory; send me every message inline".
+const READY_INLINE: u32 = 1;
 const HELLO_LEN: usize = 64;
 const DATA_FIXED: usize = 24;
 const RANGE_LEN: usize = 16;
@@ -139,12 +141,25 @@ impl Descriptor {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Frame {
     Hello(Hello),
-    Ready,
+    /// `inline`: the sender of READY cannot pull and asks for every message inline.
+    Ready {
+        inline: bool,
+    },
     Data(Descriptor),
-    Inline { seq: u64, payload: Bytes },
-    Ack { count: u64 },
-    Close { sent: u64 },
-    Error { code: ErrorCode, reason: String },
+    Inline {
+        seq: u64,
+        payload: Bytes,
+    },
+    Ack {
+        count: u64,
+    },
+    Close {
+        sent: u64,
+    },
+    Error {
+        code: ErrorCode,
+        reason: String,
+    },
 }
 
 /// A frame to encode. Borrows what it sends, so encoding allocates nothing but room in the
@@ -152,7 +167,7 @@ pub(crate) enum Frame {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum OutFrame<'a> {
     Hello(&'a Hello),
-    Ready,
+    Ready { inline: bool },
     Data { seq: u64, ranges: &'a [RemoteRange] },
     Inline { seq: u64, payload: &'a [u8] },
     Ack { count: u64 },
@@ -177,6 +192,13 @@ pub(crate) struct FrameCodec {
 }
 
 impl FrameCodec {
+    /// Accepts inline payloads up to the largest message: the peer sends everything inline.
+    pub(crate) fn accept_inline_messages(&mut self) {
+        self.limits.max_inline = u32::try_from(self.limits.max_message_size)
+            .unwrap_or(u32::MAX)
+            .min(u32::MAX - 16);
+    }
+
     pub(crate) fn new(limits: Limits) -> FrameCodec {
         FrameCodec {
             limits,
@@ -190,7 +212,7 @@ impl FrameCodec {
         let l = &self.limits;
         Ok(match ty {
             T_HELLO => (HELLO_LEN, HELLO_LEN),
-            T_READY => (0, 0),
+            T_READY => (8, 8),
             T_DATA => (DATA_FIXED, DATA_FIXED + RANGE_LEN * l.max_ranges as usize),
             T_INLINE => {
                 let max = u64::from(l.max_inline).min(l.max_message_size);
@@ -234,7 +256,18 @@ impl FrameCodec {
                     max_ranges: body.get_u32_le(),
                 })
             }
-            T_READY => Frame::Ready,
+            T_READY => {
+                let flags = body.get_u32_le();
+                expect_zero(body.get_u32_le() as u64, "READY reserved field")?;
+                if flags & !READY_INLINE != 0 {
+                    return Err(Error::protocol(format!(
+                        "READY has unknown flags {flags:#x}"
+                    )));
+                }
+                Frame::Ready {
+                    inline: flags & READY_INLINE != 0,
+                }
+            }
             T_DATA => {
                 let seq = body.get_u64_le();
                 let len = body.get_u64_le();
@@ -408,7 +441,11 @@ impl Encoder<OutFrame<'_>> for FrameCodec {
                 dst.put_u32_le(h.max_inline);
                 dst.put_u32_le(h.max_ranges);
             }
-            OutFrame::Ready => put_header(dst, T_READY, 0),
+            OutFrame::Ready { inline } => {
+                put_header(dst, T_READY, 8);
+                dst.put_u32_le(if inline { READY_INLINE } else { 0 });
+                dst.put_u32_le(0);
+            }
             OutFrame::Data { seq, ranges } => {
                 let len: u64 = ranges.iter().map(|r| r.len).sum();
                 put_header(dst, T_DATA, DATA_FIXED + RANGE_LEN * ranges.len());
@@ -497,7 +534,14 @@ mod tests {
             roundtrip(OutFrame::Hello(&hello)),
             Frame::Hello(hello.clone())
         );
-        assert_eq!(roundtrip(OutFrame::Ready), Frame::Ready);
+        assert_eq!(
+            roundtrip(OutFrame::Ready { inline: false }),
+            Frame::Ready { inline: false }
+        );
+        assert_eq!(
+            roundtrip(OutFrame::Ready { inline: true }),
+            Frame::Ready { inline: true }
+        );
         let ranges = [
             RemoteRange {
                 addr: 4096,

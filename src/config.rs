@@ -43,6 +43,7 @@ pub struct Config {
     pub(crate) max_pulls_in_flight: usize,
     pub(crate) max_ranges: u32,
     pub(crate) pool_bytes: usize,
+    pub(crate) require_pull: bool,
     uid_policy: UidPolicy,
 }
 
@@ -71,6 +72,7 @@ impl Default for Config {
             max_pulls_in_flight: 4,
             max_ranges: IOV_MAX as u32,
             pool_bytes: 32 << 20,
+            require_pull: false,
             uid_policy: UidPolicy::SameUid,
         }
     }
@@ -147,6 +149,15 @@ impl Config {
     /// keeps (default 32 MiB; 0 turns recycling off).
     pub fn buffer_pool(mut self, bytes: usize) -> Config {
         self.pool_bytes = bytes;
+        self
+    }
+
+    /// Refuse to connect when this side cannot read the peer's memory (default: allowed, and
+    /// the peer then sends every message inline over the socket; see
+    /// [`Mode::Inline`](crate::Mode::Inline)). With `true`, the handshake fails with
+    /// [`ErrorKind::PermissionDenied`](crate::ErrorKind) and a message naming the fix.
+    pub fn require_pull(mut self, require: bool) -> Config {
+        self.require_pull = require;
         self
     }
 

@@ -44,6 +44,25 @@ impl PeerInfo {
     }
 }
 
+/// How the payloads of one direction of a connection travel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mode {
+    /// The receiver copies each payload straight out of the sender's memory with
+    /// `process_vm_readv`: one copy.
+    Pull,
+    /// The receiver cannot read the sender's memory (the reason is attached), so payloads
+    /// travel inside frames over the control socket: two copies, same API and guarantees.
+    Inline(Arc<str>),
+}
+
+impl Mode {
+    /// Whether payloads are pulled.
+    pub fn is_pull(&self) -> bool {
+        matches!(self, Mode::Pull)
+    }
+}
+
 /// A connection to another process: a [`Sink`] of [`Bytes`] and a [`Stream`] of `Bytes`.
 ///
 /// Sending hands the peer a small descriptor of the message; the peer copies the payload
@@ -206,6 +225,17 @@ impl Connection {
         &self.sender.shared.peer
     }
 
+    /// How this side receives: [`Mode::Pull`], or [`Mode::Inline`] with the reason pulling
+    /// from the peer was not possible. Each direction decides for itself.
+    pub fn mode(&self) -> &Mode {
+        &self.sender.shared.modes.recv
+    }
+
+    /// How the messages this side sends reach the peer (the peer's receiving mode).
+    pub fn send_mode(&self) -> &Mode {
+        &self.sender.shared.modes.send
+    }
+
     /// Splits the connection into halves that can be used from different tasks.
     pub fn split(self) -> (Sender, Receiver) {
         (self.sender, self.receiver)
@@ -227,12 +257,22 @@ impl Sender {
     pub fn in_flight(&self) -> (usize, u64) {
         self.shared.in_flight()
     }
+
+    /// How the messages this side sends reach the peer (see [`Connection::send_mode`]).
+    pub fn mode(&self) -> &Mode {
+        &self.shared.modes.send
+    }
 }
 
 impl Receiver {
     /// The peer's credentials, as the kernel reported them.
     pub fn peer(&self) -> &PeerInfo {
         &self.shared.peer
+    }
+
+    /// How this side receives (see [`Connection::mode`]).
+    pub fn mode(&self) -> &Mode {
+        &self.shared.modes.recv
     }
 }
 

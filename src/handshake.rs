@@ -11,13 +11,14 @@ use tokio::time::Instant;
 
 use futures::{SinkExt, StreamExt};
 use tokio_util::codec::Framed;
-use tracing::{Instrument, debug, debug_span};
+use tracing::{Instrument, debug, debug_span, warn};
 
+use crate::Mode;
 use crate::PeerInfo;
 use crate::codec::{COOKIE_LEN, ErrorCode, Frame, FrameCodec, Hello, Limits, OutFrame, VERSION};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::protocol::{Negotiated, Shared};
+use crate::protocol::{Modes, Negotiated, Shared};
 use crate::socket::ControlSocket;
 use crate::sys::{self, RemoteRange};
 
@@ -125,58 +126,65 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
         return Err(Error::protocol(msg));
     }
 
-    // Prove that we can read the peer's memory, and that the pid is really the peer.
-    let mut got = [MaybeUninit::<u8>::uninit(); COOKIE_LEN];
-    let range = [RemoteRange {
-        addr: theirs.cookie_addr,
-        len: COOKIE_LEN as u64,
-    }];
-    if let Err(e) = sys::read_remote(pid, &mut got, &range) {
-        let err = Error::pull(pid, e);
-        refuse(
-            &mut io,
-            ErrorCode::PullFailed,
-            &format!(
+    // Prove that we can read the peer's memory, and that the pid is really the peer. If we
+    // cannot, and the configuration allows it, we receive inline instead.
+    let recv_mode = match prove_pull(pid, &theirs) {
+        Ok(()) => Mode::Pull,
+        Err((code, err)) if config.require_pull => {
+            let reason = format!(
                 "process {} cannot read this process's memory: {err}",
                 std::process::id()
-            ),
-        )
-        .await;
-        return Err(err);
-    }
-    // SAFETY: read_remote returned Ok, so every byte of `got` was written.
-    let got: [u8; COOKIE_LEN] = got.map(|b| unsafe { b.assume_init() });
-    if got != theirs.cookie {
-        let msg = format!(
-            "the memory of process {pid} (the pid the kernel reports for the peer) does not hold \
-             the cookie the peer sent: the peer is in another pid namespace or is not the process \
-             that owns the socket"
-        );
-        refuse(&mut io, ErrorCode::CookieMismatch, &msg).await;
-        return Err(Error::protocol(msg));
-    }
-    // The pid is proven: hold the process itself, so that a pid reused after the peer's death
-    // can never be read from.
-    let pidfd = match sys::peer_pidfd(io.get_ref().as_fd(), pid) {
-        Ok(fd) => fd,
-        Err(e) => {
-            let err = Error::pull(pid, e);
-            refuse(&mut io, ErrorCode::Other, &format!("{err}")).await;
+            );
+            refuse(&mut io, code, &reason).await;
             return Err(err);
         }
+        Err((_, err)) => {
+            warn!(
+                peer_pid = pid,
+                "cannot read the memory of peer process {pid}, so its messages will travel \
+                 inline over the socket (slower): {err}"
+            );
+            Mode::Inline(Arc::from(err.to_string()))
+        }
     };
-    send(&mut io, OutFrame::Ready, pid).await?;
-    match next_frame(&mut io, pid).await? {
-        Frame::Ready => {}
+    // The pid is proven: hold the process itself, so that a pid reused after the peer's death
+    // can never be read from.
+    let pidfd = match recv_mode {
+        Mode::Inline(_) => None,
+        Mode::Pull => match sys::peer_pidfd(io.get_ref().as_fd(), pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let err = Error::pull(pid, e);
+                refuse(&mut io, ErrorCode::Other, &format!("{err}")).await;
+                return Err(err);
+            }
+        },
+    };
+    let inline = matches!(recv_mode, Mode::Inline(_));
+    send(&mut io, OutFrame::Ready { inline }, pid).await?;
+    let send_mode = match next_frame(&mut io, pid).await? {
+        Frame::Ready { inline: false } => Mode::Pull,
+        Frame::Ready { inline: true } => Mode::Inline(Arc::from(format!(
+            "peer process {pid} cannot read this process's memory and asked for inline messages"
+        ))),
         other => return Err(unexpected(other, "READY")),
-    }
+    };
     drop(cookie);
+    if inline {
+        io.codec_mut().accept_inline_messages();
+    }
 
     let negotiated = Negotiated {
         send_window_messages: config.window_messages.min(theirs.window_messages).max(1),
         send_window_bytes: config.window_bytes.min(theirs.window_bytes).max(1),
-        send_max_message: theirs.max_message_size,
-        inline_threshold: config.inline_threshold.min(theirs.max_inline),
+        send_max_message: match send_mode {
+            Mode::Pull => theirs.max_message_size,
+            Mode::Inline(_) => theirs.max_message_size.min(u64::from(u32::MAX - 16)),
+        },
+        inline_threshold: match send_mode {
+            Mode::Pull => config.inline_threshold.min(theirs.max_inline),
+            Mode::Inline(_) => u32::MAX,
+        },
         recv_window_messages: config.window_messages,
         recv_window_bytes: config.window_bytes,
         blocking_threshold: config.blocking_threshold,
@@ -185,7 +193,34 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
     };
     debug!(?negotiated, uid, gid, "handshake complete");
     let span = debug_span!("tokio_pvm::connection", peer_pid = pid, peer_uid = uid);
-    Ok(Shared::new(io, peer, pidfd, negotiated, span))
+    let modes = Modes {
+        recv: recv_mode,
+        send: send_mode,
+    };
+    Ok(Shared::new(io, peer, pidfd, negotiated, modes, span))
+}
+
+/// Pulls the peer's cookie and compares it; on failure, the ERROR code to refuse with and the
+/// error.
+fn prove_pull(pid: i32, theirs: &Hello) -> std::result::Result<(), (ErrorCode, Error)> {
+    let mut got = [MaybeUninit::<u8>::uninit(); COOKIE_LEN];
+    let range = [RemoteRange {
+        addr: theirs.cookie_addr,
+        len: COOKIE_LEN as u64,
+    }];
+    sys::read_remote(pid, &mut got, &range)
+        .map_err(|e| (ErrorCode::PullFailed, Error::pull(pid, e)))?;
+    // SAFETY: read_remote returned Ok, so every byte of `got` was written.
+    let got: [u8; COOKIE_LEN] = got.map(|b| unsafe { b.assume_init() });
+    if got != theirs.cookie {
+        let msg = format!(
+            "the memory of process {pid} (the pid the kernel reports for the peer) does not hold \
+             the cookie the peer sent: the peer is in another pid namespace or is not the process \
+             that owns the socket"
+        );
+        return Err((ErrorCode::CookieMismatch, Error::protocol(msg)));
+    }
+    Ok(())
 }
 
 /// Sends a handshake frame. If the peer already closed the socket, its ERROR frame (sent
@@ -221,7 +256,7 @@ async fn next_frame(io: &mut Io, pid: i32) -> Result<Frame> {
 fn unexpected(frame: Frame, wanted: &str) -> Error {
     let got = match frame {
         Frame::Hello(_) => "HELLO",
-        Frame::Ready => "READY",
+        Frame::Ready { .. } => "READY",
         Frame::Data(_) => "DATA",
         Frame::Inline { .. } => "INLINE",
         Frame::Ack { .. } => "ACK",

@@ -59,7 +59,7 @@ pub use config::{
     Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_WINDOW_BYTES,
     DEFAULT_WINDOW_MESSAGES,
 };
-pub use connection::{Connection, PeerInfo, Receiver, Sender};
+pub use connection::{Connection, Mode, PeerInfo, Receiver, Sender};
 pub use error::{Error, ErrorKind, Result};
 pub use listener::Listener;
 

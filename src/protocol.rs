@@ -34,12 +34,12 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 use tracing::{debug, trace};
 
-use crate::PeerInfo;
 use crate::codec::{Descriptor, ErrorCode, Frame, FrameCodec, OutFrame};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pool::{BufferPool, RecvBuf};
 use crate::socket::ControlSocket;
 use crate::sys::{self, RemoteRange};
+use crate::{Mode, PeerInfo};
 
 /// Queued frames are written out once the write buffer holds this much.
 const WRITE_BATCH_BYTES: usize = 256 << 10;
@@ -102,6 +102,15 @@ pub(crate) struct Negotiated {
     pub(crate) pool_bytes: usize,
 }
 
+/// How each direction of a connection moves payloads.
+#[derive(Debug, Clone)]
+pub(crate) struct Modes {
+    /// How this side receives.
+    pub(crate) recv: Mode,
+    /// How this side's messages reach the peer.
+    pub(crate) send: Mode,
+}
+
 /// State shared by the two halves of one connection.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -109,6 +118,7 @@ pub(crate) struct Shared {
     wakers: Arc<HalfWakers>,
     io_waker: Waker,
     pub(crate) peer: PeerInfo,
+    pub(crate) modes: Modes,
     pub(crate) span: tracing::Span,
 }
 
@@ -194,6 +204,7 @@ impl Shared {
         peer: PeerInfo,
         pidfd: Option<OwnedFd>,
         limits: Negotiated,
+        modes: Modes,
         span: tracing::Span,
     ) -> Arc<Shared> {
         let wakers = Arc::new(HalfWakers::default());
@@ -212,6 +223,7 @@ impl Shared {
             io_waker: Waker::from(wakers.clone()),
             wakers,
             peer,
+            modes,
             span,
         })
     }
@@ -351,6 +363,11 @@ impl Guard<'_> {
         match frame {
             Frame::Ack { count } => self.on_ack(count),
             Frame::Data(desc) => {
+                if let Mode::Inline(_) = self.shared.modes.recv {
+                    return Err(Error::protocol(
+                        "DATA descriptor received, but this side asked for inline messages",
+                    ));
+                }
                 let len = desc.len;
                 self.on_message(desc.seq, len, Incoming::Pull(desc))
             }
@@ -386,7 +403,7 @@ impl Guard<'_> {
                 );
                 Ok(())
             }
-            Frame::Hello(_) | Frame::Ready => Err(Error::protocol(
+            Frame::Hello(_) | Frame::Ready { .. } => Err(Error::protocol(
                 "handshake frame received after the handshake",
             )),
         }

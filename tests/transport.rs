@@ -302,16 +302,20 @@ async fn a_peer_of_another_uid_is_refused_by_default_on_both_sides() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_allowed_uid_that_cannot_read_memory_fails_with_the_fix_on_both_sides() {
+async fn a_peer_that_cannot_pull_fails_when_pulls_are_required() {
     if !ChildProc::can_switch_uid() {
         eprintln!("SKIPPED: needs root to run a child as uid 65534");
         return;
     }
-    let dir = temp_dir("uid-allowed");
+    let dir = temp_dir("uid-strict");
     let path = dir.join("s");
     let mut listener = Listener::bind_with(&path, Config::new().allow_uid(65534)).unwrap();
     util::open_to_all(&path);
-    let child = ChildProc::spawn_with("connect_allow", &[path.to_str().unwrap(), "0"], Some(65534));
+    let child = ChildProc::spawn_with(
+        "connect_strict",
+        &[path.to_str().unwrap(), "0"],
+        Some(65534),
+    );
     let ((ok, out), accepted) = run_against(&mut listener, child, Duration::from_millis(300)).await;
     assert!(ok);
     // nobody cannot read root's memory: its pull of our cookie fails with EPERM, and it says
@@ -321,6 +325,55 @@ async fn an_allowed_uid_that_cannot_read_memory_fails_with_the_fix_on_both_sides
     assert!(
         accepted.is_none(),
         "the failed handshake is not returned by accept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_cannot_pull_falls_back_to_inline_and_gets_every_byte() {
+    if !ChildProc::can_switch_uid() {
+        eprintln!("SKIPPED: needs root to run a child as uid 65534");
+        return;
+    }
+    let dir = temp_dir("uid-inline");
+    let path = dir.join("s");
+    let mut listener = Listener::bind_with(&path, Config::new().allow_uid(65534)).unwrap();
+    util::open_to_all(&path);
+    let child = ChildProc::spawn_with("echo_allow", &[path.to_str().unwrap(), "0"], Some(65534));
+    let conn = accept(&mut listener).await;
+    // We (root) can read nobody: we pull. Nobody cannot read us: it receives inline.
+    assert_eq!(conn.mode(), &tokio_pvm::Mode::Pull);
+    match conn.send_mode() {
+        tokio_pvm::Mode::Inline(why) => assert!(why.contains("cannot read"), "{why}"),
+        other => panic!("expected inline sending, got {other:?}"),
+    }
+    let sizes = [0usize, 1, 100, 5000, 300_000, 1 << 20, 5 << 20];
+    let (mut tx, mut rx) = conn.split();
+    let sending = tokio::spawn(async move {
+        for (seq, &n) in sizes.iter().enumerate() {
+            tx.feed(pattern(seq as u64, n)).await.unwrap();
+        }
+        tx.close().await.unwrap();
+    });
+    // The echo comes back pulled out of nobody's memory.
+    let mut seq = 0;
+    while let Some(m) = timeout(Duration::from_secs(20), rx.next()).await.unwrap() {
+        assert!(
+            check(seq as u64, sizes[seq], &m.unwrap()),
+            "echo {seq} corrupted"
+        );
+        seq += 1;
+    }
+    assert_eq!(seq, sizes.len());
+    sending.await.unwrap();
+    let (ok, out) = child.finish(Duration::from_secs(10));
+    assert!(ok);
+    assert!(
+        out[0].starts_with("recv Inline(") && out[0].contains("send Pull"),
+        "{out:?}"
+    );
+    assert!(
+        out[0].contains("CAP_SYS_PTRACE"),
+        "the reason names the fix: {out:?}"
     );
 }
 

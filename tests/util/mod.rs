@@ -307,6 +307,31 @@ async fn child_main(role: &str, args: &[String]) -> i32 {
                 0
             }
         },
+        // echo_allow PATH UID: connect accepting UID, print both modes, echo until closed.
+        "echo_allow" => {
+            let cfg = Config::new().allow_uid(num(1) as u32);
+            let conn = Connection::connect_with(&path, cfg).await.unwrap();
+            result(format!(
+                "recv {:?} send {:?}",
+                conn.mode(),
+                conn.send_mode()
+            ));
+            let (mut tx, mut rx) = conn.split();
+            while let Some(m) = rx.next().await {
+                tx.feed(m.unwrap()).await.unwrap();
+            }
+            tx.close().await.unwrap();
+            0
+        }
+        // connect_strict PATH UID: connect accepting UID but requiring pulls; print the outcome.
+        "connect_strict" => {
+            let cfg = Config::new().allow_uid(num(1) as u32).require_pull(true);
+            match Connection::connect_with(&path, cfg).await {
+                Ok(_) => result("connected"),
+                Err(e) => result(format!("{:?}: {e}", e.kind())),
+            }
+            0
+        }
         // connect_allow PATH UID: connect accepting UID; print the outcome.
         "connect_allow" => {
             let cfg = Config::new().allow_uid(num(1) as u32);
