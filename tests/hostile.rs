@@ -148,7 +148,7 @@ impl RawPeer {
         p.send(T_HELLO, &hello);
         let (ty, _) = p.recv().expect("the listener's HELLO");
         assert_eq!(ty, T_HELLO);
-        p.send(T_READY, &[]);
+        p.send(T_READY, &[0u8; 8]); // flags 0: we pull
         let (ty, _) = p.recv().expect("the listener's READY");
         assert_eq!(ty, T_READY);
         p
