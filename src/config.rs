@@ -44,6 +44,7 @@ pub struct Config {
     pub(crate) max_ranges: u32,
     pub(crate) pool_bytes: usize,
     pub(crate) require_pull: bool,
+    pub(crate) any_ptracer: bool,
     uid_policy: UidPolicy,
 }
 
@@ -73,6 +74,7 @@ impl Default for Config {
             max_ranges: IOV_MAX as u32,
             pool_bytes: 32 << 20,
             require_pull: false,
+            any_ptracer: false,
             uid_policy: UidPolicy::SameUid,
         }
     }
@@ -158,6 +160,18 @@ impl Config {
     /// [`ErrorKind::PermissionDenied`](crate::ErrorKind) and a message naming the fix.
     pub fn require_pull(mut self, require: bool) -> Config {
         self.require_pull = require;
+        self
+    }
+
+    /// Under Yama `ptrace_scope` 1, let *any* process of the same user read this one
+    /// (`prctl(PR_SET_PTRACER_ANY)`), so that every peer can pull. **This weakens isolation**:
+    /// any same-uid process, not only peers, may then attach to or read this process.
+    ///
+    /// Without it (the default), a process declares its first peer as its one permitted reader
+    /// (`PR_SET_PTRACER` takes a single pid); later peers cannot pull from it and receive its
+    /// messages inline (see [`Mode::Inline`](crate::Mode::Inline)).
+    pub fn allow_any_ptracer(mut self, allow: bool) -> Config {
+        self.any_ptracer = allow;
         self
     }
 

@@ -91,6 +91,8 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
         return Err(err);
     }
 
+    permit_reader(pid, config);
+
     // The cookie lives at a fixed address until the peer has said READY.
     let mut cookie = Box::new([0u8; COOKIE_LEN]);
     sys::random_bytes(&mut cookie[..]).map_err(|e| Error::io("reading random bytes", e))?;
@@ -200,6 +202,50 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
     Ok(Shared::new(io, peer, pidfd, negotiated, modes, span))
 }
 
+/// What to declare under Yama's `ptrace_scope` 1 so that `peer` may read this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ptracer {
+    /// Nothing to do (no Yama, another mode, or already declared).
+    Nothing,
+    /// `PR_SET_PTRACER(pid)`.
+    One(i32),
+    /// `PR_SET_PTRACER_ANY`.
+    Any,
+}
+
+/// The one reader declared under Yama mode 1 for this process, if any: `PR_SET_PTRACER`
+/// keeps a single pid, and replacing it would cut off the peer that relies on it.
+static DECLARED_READER: std::sync::Mutex<Option<i32>> = std::sync::Mutex::new(None);
+
+fn ptracer_action(scope: Option<u8>, any: bool, declared: Option<i32>, peer: i32) -> Ptracer {
+    match (scope, any, declared) {
+        (Some(1), true, _) => Ptracer::Any,
+        (Some(1), false, None) => Ptracer::One(peer),
+        _ => Ptracer::Nothing,
+    }
+}
+
+/// Under Yama mode 1, lets `peer` read this process (see [`Config::allow_any_ptracer`]).
+fn permit_reader(peer: i32, config: &Config) {
+    let scope = sys::yama_ptrace_scope();
+    let mut declared = DECLARED_READER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let action = ptracer_action(scope, config.any_ptracer, *declared, peer);
+    let result = match action {
+        Ptracer::Nothing => return,
+        Ptracer::One(pid) => sys::set_ptracer(Some(pid)).map(|()| *declared = Some(pid)),
+        Ptracer::Any => sys::set_ptracer(None).map(|()| *declared = Some(0)),
+    };
+    match result {
+        Ok(()) => debug!(
+            ?action,
+            "declared the peer as a permitted reader (Yama mode 1)"
+        ),
+        Err(e) => warn!(?action, error = %e, "prctl(PR_SET_PTRACER) failed"),
+    }
+}
+
 /// Pulls the peer's cookie and compares it; on failure, the ERROR code to refuse with and the
 /// error.
 fn prove_pull(pid: i32, theirs: &Hello) -> std::result::Result<(), (ErrorCode, Error)> {
@@ -270,4 +316,20 @@ fn unexpected(frame: Frame, wanted: &str) -> Error {
 async fn refuse(io: &mut Io, code: ErrorCode, reason: &str) {
     debug!(?code, reason, "refusing peer");
     let _ = io.send(OutFrame::Error { code, reason }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yama_mode_one_declares_the_first_peer_or_any_when_allowed() {
+        assert_eq!(ptracer_action(None, false, None, 7), Ptracer::Nothing);
+        assert_eq!(ptracer_action(Some(0), true, None, 7), Ptracer::Nothing);
+        assert_eq!(ptracer_action(Some(2), true, None, 7), Ptracer::Nothing);
+        assert_eq!(ptracer_action(Some(1), false, None, 7), Ptracer::One(7));
+        // A second peer does not take the first one's permission away.
+        assert_eq!(ptracer_action(Some(1), false, Some(7), 8), Ptracer::Nothing);
+        assert_eq!(ptracer_action(Some(1), true, Some(7), 8), Ptracer::Any);
+    }
 }

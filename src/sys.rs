@@ -268,6 +268,31 @@ mod tests {
     }
 }
 
+/// Yama's `ptrace_scope` (0 classic, 1 restricted to descendants and declared tracers, 2 admin
+/// only, 3 none), or `None` without Yama.
+pub(crate) fn yama_ptrace_scope() -> Option<u8> {
+    std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// Declares which process may read this one under Yama mode 1: `Some(pid)` that process
+/// (replacing any earlier declaration), `None` any process (`PR_SET_PTRACER_ANY`).
+pub(crate) fn set_ptracer(pid: Option<i32>) -> io::Result<()> {
+    let arg = match pid {
+        Some(pid) => {
+            libc::c_ulong::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?
+        }
+        None => libc::PR_SET_PTRACER_ANY,
+    };
+    // SAFETY: PR_SET_PTRACER takes an integer argument; no memory is passed.
+    let ret = unsafe { libc::prctl(libc::PR_SET_PTRACER, arg, 0, 0, 0) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Registers a socket with the current Tokio runtime's reactor.
 pub(crate) fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an `OwnedFd` is a valid open descriptor that stays open, and keeps returning the
