@@ -132,7 +132,8 @@ impl Config {
     /// Pulls of at least this many bytes run on Tokio's blocking pool (`spawn_blocking`);
     /// smaller ones run in place, where the copy costs less than the hand-off (default 2 MiB:
     /// a 1 MiB pull takes about 50 µs here, while a hand-off to the pool and back costs a
-    /// wake-up of tens of microseconds). One poll pulls at most this many bytes in place.
+    /// wake-up of tens of microseconds). One poll pulls about this many bytes in place at most
+    /// (the first message of a run always fits). With 0 every pull goes to the blocking pool.
     pub fn blocking_threshold(mut self, bytes: u64) -> Config {
         self.blocking_threshold = bytes;
         self

@@ -91,7 +91,7 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
         return Err(err);
     }
 
-    permit_reader(pid, config);
+    let claim = permit_reader(pid, config);
 
     // The cookie lives at a fixed address until the peer has said READY.
     let mut cookie = Box::new([0u8; COOKIE_LEN]);
@@ -195,6 +195,7 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
     };
     debug!(?negotiated, uid, gid, "handshake complete");
     let span = debug_span!("tokio_pvm::connection", peer_pid = pid, peer_uid = uid);
+    claim.keep();
     let modes = Modes {
         recv: recv_mode,
         send: send_mode,
@@ -220,29 +221,73 @@ static DECLARED_READER: std::sync::Mutex<Option<i32>> = std::sync::Mutex::new(No
 fn ptracer_action(scope: Option<u8>, any: bool, declared: Option<i32>, peer: i32) -> Ptracer {
     match (scope, any, declared) {
         (Some(1), true, _) => Ptracer::Any,
-        (Some(1), false, None) => Ptracer::One(peer),
+        (Some(1), false, None) if peer != std::process::id() as i32 => Ptracer::One(peer),
         _ => Ptracer::Nothing,
     }
 }
 
+/// The permission claimed for one peer under Yama mode 1; given back (so that the next peer
+/// can be declared) if the handshake fails.
+struct ReaderClaim {
+    pid: Option<i32>,
+}
+
+impl ReaderClaim {
+    /// The handshake succeeded: the peer keeps the permission.
+    fn keep(mut self) {
+        self.pid = None;
+    }
+}
+
+impl Drop for ReaderClaim {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let mut declared = DECLARED_READER
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *declared == Some(pid) {
+                *declared = None;
+            }
+        }
+    }
+}
+
 /// Under Yama mode 1, lets `peer` read this process (see [`Config::allow_any_ptracer`]).
-fn permit_reader(peer: i32, config: &Config) {
+fn permit_reader(peer: i32, config: &Config) -> ReaderClaim {
+    let none = ReaderClaim { pid: None };
     let scope = sys::yama_ptrace_scope();
+    if scope != Some(1) {
+        return none;
+    }
     let mut declared = DECLARED_READER
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let action = ptracer_action(scope, config.any_ptracer, *declared, peer);
+    // A declared reader that has exited no longer holds the permission (Yama drops it).
+    let alive =
+        declared.filter(|&p| p == 0 || std::path::Path::new(&format!("/proc/{p}")).exists());
+    let action = ptracer_action(scope, config.any_ptracer, alive, peer);
     let result = match action {
-        Ptracer::Nothing => return,
+        Ptracer::Nothing => return none,
         Ptracer::One(pid) => sys::set_ptracer(Some(pid)).map(|()| *declared = Some(pid)),
         Ptracer::Any => sys::set_ptracer(None).map(|()| *declared = Some(0)),
     };
     match result {
-        Ok(()) => debug!(
-            ?action,
-            "declared the peer as a permitted reader (Yama mode 1)"
-        ),
-        Err(e) => warn!(?action, error = %e, "prctl(PR_SET_PTRACER) failed"),
+        Ok(()) => {
+            debug!(
+                ?action,
+                "declared the peer as a permitted reader (Yama mode 1)"
+            );
+            ReaderClaim {
+                pid: match action {
+                    Ptracer::One(pid) => Some(pid),
+                    _ => None,
+                },
+            }
+        }
+        Err(e) => {
+            warn!(?action, error = %e, "prctl(PR_SET_PTRACER) failed");
+            none
+        }
     }
 }
 
@@ -328,7 +373,10 @@ mod tests {
         assert_eq!(ptracer_action(Some(0), true, None, 7), Ptracer::Nothing);
         assert_eq!(ptracer_action(Some(2), true, None, 7), Ptracer::Nothing);
         assert_eq!(ptracer_action(Some(1), false, None, 7), Ptracer::One(7));
-        // A second peer does not take the first one's permission away.
+        // Not ourselves (Connection::pair), and a second peer does not take the first one's
+        // permission away.
+        let own = std::process::id() as i32;
+        assert_eq!(ptracer_action(Some(1), false, None, own), Ptracer::Nothing);
         assert_eq!(ptracer_action(Some(1), false, Some(7), 8), Ptracer::Nothing);
         assert_eq!(ptracer_action(Some(1), true, Some(7), 8), Ptracer::Any);
     }

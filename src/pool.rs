@@ -135,7 +135,11 @@ impl RecvBuf {
     }
 
     /// The memory the message is to be written to.
-    pub(crate) fn target(&mut self) -> &mut [MaybeUninit<u8>] {
+    ///
+    /// # Safety
+    /// The caller must write only initialised bytes into it: a pooled buffer is initialised
+    /// memory seen through `MaybeUninit`.
+    pub(crate) unsafe fn target(&mut self) -> &mut [MaybeUninit<u8>] {
         match self {
             RecvBuf::Fresh(buf, len) => &mut buf.spare_capacity_mut()[..*len],
             RecvBuf::Pooled(loan) => {

@@ -234,7 +234,7 @@ impl Shared {
 
     /// Locks the state for `role`. The caller registers its waker with [`Guard::register`]
     /// before it looks at anything that may make it return `Pending`.
-    fn enter(&self, role: Role, _cx: &Context<'_>) -> Guard<'_> {
+    fn enter(&self, role: Role) -> Guard<'_> {
         Guard {
             _span: self.span.enter(),
             state: self.lock(),
@@ -244,40 +244,29 @@ impl Shared {
     }
 
     pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.enter(Role::Send, cx).poll_ready(cx)
+        self.enter(Role::Send).poll_ready(cx)
     }
 
     pub(crate) fn start_send(&self, item: Bytes) -> Result<()> {
-        Guard {
-            _span: self.span.enter(),
-            state: self.lock(),
-            shared: self,
-            role: Role::Send,
-        }
-        .start_send(item)
+        self.enter(Role::Send).start_send(item)
     }
 
     pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.enter(Role::Send, cx).poll_flush(cx)
+        self.enter(Role::Send).poll_flush(cx)
     }
 
     pub(crate) fn poll_close(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.enter(Role::Send, cx).poll_close(cx)
+        self.enter(Role::Send).poll_close(cx)
     }
 
     pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
-        self.enter(Role::Recv, cx).poll_next(cx)
+        self.enter(Role::Recv).poll_next(cx)
     }
 
     /// Called when a half is dropped.
     pub(crate) fn drop_half(&self, role: Role) {
         self.wakers.clear(role);
-        let mut g = Guard {
-            _span: self.span.enter(),
-            state: self.lock(),
-            shared: self,
-            role,
-        };
+        let mut g = self.enter(role);
         match role {
             Role::Send => {
                 g.state.send.dropped = true;
@@ -316,12 +305,12 @@ struct Guard<'a> {
 }
 
 impl Guard<'_> {
-    /// Wakes the other half if `role` is not the one polling.
     /// Registers the polling task's waker, before anything that may return `Pending`.
     fn register(&self, cx: &Context<'_>) {
         self.shared.wakers.register(self.role, cx.waker());
     }
 
+    /// Wakes the other half if `role` is not the one polling.
     fn notify(&self, role: Role) {
         if role != self.role {
             self.shared.wakers.wake_half(role);
@@ -534,8 +523,8 @@ impl Guard<'_> {
         st.recv.queue.clear();
         st.recv.pulls.clear();
         st.recv.running = 0;
-        self.shared.wakers.wake_half(Role::Send);
-        self.shared.wakers.wake_half(Role::Recv);
+        self.notify(Role::Send);
+        self.notify(Role::Recv);
     }
 
     // ----- writing -------------------------------------------------------------------------
@@ -799,9 +788,6 @@ impl Guard<'_> {
         // window on the runtime thread before the first message is handed over.
         let mut in_place = 0u64;
         loop {
-            if in_place >= limits.blocking_threshold {
-                break;
-            }
             let st = &mut *self.state;
             let recv = &mut st.recv;
             let room = (limits.recv_window_messages as usize)
@@ -835,7 +821,8 @@ impl Guard<'_> {
                         started: Instant::now(),
                     });
                 }
-                Some(Incoming::Pull(_)) => match self.pull_in_place(room) {
+                Some(Incoming::Pull(_)) if in_place >= limits.blocking_threshold => break,
+                Some(Incoming::Pull(_)) => match self.pull_in_place(room, in_place) {
                     Ok(bytes) => in_place += bytes.max(1),
                     Err(e) => {
                         self.fail(Error::pull(pid, e), true);
@@ -851,7 +838,7 @@ impl Guard<'_> {
     /// Pulls the run of small messages at the front of the queue (at most `room` of them, and
     /// at most `blocking_threshold` bytes in all), each into its own buffer, in as few system
     /// calls as their ranges allow.
-    fn pull_in_place(&mut self, room: usize) -> std::io::Result<u64> {
+    fn pull_in_place(&mut self, room: usize, budget_used: u64) -> std::io::Result<u64> {
         let limits = self.state.limits;
         let pid = self.state.peer_pid;
         let st = &mut *self.state;
@@ -862,7 +849,7 @@ impl Guard<'_> {
         while let Some(Incoming::Pull(d)) = recv.queue.front() {
             let fits = lens.len() < room
                 && d.len < limits.blocking_threshold
-                && (lens.is_empty() || total + d.len <= limits.blocking_threshold);
+                && (lens.is_empty() || budget_used + total + d.len <= limits.blocking_threshold);
             if !fits {
                 break;
             }
@@ -1019,7 +1006,10 @@ fn pull_messages(
     pool: &BufferPool,
 ) -> std::io::Result<Vec<Bytes>> {
     let mut bufs: Vec<RecvBuf> = lens.iter().map(|&len| RecvBuf::new(len, pool)).collect();
-    let mut targets: Vec<&mut [MaybeUninit<u8>]> = bufs.iter_mut().map(RecvBuf::target).collect();
+    // SAFETY: the targets are only written by `read_remote_scatter`, that is by the kernel
+    // copying bytes in: they stay initialised.
+    let mut targets: Vec<&mut [MaybeUninit<u8>]> =
+        bufs.iter_mut().map(|b| unsafe { b.target() }).collect();
     sys::read_remote_scatter(pid, &mut targets, ranges)?;
     // SAFETY: `read_remote_scatter` returned Ok, so every byte of every target was written.
     Ok(bufs

@@ -136,3 +136,14 @@ async fn a_kept_message_stays_intact_while_buffers_are_recycled() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pull_on_the_blocking_pool_with_a_zero_threshold() {
+    let cfg = Config::new().blocking_threshold(0).inline_threshold(0);
+    let (mut a, mut b) = Connection::pair_with(cfg).await.unwrap();
+    for (i, n) in [0usize, 1, 5000, 300_000].into_iter().enumerate() {
+        let (sent, got) = tokio::join!(a.send(pattern(i as u64, n)), b.next());
+        sent.unwrap();
+        assert_eq!(got.unwrap().unwrap(), pattern(i as u64, n));
+    }
+}
