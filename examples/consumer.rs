@@ -18,16 +18,16 @@
 //! The clock starts at the first message; GB are 10^9 bytes. Any mismatch or error is printed
 //! to stderr with exit code 1. Bad usage exits with 2.
 
+#[path = "common/connect.rs"]
+mod connect;
 #[path = "common/pattern.rs"]
 mod pattern;
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tokio_pvm::{Config, Connection, DEFAULT_MAX_MESSAGE_SIZE, Error, Listener};
+use tokio_pvm::{Config, DEFAULT_MAX_MESSAGE_SIZE, Listener};
 
 use pattern::Checker;
 
@@ -37,9 +37,6 @@ usage: consumer SOCKET_PATH [--count N] [--size BYTES] [--connect]
 Listens at SOCKET_PATH for one producer, receives its messages until it closes, and checks
 every byte. --count and --size make the number and the size of the messages part of the
 check. With --connect, connects to a producer started with --listen instead of listening.";
-
-/// How long connecting waits for a listener to appear at the path.
-const CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 struct Args {
     path: PathBuf,
@@ -84,30 +81,6 @@ fn number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, 
         .map_err(|_| format!("{flag}: {value:?} is not a valid number"))
 }
 
-/// Connects to `path`, waiting up to [`CONNECT_WAIT`] for a listener to appear there.
-async fn connect(path: &Path, config: Config) -> Result<Connection, Error> {
-    let deadline = Instant::now() + CONNECT_WAIT;
-    loop {
-        match Connection::connect_with(path, config.clone()).await {
-            Err(e) if no_listener(&e) && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            result => return result,
-        }
-    }
-}
-
-fn no_listener(e: &Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<io::Error>())
-        .is_some_and(|s| {
-            matches!(
-                s.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            )
-        })
-}
-
 async fn run(args: Args) -> Result<String, String> {
     // Accept messages as large as the ones announced.
     let max = args
@@ -116,7 +89,7 @@ async fn run(args: Args) -> Result<String, String> {
         .max(DEFAULT_MAX_MESSAGE_SIZE);
     let config = Config::new().max_message_size(max);
     let mut conn = if args.connect {
-        connect(&args.path, config).await
+        connect::connect(&args.path, config).await
     } else {
         match Listener::bind_with(&args.path, config) {
             Ok(mut listener) => listener.accept().await,

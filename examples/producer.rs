@@ -12,15 +12,16 @@
 //!
 //! Prints a one-line summary to stderr, or the error (exit code 1). Bad usage exits with 2.
 
+#[path = "common/connect.rs"]
+mod connect;
 #[path = "common/pattern.rs"]
 mod pattern;
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tokio_pvm::{Config, Connection, Error, Listener};
+use tokio_pvm::{Config, Error, Listener};
 
 use pattern::Pool;
 
@@ -30,9 +31,6 @@ usage: producer SOCKET_PATH [--count N] [--size BYTES] [--listen]
 Sends N messages (default 256) of BYTES bytes each (default 4194304, at least 8) to the
 consumer at SOCKET_PATH. With --listen, binds a listener at SOCKET_PATH and waits for the
 consumer to connect (run the consumer with --connect) instead of connecting.";
-
-/// How long connecting waits for a listener to appear at the path.
-const CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 struct Args {
     path: PathBuf,
@@ -80,37 +78,13 @@ fn number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, 
         .map_err(|_| format!("{flag}: {value:?} is not a valid number"))
 }
 
-/// Connects to `path`, waiting up to [`CONNECT_WAIT`] for a listener to appear there.
-async fn connect(path: &Path) -> Result<Connection, Error> {
-    let deadline = Instant::now() + CONNECT_WAIT;
-    loop {
-        match Connection::connect_with(path, Config::new()).await {
-            Err(e) if no_listener(&e) && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            result => return result,
-        }
-    }
-}
-
-fn no_listener(e: &Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<io::Error>())
-        .is_some_and(|s| {
-            matches!(
-                s.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            )
-        })
-}
-
 async fn run(args: Args) -> Result<(), Error> {
     let mut pool = Pool::new(args.size);
     let mut conn = if args.listen {
         let mut listener = Listener::bind(&args.path)?;
         listener.accept().await?
     } else {
-        connect(&args.path).await?
+        connect::connect(&args.path, Config::new()).await?
     };
     let started = Instant::now();
     pattern::send_all(&mut conn, &mut pool, args.count).await?;
