@@ -147,3 +147,15 @@ async fn every_pull_on_the_blocking_pool_with_a_zero_threshold() {
         assert_eq!(got.unwrap().unwrap(), pattern(i as u64, n));
     }
 }
+
+#[test]
+fn public_types_can_move_between_tasks() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    fn send<T: Send + 'static>() {}
+    send_sync::<Connection>();
+    send_sync::<tokio_pvm::Sender>();
+    send_sync::<tokio_pvm::Receiver>();
+    send::<tokio_pvm::Listener>();
+    send_sync::<tokio_pvm::Error>();
+    send_sync::<Config>();
+}
