@@ -15,7 +15,9 @@ use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::Mode;
 use crate::PeerInfo;
-use crate::codec::{COOKIE_LEN, ErrorCode, Frame, FrameCodec, Hello, Limits, OutFrame, VERSION};
+use crate::codec::{
+    COOKIE_LEN, ErrorCode, Frame, FrameCodec, Hello, Limits, OutFrame, READY_INLINE, VERSION,
+};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{Modes, Negotiated, Shared};
@@ -165,8 +167,8 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
     let inline = matches!(recv_mode, Mode::Inline(_));
     send(&mut io, OutFrame::Ready { inline }, pid).await?;
     let send_mode = match next_frame(&mut io, pid).await? {
-        Frame::Ready { inline: false } => Mode::Pull,
-        Frame::Ready { inline: true } => Mode::Inline(Arc::from(format!(
+        Frame::Ready { flags } if flags & READY_INLINE == 0 => Mode::Pull,
+        Frame::Ready { .. } => Mode::Inline(Arc::from(format!(
             "peer process {pid} cannot read this process's memory and asked for inline messages"
         ))),
         other => return Err(unexpected(other, "READY")),
