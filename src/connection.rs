@@ -162,8 +162,8 @@ impl Connection {
     /// Connects to a [`Listener`](crate::Listener) at `path` with the default [`Config`].
     ///
     /// # Cancel safety
-    /// Not cancel safe in the sense that a cancelled connect leaves nothing behind: the
-    /// half-made connection is dropped and the listener sees it go away.
+    /// Cancelling leaves nothing behind: the half-made connection is dropped and the
+    /// listener sees it go away. Connecting again starts afresh.
     pub async fn connect(path: impl AsRef<Path>) -> Result<Connection> {
         Connection::connect_with(path, Config::default()).await
     }

@@ -134,6 +134,11 @@ impl Error {
         Error::with_source(kind, message, err)
     }
 
+    /// The kind of the operating system error behind this one, if any.
+    pub(crate) fn source_kind(&self) -> Option<io::ErrorKind> {
+        self.inner.source.as_ref().map(io::Error::kind)
+    }
+
     /// The broad cause of this error.
     pub fn kind(&self) -> ErrorKind {
         self.inner.kind
@@ -205,11 +210,7 @@ impl From<Error> for io::Error {
             ErrorKind::Timeout => io::ErrorKind::TimedOut,
             ErrorKind::Unsupported => io::ErrorKind::Unsupported,
             ErrorKind::Closed => io::ErrorKind::NotConnected,
-            ErrorKind::Io => err
-                .inner
-                .source
-                .as_ref()
-                .map_or(io::ErrorKind::Other, io::Error::kind),
+            ErrorKind::Io => err.source_kind().unwrap_or(io::ErrorKind::Other),
         };
         io::Error::new(kind, err)
     }

@@ -35,7 +35,10 @@
 //! comes from the kernel (`SO_PEERCRED`), never from the peer's frames, and the handshake pulls
 //! a random cookie out of each side's memory before any data moves. By default only peers of
 //! the same uid are accepted ([`Config::allow_uid`] widens this). A receiver reads only the
-//! ranges the sender announced, and only while the connection is alive.
+//! ranges the sender announced, and delivers only bytes read while the connection was open and
+//! the peer process alive (checked after each batch of pulls, through a pidfd). A side that may
+//! not read its peer's memory falls back to receiving inline over the socket
+//! ([`Mode::Inline`]); the README's security model has the details.
 //!
 //! # Layers
 //! kernel calls (`sys`) → control socket on `AsyncFd` (`socket`) → frames (`codec`, see its

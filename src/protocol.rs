@@ -10,12 +10,14 @@
 //! only keeps the waker of the last task that polled it), so that halves living in different
 //! tasks never miss a frame meant for them.
 //!
-//! ## Why the receiver checks for hang-up after a pull
+//! ## Why the receiver checks for hang-up (and the peer's pidfd) after a pull
 //! A sender releases a buffer when it is acknowledged, or when the connection ends; in the
 //! second case it shuts the socket down *before* releasing anything. The receiver checks that
 //! the socket has not been shut down *after* each batch of pulls and before acknowledging or
 //! delivering them. If it has not, the buffers were alive for the whole pull; if it has, the
-//! pulled bytes are discarded and the stream reports that the peer went away.
+//! pulled bytes are discarded and the stream reports that the peer went away. The same `poll`
+//! call looks at the peer's pidfd: a process that died (and whose pid may be reused) never has
+//! its last reads delivered, even if a forked child still holds the socket.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -557,7 +559,7 @@ impl Guard<'_> {
 
     /// A reset or broken connection means the peer went away; say so.
     fn peer_gone_if_reset(&self, e: Error) -> Error {
-        match e.source_io_kind() {
+        match e.source_kind() {
             Some(std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) => {
                 Error::new(
                     ErrorKind::PeerGone,
@@ -1029,16 +1031,4 @@ fn pull_message(
         usize::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(nix::libc::EFBIG))?;
     let mut msgs = pull_messages(pid, &[len], ranges, pool)?;
     Ok(msgs.pop().unwrap_or_default())
-}
-
-trait SourceIoKind {
-    fn source_io_kind(&self) -> Option<std::io::ErrorKind>;
-}
-
-impl SourceIoKind for Error {
-    fn source_io_kind(&self) -> Option<std::io::ErrorKind> {
-        std::error::Error::source(self)
-            .and_then(|s| s.downcast_ref::<std::io::Error>())
-            .map(std::io::Error::kind)
-    }
 }
