@@ -163,9 +163,13 @@ struct SendState {
 struct RecvState {
     /// Sequence number the next DATA or INLINE frame must carry.
     next_seq: u64,
-    /// Messages acknowledged so far.
+    /// Messages acknowledged so far (counted when they become ready).
     acked: u64,
-    /// Bytes announced by the peer and not yet acknowledged.
+    /// The count carried by the last ACK queued.
+    ack_sent: u64,
+    /// Bytes of the messages acknowledged since the last ACK was queued.
+    ack_due_bytes: u64,
+    /// Bytes announced by the peer whose acknowledgement has not been queued.
     unacked_bytes: u64,
     /// Announced messages whose pull has not started.
     queue: VecDeque<Incoming>,
@@ -347,6 +351,9 @@ impl Guard<'_> {
                 Poll::Pending => break,
             }
         }
+        if progressed {
+            self.send_ack();
+        }
         progressed
     }
 
@@ -432,7 +439,8 @@ impl Guard<'_> {
                 recv.next_seq
             )));
         }
-        let unacked = recv.next_seq - recv.acked;
+        // The window as the peer sees it: what the ACKs queued so far released.
+        let unacked = recv.next_seq - recv.ack_sent;
         if unacked >= u64::from(limits.recv_window_messages)
             || recv.unacked_bytes >= limits.recv_window_bytes
         {
@@ -451,10 +459,46 @@ impl Guard<'_> {
         }
         recv.next_seq += 1;
         recv.unacked_bytes += len;
-        recv.queue.push_back(msg);
+        match msg {
+            // An inline message behind nothing else, with room in the window, is ready now: it
+            // needs no pull and no check, and its acknowledgement goes out with the others
+            // gathered by this read.
+            Incoming::Inline(data)
+                if recv.queue.is_empty()
+                    && recv.pulls.is_empty()
+                    && recv.ready.len() < limits.recv_window_messages as usize
+                    && recv.ready_bytes < limits.recv_window_bytes =>
+            {
+                recv.acked += 1;
+                recv.ack_due_bytes += len;
+                recv.ready_bytes += len;
+                recv.ready.push_back(data);
+            }
+            msg => recv.queue.push_back(msg),
+        }
         trace!(seq, len, "message announced");
         self.notify(Role::Recv);
         Ok(())
+    }
+
+    /// Queues one cumulative ACK for the messages that became ready since the last one, and
+    /// writes what the socket takes now.
+    fn send_ack(&mut self) {
+        let recv = &self.state.recv;
+        if recv.acked == recv.ack_sent || self.state.fatal.is_some() {
+            return;
+        }
+        let count = recv.acked;
+        trace!(count, "acknowledging");
+        if let Err(e) = self.queue_frame(OutFrame::Ack { count }) {
+            self.fail(e, false);
+        } else {
+            let recv = &mut self.state.recv;
+            recv.ack_sent = count;
+            recv.unacked_bytes -= recv.ack_due_bytes;
+            recv.ack_due_bytes = 0;
+            let _ = self.flush_writes();
+        }
     }
 
     fn on_eof(&mut self) {
@@ -495,7 +539,8 @@ impl Guard<'_> {
     }
 
     /// Ends the connection with `err`. With `tell_peer`, an ERROR frame carries the reason to
-    /// the peer first. Messages already acknowledged are still delivered before the error.
+    /// the peer first. Messages whose acknowledgement was queued are still delivered before
+    /// the error; the rest are discarded.
     fn fail(&mut self, err: Error, tell_peer: bool) {
         if self.state.fatal.is_some() {
             return;
@@ -524,6 +569,13 @@ impl Guard<'_> {
         st.send.in_flight_bytes = 0;
         st.recv.queue.clear();
         st.recv.pulls.clear();
+        // Messages made ready whose ACK was never queued are not delivered either: delivery
+        // and acknowledgement go together.
+        let recv = &mut st.recv;
+        let unsent = usize::try_from(recv.acked - recv.ack_sent).unwrap_or(usize::MAX);
+        let keep = recv.ready.len().saturating_sub(unsent);
+        recv.ready.truncate(keep);
+        recv.ready_bytes = recv.ready.iter().map(|b| b.len() as u64).sum();
         st.recv.running = 0;
         self.notify(Role::Send);
         self.notify(Role::Recv);
@@ -873,9 +925,15 @@ impl Guard<'_> {
     /// one cumulative acknowledgement. Returns whether anything moved.
     fn collect_pulls(&mut self, cx: &mut Context<'_>) -> bool {
         let pid = self.state.peer_pid;
-        let mut batch: Vec<Bytes> = Vec::new();
+        // The finished pulls at the front: `n` of them, `bytes` in all.
+        let mut n = 0;
+        let mut bytes = 0u64;
         let mut needs_check = false;
-        while let Some(front) = self.state.recv.pulls.front_mut() {
+        loop {
+            let recv = &mut self.state.recv;
+            let Some(front) = recv.pulls.get_mut(n) else {
+                break;
+            };
             if let Pull::Running {
                 handle,
                 len,
@@ -891,7 +949,7 @@ impl Guard<'_> {
                     Ok(data) => {
                         debug!(len, ?elapsed, "pulled on the blocking pool");
                         *front = Pull::Done { data, check: true };
-                        self.state.recv.running -= 1;
+                        recv.running -= 1;
                     }
                     Err(e) => {
                         self.fail(Error::pull(pid, e), true);
@@ -899,12 +957,13 @@ impl Guard<'_> {
                     }
                 }
             }
-            if let Some(Pull::Done { data, check }) = self.state.recv.pulls.pop_front() {
-                needs_check |= check;
-                batch.push(data);
+            if let Pull::Done { data, check } = front {
+                needs_check |= *check;
+                bytes += data.len() as u64;
             }
+            n += 1;
         }
-        if batch.is_empty() {
+        if n == 0 {
             return false;
         }
         if needs_check {
@@ -912,7 +971,6 @@ impl Guard<'_> {
             match self.state.io.get_ref().check_peer(pidfd) {
                 Ok(peer) if !peer.hung_up && !peer.exited => {}
                 Ok(peer) => {
-                    let n = batch.len();
                     let what = if peer.exited {
                         "exited"
                     } else {
@@ -938,20 +996,15 @@ impl Guard<'_> {
             }
         }
         let recv = &mut self.state.recv;
-        for data in batch {
-            let len = data.len() as u64;
-            recv.acked += 1;
-            recv.unacked_bytes -= len;
-            recv.ready_bytes += len;
-            recv.ready.push_back(data);
+        recv.acked += n as u64;
+        recv.ack_due_bytes += bytes;
+        recv.ready_bytes += bytes;
+        for pull in recv.pulls.drain(..n) {
+            if let Pull::Done { data, .. } = pull {
+                recv.ready.push_back(data);
+            }
         }
-        let count = recv.acked;
-        trace!(count, "acknowledging");
-        if let Err(e) = self.queue_frame(OutFrame::Ack { count }) {
-            self.fail(e, false);
-        } else {
-            let _ = self.flush_writes();
-        }
+        self.send_ack();
         true
     }
 
