@@ -11,7 +11,7 @@
 //! | 1    | HELLO  | 64 bytes: magic `TOKIOPVM`, version u16, reserved u16, window messages u32, cookie address u64, cookie [16], max message size u64, window bytes u64, max inline size u32, max ranges u32 |
 //! | 2    | READY  | flags u32, reserved u32: "I checked your cookie"; flag 1 = "I cannot pull from you, send me every message inline" |
 //! | 3    | DATA   | sequence u64, total length u64, range count u32, reserved u32, then per range: address u64, length u64 |
-//! | 4    | BATCH  | reserved for batches of descriptors; version 1 neither sends nor accepts it |
+//! | 4    | BATCH  | first sequence u64, then one or more inline messages, each a length u32 and the payload; the body is no larger than an INLINE body may be |
 //! | 5    | INLINE | sequence u64, then the payload |
 //! | 6    | ACK    | count u64: every message with a sequence number below `count` has been received |
 //! | 7    | CLOSE  | sent u64: how many messages the sender sent in total; no DATA or INLINE follows (ACKs for the other direction may) |
@@ -45,6 +45,10 @@ pub(crate) const READY_INLINE: u32 = 1;
 const HELLO_LEN: usize = 64;
 const DATA_FIXED: usize = 24;
 const RANGE_LEN: usize = 16;
+/// Fixed part of a BATCH body (the first sequence number).
+pub(crate) const BATCH_FIXED: usize = 8;
+/// Length prefix of each message in a BATCH body.
+const BATCH_ENTRY: usize = 4;
 
 const T_HELLO: u8 = 1;
 const T_READY: u8 = 2;
@@ -152,6 +156,9 @@ pub(crate) enum Frame {
         seq: u64,
         payload: Bytes,
     },
+    /// Inline messages with consecutive sequence numbers from `seq`, already checked to be
+    /// well-formed; [`Batch::next_message`] walks them.
+    Batch(Batch),
     Ack {
         count: u64,
     },
@@ -162,6 +169,25 @@ pub(crate) enum Frame {
         code: ErrorCode,
         reason: String,
     },
+}
+
+/// The messages of a BATCH frame: a checked body of `length u32, payload` entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Batch {
+    pub(crate) seq: u64,
+    entries: Bytes,
+}
+
+impl Batch {
+    /// Takes the next message off the batch, or `None` when it is empty.
+    pub(crate) fn next_message(&mut self) -> Option<Bytes> {
+        if self.entries.len() < BATCH_ENTRY {
+            return None;
+        }
+        let len = self.entries.get_u32_le() as usize;
+        // The decoder checked that every entry's payload is within the body.
+        Some(self.entries.split_to(len))
+    }
 }
 
 /// A frame to encode. Borrows what it sends, so encoding allocates nothing but room in the
@@ -220,13 +246,12 @@ impl FrameCodec {
                 let max = u64::from(l.max_inline).min(l.max_message_size);
                 (8, 8 + max as usize)
             }
+            T_BATCH => (
+                BATCH_FIXED + BATCH_ENTRY,
+                BATCH_FIXED + l.max_inline as usize,
+            ),
             T_ACK | T_CLOSE => (8, 8),
             T_ERROR => (8, 8 + MAX_ERROR_TEXT),
-            T_BATCH => {
-                return Err(Error::protocol(
-                    "BATCH frame received, but protocol version 1 does not use batches",
-                ));
-            }
             other => return Err(Error::protocol(format!("unknown frame type {other}"))),
         })
     }
@@ -321,6 +346,28 @@ impl FrameCodec {
                 let seq = body.get_u64_le();
                 Frame::Inline { seq, payload: body }
             }
+            T_BATCH => {
+                let seq = body.get_u64_le();
+                let mut rest = &body[..];
+                while !rest.is_empty() {
+                    if rest.len() < BATCH_ENTRY {
+                        return Err(Error::protocol(format!(
+                            "BATCH frame ends with {} stray bytes",
+                            rest.len()
+                        )));
+                    }
+                    let len = rest.get_u32_le() as usize;
+                    if len > rest.len() {
+                        return Err(Error::protocol(format!(
+                            "BATCH frame entry of {len} bytes runs past the frame's end ({} \
+                             bytes left)",
+                            rest.len()
+                        )));
+                    }
+                    rest.advance(len);
+                }
+                Frame::Batch(Batch { seq, entries: body })
+            }
             T_ACK => Frame::Ack {
                 count: body.get_u64_le(),
             },
@@ -370,7 +417,7 @@ impl Decoder for FrameCodec {
                 }
                 if body_len < min || body_len > max {
                     return Err(match ty {
-                        T_INLINE if body_len > max => Error::limit(format!(
+                        T_INLINE | T_BATCH if body_len > max => Error::limit(format!(
                             "the peer sent an inline payload of {} bytes, more than the {} \
                              this side accepts",
                             body_len - 8,
@@ -412,6 +459,38 @@ impl Decoder for FrameCodec {
             )),
         }
     }
+}
+
+/// Bytes a message adds to a BATCH body.
+pub(crate) const fn batch_entry_len(payload: usize) -> usize {
+    BATCH_ENTRY + payload
+}
+
+/// Bytes a BATCH frame holding one message of `payload` bytes adds to the write buffer.
+pub(crate) const fn batch_body_len(payload: usize) -> usize {
+    BATCH_FIXED + batch_entry_len(payload)
+}
+
+/// Writes a BATCH frame holding one message; returns where the frame starts in `dst`, for
+/// [`append_to_batch`].
+pub(crate) fn start_batch(dst: &mut BytesMut, seq: u64, payload: &[u8]) -> usize {
+    let at = dst.len();
+    put_header(dst, T_BATCH, batch_body_len(payload.len()));
+    dst.put_u64_le(seq);
+    dst.put_u32_le(payload.len() as u32);
+    dst.put_slice(payload);
+    at
+}
+
+/// Appends a message (whose sequence number follows the batch's last) to the BATCH frame that
+/// starts at `at` and ends `dst`. The caller keeps the body within the peer's limit.
+pub(crate) fn append_to_batch(dst: &mut BytesMut, at: usize, payload: &[u8]) {
+    debug_assert_eq!(dst[at], T_BATCH);
+    let body = dst.len() - at - HEADER_LEN + batch_entry_len(payload.len());
+    dst.reserve(batch_entry_len(payload.len()));
+    dst.put_u32_le(payload.len() as u32);
+    dst.put_slice(payload);
+    dst[at + 4..at + 8].copy_from_slice(&(body as u32).to_le_bytes());
 }
 
 fn put_header(dst: &mut BytesMut, ty: u8, body_len: usize) {
@@ -591,6 +670,51 @@ mod tests {
         );
     }
 
+    #[test]
+    fn batches_roundtrip_and_split() {
+        let mut buf = BytesMut::new();
+        buf.put_slice(b"junk"); // a batch need not start the buffer
+        let at = start_batch(&mut buf, 7, b"one");
+        append_to_batch(&mut buf, at, b"");
+        append_to_batch(&mut buf, at, b"three");
+        let mut src = BytesMut::from(&buf[at..]);
+        let Some(Frame::Batch(mut batch)) = FrameCodec::new(limits()).decode(&mut src).unwrap()
+        else {
+            panic!("a batch decodes as one");
+        };
+        assert!(src.is_empty());
+        assert_eq!(batch.seq, 7);
+        let mut got = Vec::new();
+        while let Some(m) = batch.next_message() {
+            got.push(m);
+        }
+        assert_eq!(got, [&b"one"[..], b"", b"three"]);
+    }
+
+    #[test]
+    fn rejects_malformed_batches() {
+        let batch = |entries: &[u8]| {
+            let mut v = header(T_BATCH, (8 + entries.len()) as u32);
+            v.extend_from_slice(&1u64.to_le_bytes());
+            v.extend_from_slice(entries);
+            decode_raw(&v)
+        };
+        // An entry longer than what is left of the body.
+        let err = batch(&[9, 0, 0, 0, 1, 2]).unwrap_err();
+        assert!(
+            err.is_protocol() && err.to_string().contains("runs past"),
+            "{err}"
+        );
+        // A length prefix cut short.
+        let err = batch(&[1, 0, 0, 0, 5, 2, 0]).unwrap_err();
+        assert!(
+            err.is_protocol() && err.to_string().contains("stray"),
+            "{err}"
+        );
+        // A huge entry length inside a small body.
+        assert!(batch(&[255, 255, 255, 255]).unwrap_err().is_protocol());
+    }
+
     fn decode_raw(bytes: &[u8]) -> Result<Option<Frame>, Error> {
         FrameCodec::new(limits()).decode(&mut BytesMut::from(bytes))
     }
@@ -612,6 +736,9 @@ mod tests {
         assert!(decode_raw(&header(0, 0)).unwrap_err().is_protocol());
         assert!(decode_raw(&header(200, 0)).unwrap_err().is_protocol());
         assert!(decode_raw(&header(T_BATCH, 0)).unwrap_err().is_protocol());
+        assert!(decode_raw(&header(T_BATCH, 8)).unwrap_err().is_protocol());
+        let err = decode_raw(&header(T_BATCH, 8 + 65)).unwrap_err();
+        assert!(err.is_limit_exceeded(), "{err}");
         assert!(
             decode_raw(&[T_ACK, 1, 0, 0, 8, 0, 0, 0])
                 .unwrap_err()

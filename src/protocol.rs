@@ -36,7 +36,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 use tracing::{debug, trace};
 
-use crate::codec::{Descriptor, ErrorCode, Frame, FrameCodec, OutFrame};
+use crate::codec::{self, Descriptor, ErrorCode, Frame, FrameCodec, OutFrame};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pool::{BufferPool, RecvBuf};
 use crate::socket::ControlSocket;
@@ -94,6 +94,8 @@ pub(crate) struct Negotiated {
     pub(crate) send_max_message: u64,
     /// Messages up to this size are sent inline.
     pub(crate) inline_threshold: u32,
+    /// Largest BATCH body the peer accepts.
+    pub(crate) batch_body_max: usize,
     /// Window this side announced for what it receives.
     pub(crate) recv_window_messages: u32,
     pub(crate) recv_window_bytes: u64,
@@ -152,6 +154,9 @@ struct SendState {
     in_flight_bytes: u64,
     /// Messages queued in the write buffer since it was last written out.
     unflushed: usize,
+    /// The BATCH frame at the end of the write buffer that more inline messages may join:
+    /// where it starts and its body length so far.
+    open_batch: Option<(usize, usize)>,
     /// CLOSE has been queued.
     closed: bool,
     /// Our write side has been shut down.
@@ -373,6 +378,15 @@ impl Guard<'_> {
                 let len = payload.len() as u64;
                 self.on_message(seq, len, Incoming::Inline(payload))
             }
+            Frame::Batch(mut batch) => {
+                let mut seq = batch.seq;
+                while let Some(payload) = batch.next_message() {
+                    let len = payload.len() as u64;
+                    self.on_message(seq, len, Incoming::Inline(payload))?;
+                    seq = seq.wrapping_add(1);
+                }
+                Ok(())
+            }
             Frame::Close { sent } => {
                 let recv = &mut self.state.recv;
                 if recv.peer_closed {
@@ -584,6 +598,7 @@ impl Guard<'_> {
     // ----- writing -------------------------------------------------------------------------
 
     fn queue_frame(&mut self, frame: OutFrame<'_>) -> Result<()> {
+        self.state.send.open_batch = None;
         Pin::new(&mut self.state.io).start_send(frame)
     }
 
@@ -593,6 +608,8 @@ impl Guard<'_> {
             self.state.send.unflushed = 0;
             return Poll::Ready(Ok(()));
         }
+        // Writing may consume part of the buffer: nothing more joins the open batch.
+        self.state.send.open_batch = None;
         let shared = self.shared;
         let mut cx = Context::from_waker(&shared.io_waker);
         match Pin::new(&mut self.state.io).poll_flush(&mut cx) {
@@ -711,10 +728,7 @@ impl Guard<'_> {
         }
         let seq = self.state.send.next_seq;
         let held = if len <= u64::from(limits.inline_threshold) {
-            self.queue_frame(OutFrame::Inline {
-                seq,
-                payload: &item,
-            })?;
+            self.queue_inline(seq, &item)?;
             Bytes::new()
         } else {
             let range = [RemoteRange {
@@ -731,6 +745,26 @@ impl Guard<'_> {
         send.in_flight.push_back((len, held));
         send.in_flight_bytes += len;
         trace!(seq, len, "message queued");
+        Ok(())
+    }
+
+    /// Queues an inline message: it joins the BATCH frame at the end of the write buffer if
+    /// there is one with room, starts one if it fits into a batch, and travels in an INLINE
+    /// frame of its own otherwise.
+    fn queue_inline(&mut self, seq: u64, payload: &[u8]) -> Result<()> {
+        let max = self.state.limits.batch_body_max;
+        let st = &mut *self.state;
+        match st.send.open_batch {
+            Some((at, body)) if body + codec::batch_entry_len(payload.len()) <= max => {
+                codec::append_to_batch(st.io.write_buffer_mut(), at, payload);
+                st.send.open_batch = Some((at, body + codec::batch_entry_len(payload.len())));
+            }
+            _ if codec::batch_body_len(payload.len()) <= max => {
+                let at = codec::start_batch(st.io.write_buffer_mut(), seq, payload);
+                st.send.open_batch = Some((at, codec::batch_body_len(payload.len())));
+            }
+            _ => self.queue_frame(OutFrame::Inline { seq, payload })?,
+        }
         Ok(())
     }
 

@@ -104,6 +104,7 @@ proptest! {
 const T_HELLO: u8 = 1;
 const T_READY: u8 = 2;
 const T_DATA: u8 = 3;
+const T_BATCH: u8 = 4;
 const T_INLINE: u8 = 5;
 const T_ACK: u8 = 6;
 const T_ERROR: u8 = 8;
@@ -176,6 +177,16 @@ impl RawPeer {
         }
         None
     }
+}
+
+/// The body of a BATCH frame carrying `msgs` from sequence number `seq` on.
+fn batch_body(seq: u64, msgs: &[&[u8]]) -> Vec<u8> {
+    let mut body = seq.to_le_bytes().to_vec();
+    for m in msgs {
+        body.extend_from_slice(&(m.len() as u32).to_le_bytes());
+        body.extend_from_slice(m);
+    }
+    body
 }
 
 /// Accepts one connection while `peer` runs on a thread; returns both.
@@ -257,6 +268,29 @@ async fn protocol_violations_end_only_that_connection() {
     body.extend_from_slice(b"hi");
     peer.send(T_INLINE, &body);
     expect_error(&mut conn, ErrorKind::Protocol, "expected 0").await;
+
+    // A well-formed BATCH is delivered message by message; the next batch's first sequence
+    // number must follow on.
+    let p = path.clone();
+    let (mut conn, mut peer) = accept_raw(&mut listener, move || RawPeer::handshake(&p)).await;
+    peer.send(T_BATCH, &batch_body(0, &[b"ab", b"", b"cde"]));
+    for want in [&b"ab"[..], b"", b"cde"] {
+        let got = timeout(Duration::from_secs(5), conn.next()).await.unwrap();
+        assert_eq!(&got.unwrap().unwrap()[..], want);
+    }
+    let (ty, body) = peer.recv().expect("an ACK for the batch");
+    assert_eq!((ty, body), (T_ACK, 3u64.to_le_bytes().to_vec()));
+    peer.send(T_BATCH, &batch_body(2, &[b"x"]));
+    expect_error(&mut conn, ErrorKind::Protocol, "expected 3").await;
+
+    // A BATCH whose entry runs past the frame's end.
+    let p = path.clone();
+    let (mut conn, mut peer) = accept_raw(&mut listener, move || RawPeer::handshake(&p)).await;
+    let mut body = 0u64.to_le_bytes().to_vec();
+    body.extend_from_slice(&100u32.to_le_bytes());
+    body.extend_from_slice(b"short");
+    peer.send(T_BATCH, &body);
+    expect_error(&mut conn, ErrorKind::Protocol, "runs past").await;
 
     // Overrunning the window (4 messages) before any acknowledgement.
     let p = path.clone();
