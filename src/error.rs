@@ -27,6 +27,17 @@ pub enum ErrorKind {
     Closed,
     /// Any other I/O error from the operating system.
     Io,
+    /// Probe and poke: no such process, manifest, block or field.
+    NotFound,
+    /// Probe and poke: a manifest or a block in the target's memory is malformed, or does not
+    /// match its manifest.
+    InvalidData,
+    /// Probe and poke: a value of the wrong type or out of range, or a write to a block that is
+    /// not tunable.
+    InvalidInput,
+    /// Probe and poke: no consistent snapshot of a block within the bounded number of retries
+    /// (a writer kept it busy, or one stopped half-way).
+    Inconsistent,
 }
 
 /// An error from the transport.
@@ -134,6 +145,45 @@ impl Error {
         Error::with_source(kind, message, err)
     }
 
+    /// Classifies a failed read or write of a probed process's memory.
+    pub(crate) fn remote_access(pid: i32, what: &str, err: io::Error) -> Error {
+        let (kind, message) = match err.raw_os_error() {
+            Some(nix::libc::ESRCH) => (
+                ErrorKind::NotFound,
+                format!("process {pid} is gone (ESRCH while {what})"),
+            ),
+            Some(nix::libc::EPERM) | Some(nix::libc::EACCES) => (
+                ErrorKind::PermissionDenied,
+                format!(
+                    "permission denied {what} of process {pid}: run the probe as the same user as \
+                     the target (and the target must be dumpable), or give the probe \
+                     CAP_SYS_PTRACE; with Yama (/proc/sys/kernel/yama/ptrace_scope) 1 the probe \
+                     needs CAP_SYS_PTRACE or must be the target's declared ptracer, 2 needs \
+                     CAP_SYS_PTRACE, 3 forbids it; in Docker add --cap-add=SYS_PTRACE, in \
+                     Kubernetes add SYS_PTRACE to securityContext.capabilities"
+                ),
+            ),
+            Some(nix::libc::EFAULT) => (
+                ErrorKind::InvalidData,
+                format!(
+                    "{what} of process {pid} failed: the address is not mapped in the process \
+                     (EFAULT); its manifest is stale or corrupt"
+                ),
+            ),
+            Some(nix::libc::ENOSYS) => (
+                ErrorKind::Unsupported,
+                "process_vm_readv/process_vm_writev are not available: the kernel was built \
+                 without CONFIG_CROSS_MEMORY_ATTACH or a seccomp filter blocks them (ENOSYS)"
+                    .to_string(),
+            ),
+            _ => (
+                ErrorKind::Io,
+                format!("{what} of process {pid} failed: {err}"),
+            ),
+        };
+        Error::with_source(kind, message, err)
+    }
+
     /// The kind of the operating system error behind this one, if any.
     pub(crate) fn source_kind(&self) -> Option<io::ErrorKind> {
         self.inner.source.as_ref().map(io::Error::kind)
@@ -211,6 +261,10 @@ impl From<Error> for io::Error {
             ErrorKind::Unsupported => io::ErrorKind::Unsupported,
             ErrorKind::Closed => io::ErrorKind::NotConnected,
             ErrorKind::Io => err.source_kind().unwrap_or(io::ErrorKind::Other),
+            ErrorKind::NotFound => io::ErrorKind::NotFound,
+            ErrorKind::InvalidData => io::ErrorKind::InvalidData,
+            ErrorKind::InvalidInput => io::ErrorKind::InvalidInput,
+            ErrorKind::Inconsistent => io::ErrorKind::WouldBlock,
         };
         io::Error::new(kind, err)
     }

@@ -54,6 +54,7 @@ mod error;
 mod handshake;
 mod listener;
 mod pool;
+pub mod probe;
 mod protocol;
 mod socket;
 mod sys;

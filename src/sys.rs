@@ -1,7 +1,8 @@
 //! The one door to the kernel.
 //!
 //! Every raw system call the crate makes lives here: socket creation, socket options, the
-//! non-blocking `recv`/`send` used by the control socket, and `process_vm_readv`. The rest of the
+//! non-blocking `recv`/`send` used by the control socket, `process_vm_readv`/`process_vm_writev`,
+//! and the few `/proc` reads the probe needs. The rest of the
 //! crate sees `OwnedFd`, slices and `io::Result`, never a raw pointer or an errno.
 
 use std::io;
@@ -469,4 +470,123 @@ pub(crate) fn read_remote_scatter(
 /// The raw descriptor of any fd-like value, for logging.
 pub(crate) fn raw(fd: &impl AsFd) -> i32 {
     fd.as_fd().as_raw_fd()
+}
+
+/// Writes all of `data` into process `pid` at `addr`, with as many `process_vm_writev` calls as
+/// it takes (a short transfer is continued; no progress is `EFAULT`).
+pub(crate) fn write_remote(pid: i32, addr: u64, data: &[u8]) -> io::Result<()> {
+    let base = usize::try_from(addr).map_err(|_| io::Error::from_raw_os_error(libc::EFAULT))?;
+    let mut done = 0usize;
+    while done < data.len() {
+        let local = libc::iovec {
+            iov_base: data[done..].as_ptr() as *mut libc::c_void,
+            iov_len: data.len() - done,
+        };
+        let remote = libc::iovec {
+            iov_base: base.wrapping_add(done) as *mut libc::c_void,
+            iov_len: data.len() - done,
+        };
+        // SAFETY: `local` describes the readable rest of `data`, borrowed for the call and only
+        // read by the kernel (the `*mut` is what the C type asks for); `remote` describes memory
+        // of the other process, which the kernel checks and never maps into ours.
+        let ret = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        match ret.unsigned_abs() {
+            0 => return Err(io::Error::from_raw_os_error(libc::EFAULT)),
+            n => done += n,
+        }
+    }
+    Ok(())
+}
+
+/// Copies `local.len()` bytes out of process `pid` at `addr`.
+pub(crate) fn read_remote_at(pid: i32, addr: u64, local: &mut [u8]) -> io::Result<()> {
+    let len = local.len() as u64;
+    // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and `read_remote` only writes
+    // initialised bytes into the buffer, so it stays initialised.
+    let local = unsafe { &mut *(local as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    read_remote(pid, local, &[RemoteRange { addr, len }])
+}
+
+/// The start time of process `pid` in clock ticks since boot (`/proc/PID/stat` field 22), and
+/// the uid that owns it (the owner of `/proc/PID`).
+pub(crate) fn process_identity(pid: i32) -> io::Result<(u64, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = format!("/proc/{pid}");
+    let stat = std::fs::read_to_string(format!("{dir}/stat"))?;
+    let owner = std::fs::metadata(&dir)?.uid();
+    // The command name (field 2) is in parentheses and may contain anything, spaces and ')'
+    // included: fields from 3 on start after the last ')'.
+    let rest = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"))?;
+    let start = rest
+        .split_ascii_whitespace()
+        .nth(22 - 3)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"))?;
+    Ok((start, owner))
+}
+
+/// An exclusive `flock` on a file, released when dropped.
+#[derive(Debug)]
+pub(crate) struct FileLock<'a> {
+    fd: BorrowedFd<'a>,
+}
+
+impl FileLock<'_> {
+    /// Takes an exclusive lock on `fd`, trying again until `timeout` has passed; then fails
+    /// with `WouldBlock`.
+    pub(crate) fn exclusive(
+        fd: BorrowedFd<'_>,
+        timeout: std::time::Duration,
+    ) -> io::Result<FileLock<'_>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            // SAFETY: `fd` is a valid open descriptor for the borrow's lifetime; flock only
+            // changes the lock state of its open file description.
+            let ret = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if ret == 0 {
+                return Ok(FileLock { fd });
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                _ => return Err(err),
+            }
+        }
+    }
+}
+
+impl Drop for FileLock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as in `exclusive`; unlocking a lock this value holds.
+        unsafe { libc::flock(self.fd.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// Clock ticks per second, the unit of `/proc/PID/stat` times.
+pub(crate) fn clock_ticks_per_second() -> Option<u64> {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|&t| t > 0)
+}
+
+/// Time since boot, from `/proc/uptime`.
+pub(crate) fn system_uptime() -> Option<std::time::Duration> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = text.split_ascii_whitespace().next()?.parse().ok()?;
+    std::time::Duration::try_from_secs_f64(secs).ok()
 }

@@ -1,0 +1,2 @@
+//! Placeholder for the probe benchmarks.
+fn main() {}

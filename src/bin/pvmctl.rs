@@ -1,0 +1,2 @@
+//! `pvmctl`: placeholder, replaced by the operator tool.
+fn main() {}

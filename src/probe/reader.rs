@@ -1,0 +1,425 @@
+//! The probe side: find publishing processes, read their blocks, write their tunables.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+
+use super::block::{READ_ATTEMPTS, Snapshot};
+use super::layout::{BLOCK_VERSION, HEADER_LEN, MAGIC, SEQ_OFFSET, Value};
+use super::manifest::{self, BlockInfo, Discovery, ProcessInfo};
+use crate::error::{Error, ErrorKind, Result};
+use crate::sys;
+
+/// What [`Probe::set`] changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The field's value before the write.
+    pub old: Value,
+    /// The value written.
+    pub new: Value,
+}
+
+/// Reads the blocks of one publishing process from outside, and writes its tunables.
+///
+/// Every read is a few `process_vm_readv` calls made by the probe: the target makes no system
+/// call and does no I/O for it, and does not notice if the probe dies half-way.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use futures::StreamExt;
+/// use tokio_pvm::probe::Probe;
+///
+/// # async fn run() -> tokio_pvm::Result<()> {
+/// for process in Probe::discover().processes {
+///     let probe = Probe::from_info(process);
+///     for snapshot in probe.read_all()? {
+///         for (field, value) in snapshot.values() {
+///             println!("{} {}.{field} = {value}", probe.pid(), snapshot.block());
+///         }
+///     }
+/// }
+/// let probe = Probe::attach(4242)?;
+/// let mut ticks = Box::pin(probe.watch(Duration::from_secs(1)));
+/// while let Some(snapshots) = ticks.next().await {
+///     println!("{:?}", snapshots?);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Probe {
+    info: Arc<ProcessInfo>,
+}
+
+impl Probe {
+    /// Every live publishing process whose manifest this process can read (see
+    /// [`search_dirs`](super::search_dirs)), with the manifests it skipped and why.
+    pub fn discover() -> Discovery {
+        manifest::discover_in(&manifest::search_dirs())
+    }
+
+    /// Like [`Probe::discover`], in the given directories only.
+    pub fn discover_in(dirs: &[PathBuf]) -> Discovery {
+        manifest::discover_in(dirs)
+    }
+
+    /// Removes stale manifests (dead process, or pid reused) that this user may remove, from
+    /// the directories [`Probe::discover`] searches; returns their paths.
+    pub fn clean_stale() -> Vec<PathBuf> {
+        manifest::clean_stale(&manifest::search_dirs())
+    }
+
+    /// Attaches to process `pid` through its manifest, found in the directories
+    /// [`Probe::discover`] searches.
+    ///
+    /// Fails with [`ErrorKind::NotFound`] if no manifest names `pid` or its manifest is stale,
+    /// [`ErrorKind::PermissionDenied`] if its owner does not match the process's, and
+    /// [`ErrorKind::InvalidData`] if it is malformed.
+    pub fn attach(pid: i32) -> Result<Probe> {
+        Probe::attach_in(&manifest::search_dirs(), pid)
+    }
+
+    /// Like [`Probe::attach`], looking in the given directories only.
+    pub fn attach_in(dirs: &[PathBuf], pid: i32) -> Result<Probe> {
+        let mut first_error = None;
+        for dir in dirs {
+            let path = dir.join(format!("{pid}.json"));
+            match manifest::load(&path) {
+                Ok(info) => return Ok(Probe::from_info(info)),
+                Err(e) if e.kind() == ErrorKind::NotFound && !path.exists() => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no manifest for process {pid} in {}: it does not publish, or publishes \
+                     elsewhere (set {} to its directory)",
+                    dirs.iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    manifest::DIR_ENV
+                ),
+            )
+        }))
+    }
+
+    /// A probe for a process [`Probe::discover`] found.
+    pub fn from_info(info: ProcessInfo) -> Probe {
+        Probe {
+            info: Arc::new(info),
+        }
+    }
+
+    /// The process's id.
+    pub fn pid(&self) -> i32 {
+        self.info.pid
+    }
+
+    /// The process, as its manifest describes it.
+    pub fn info(&self) -> &ProcessInfo {
+        &self.info
+    }
+
+    fn block(&self, name: &str) -> Result<&BlockInfo> {
+        self.info.block(name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "process {} publishes no block {name:?} (it has: {})",
+                    self.info.pid,
+                    self.info
+                        .blocks
+                        .iter()
+                        .map(|b| b.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
+    }
+
+    fn read_word(&self, addr: u64, what: &str) -> Result<u64> {
+        let mut w = [0u8; 8];
+        sys::read_remote_at(self.info.pid, addr, &mut w)
+            .map_err(|e| Error::remote_access(self.info.pid, what, e))?;
+        Ok(u64::from_le_bytes(w))
+    }
+
+    /// Checks that the process is still the one the manifest describes.
+    fn check_alive(&self) -> Result<()> {
+        match sys::process_identity(self.info.pid) {
+            Ok((start, _)) if start == self.info.start_time => Ok(()),
+            _ => Err(Error::new(
+                ErrorKind::NotFound,
+                format!("process {} ({}) exited", self.info.pid, self.info.program),
+            )),
+        }
+    }
+
+    /// A consistent snapshot of the block called `block`.
+    ///
+    /// Reads the sequence word, the block, and the sequence word again, each with its own
+    /// `process_vm_readv` call, and keeps the copy only if the word was even and unchanged;
+    /// after a bounded number of attempts it fails with [`ErrorKind::Inconsistent`] rather
+    /// than spin. The header in the target's memory (magic, version, size, layout hash) must
+    /// match the manifest, or the read fails with [`ErrorKind::InvalidData`].
+    pub fn read(&self, block: &str) -> Result<Snapshot> {
+        let info = self.block(block)?;
+        self.read_block(info)
+    }
+
+    fn read_block(&self, info: &BlockInfo) -> Result<Snapshot> {
+        let pid = self.info.pid;
+        let seq_addr = info.address + SEQ_OFFSET as u64;
+        let what = format!("reading block {:?}", info.name);
+        let mut data = vec![0u8; info.layout.size];
+        for attempt in 0..READ_ATTEMPTS {
+            let before = self.read_word(seq_addr, &what)?;
+            if before & 1 == 0 {
+                sys::read_remote_at(pid, info.address, &mut data)
+                    .map_err(|e| Error::remote_access(pid, &what, e))?;
+                if self.read_word(seq_addr, &what)? == before {
+                    self.check_header(info, &data)?;
+                    return Ok(Snapshot {
+                        block: info.name.clone(),
+                        sequence: before,
+                        layout: info.layout.clone(),
+                        data,
+                        tunable: info.tunable,
+                    });
+                }
+            }
+            if attempt > 16 {
+                std::thread::yield_now();
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Inconsistent,
+            format!(
+                "block {:?} of process {pid} changed during each of {READ_ATTEMPTS} reads (or a \
+                 writer stopped half-way): no consistent snapshot",
+                info.name
+            ),
+        ))
+    }
+
+    fn check_header(&self, info: &BlockInfo, data: &[u8]) -> Result<()> {
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&data[i..i + 8]);
+            w
+        };
+        let vs = word(8);
+        let version = u32::from_le_bytes([vs[0], vs[1], vs[2], vs[3]]);
+        let size = u32::from_le_bytes([vs[4], vs[5], vs[6], vs[7]]) as usize;
+        let hash = u64::from_le_bytes(word(24));
+        let problem = if word(0) != MAGIC {
+            Some("no block header at that address".to_string())
+        } else if version != BLOCK_VERSION {
+            Some(format!("block format {version}, expected {BLOCK_VERSION}"))
+        } else if size != info.layout.size || hash != info.hash {
+            Some(format!(
+                "the block in memory ({size} bytes, layout {hash:#x}) is not the one the \
+                 manifest describes ({} bytes, layout {:#x})",
+                info.layout.size, info.hash
+            ))
+        } else {
+            None
+        };
+        match problem {
+            None => Ok(()),
+            Some(p) => Err(Error::new(
+                ErrorKind::InvalidData,
+                format!(
+                    "block {:?} of process {} at {:#x}: {p}; the manifest is stale or corrupt",
+                    info.name, self.info.pid, info.address
+                ),
+            )),
+        }
+    }
+
+    /// A consistent snapshot of every block, in manifest order.
+    pub fn read_all(&self) -> Result<Vec<Snapshot>> {
+        self.info
+            .blocks
+            .iter()
+            .map(|b| self.read_block(b))
+            .collect()
+    }
+
+    /// Every block, read at each tick of `interval` (the first at once).
+    ///
+    /// The stream yields one `Vec` of snapshots per tick. When the process exits it yields one
+    /// error of kind [`ErrorKind::NotFound`] and ends; other errors (a permission problem, a
+    /// corrupt block) are yielded and the stream goes on. Missed ticks are skipped, not
+    /// bunched. Dropping the stream stops it; it holds nothing in the target.
+    pub fn watch(&self, interval: Duration) -> impl Stream<Item = Result<Vec<Snapshot>>> + Send {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let probe = self.clone();
+        futures::stream::unfold(Some((probe, ticker)), |state| async move {
+            let (probe, mut ticker) = state?;
+            ticker.tick().await;
+            if let Err(e) = probe.check_alive() {
+                return Some((Err(e), None));
+            }
+            match probe.read_all() {
+                Ok(all) => Some((Ok(all), Some((probe, ticker)))),
+                // The process may have died during the read.
+                Err(e) => match probe.check_alive() {
+                    Err(gone) => Some((Err(gone), None)),
+                    Ok(()) => Some((Err(e), Some((probe, ticker)))),
+                },
+            }
+        })
+    }
+
+    /// Writes `value` into field `field` of tunable block `block`; returns the old and new
+    /// values.
+    ///
+    /// The value must have the field's type ([`FieldKind::parse`](super::FieldKind::parse)
+    /// turns an operator's text into one); a block not marked tunable is refused with
+    /// [`ErrorKind::InvalidInput`]. Writers are serialised by an exclusive `flock` on the
+    /// process's manifest (the process takes it too when it updates a tunable block), and
+    /// the write follows the seqlock protocol with separate `process_vm_writev` calls: the
+    /// sequence word made odd, the field, the sequence word made even.
+    pub fn set(&self, block: &str, field: &str, value: Value) -> Result<Change> {
+        let info = self.block(block)?;
+        let pid = self.info.pid;
+        if !info.tunable {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "block {block:?} of process {pid} is not tunable: the process reads it \
+                     only as its own output; only blocks declared with BlockBuilder::tunable \
+                     can be written"
+                ),
+            ));
+        }
+        let f = info.layout.field(field).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "block {block:?} has no field {field:?} (it has: {})",
+                    info.layout
+                        .fields
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+        if !value.fits(f.kind) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{block}.{field} is {}; the value {value:?} does not fit",
+                    f.kind
+                ),
+            ));
+        }
+        let bytes = value.encode(f.kind);
+        let (offset, kind) = (f.offset, f.kind);
+        let file = open_manifest(&self.info.manifest)?;
+        let _lock = manifest::lock_exclusive(&file)?;
+        self.check_alive()?;
+        let old = match self.read_block(info) {
+            Ok(snap) => Value::decode(kind, &snap.data[offset..offset + kind.size()]),
+            // A writer died half-way (it cannot be running: we hold the lock); this write
+            // repairs the block, and the old value is whatever is there.
+            Err(e) if e.kind() == ErrorKind::Inconsistent => {
+                let mut raw = vec![0u8; kind.size()];
+                sys::read_remote_at(pid, info.address + offset as u64, &mut raw)
+                    .map_err(|e| Error::remote_access(pid, "reading the old value", e))?;
+                Value::decode(kind, &raw)
+            }
+            Err(e) => return Err(e),
+        };
+        let what = format!("writing block {block:?}");
+        let seq_addr = info.address + SEQ_OFFSET as u64;
+        let seq = self.read_word(seq_addr, &what)?;
+        // Odd only if a writer died half-way; it stays odd until this write completes.
+        let busy = seq | 1;
+        let write = |addr: u64, data: &[u8]| {
+            sys::write_remote(pid, addr, data).map_err(|e| Error::remote_access(pid, &what, e))
+        };
+        write(seq_addr, &busy.to_le_bytes())?;
+        write(info.address + offset as u64, &bytes)?;
+        write(seq_addr, &busy.wrapping_add(1).to_le_bytes())?;
+        tracing::debug!(pid, block, field, %old, new = %value, "tunable written");
+        Ok(Change { old, new: value })
+    }
+}
+
+fn open_manifest(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| {
+        Error::with_source(
+            ErrorKind::NotFound,
+            format!("opening manifest {} to lock it: {e}", path.display()),
+            e,
+        )
+    })
+}
+
+// The header is read as part of the block; make sure it is covered.
+const _: () = assert!(HEADER_LEN == 32 && SEQ_OFFSET < HEADER_LEN);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::{BlockBuilder, FieldKind, Publication};
+
+    /// The probe's whole path against this very process: publish, discover, read, set.
+    #[test]
+    fn publish_read_and_set_in_one_process() {
+        let dir = std::env::temp_dir().join(format!("pvm-unit-{}", std::process::id()));
+        let mut b = BlockBuilder::new("stats");
+        let n = b.u64("n");
+        let mut stats = b.build().unwrap();
+        let mut t = BlockBuilder::new("tuning").tunable();
+        let limit = t.u64("limit");
+        let name = t.string("name", 8);
+        let tuning = t.build().unwrap();
+        let publication = Publication::publish_in(&dir, &[&stats, &tuning]).unwrap();
+        stats.set(n, 41);
+
+        let found = Probe::discover_in(std::slice::from_ref(&dir));
+        assert!(found.skipped.is_empty(), "{:?}", found.skipped);
+        assert_eq!(found.processes.len(), 1);
+        let probe = Probe::attach_in(std::slice::from_ref(&dir), std::process::id() as i32)
+            .unwrap();
+        assert_eq!(probe.read("stats").unwrap().value("n"), Some(Value::U64(41)));
+
+        let before = tuning.read().unwrap();
+        let change = probe.set("tuning", "limit", Value::U64(10)).unwrap();
+        assert_eq!(change.old, Value::U64(0));
+        assert!(tuning.changed_since(&before));
+        assert_eq!(tuning.read().unwrap().get(limit), 10);
+        let text = FieldKind::Str { capacity: 8 }.parse("abc").unwrap();
+        probe.set("tuning", "name", text).unwrap();
+        assert_eq!(tuning.read().unwrap().get(name), "abc");
+
+        let e = probe.set("stats", "n", Value::U64(1)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        let e = probe.set("tuning", "limit", Value::I64(1)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        let e = probe
+            .set("tuning", "name", Value::Str("far too long".into()))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        assert_eq!(probe.read("nope").unwrap_err().kind(), ErrorKind::NotFound);
+
+        let path = publication.manifest_path().to_owned();
+        drop(publication);
+        assert!(!path.exists(), "the manifest is removed on drop");
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
