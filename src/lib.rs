@@ -29,6 +29,13 @@
 //! # }
 //! ```
 //!
+//! # Probe and poke
+//! The [`probe`] module uses the same system calls for a second job: a process publishes a few
+//! blocks of typed fields (updated with plain memory writes, no system call), an outside probe
+//! reads consistent snapshots of them, and an operator tool writes new values into blocks
+//! marked tunable. The `pvmctl` binary (default `cli` feature) lists, dumps, watches, sets and
+//! exports them for Prometheus.
+//!
 //! # Security model
 //! The receiver reads the sender's memory, so the kernel must allow it: the same uid (and a
 //! dumpable process), or `CAP_SYS_PTRACE`, subject to Yama's `ptrace_scope`. The pid to read

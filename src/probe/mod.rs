@@ -31,6 +31,9 @@
 //! the process's owner, and treats the manifest and the target's memory as untrusted input:
 //! every size, offset and header is checked before use.
 //!
+//! The block format, the seqlock protocol and the manifest schema are specified in
+//! `docs/PROBE.md`, for readers written in other languages.
+//!
 //! # Permissions
 //!
 //! Reading and writing another process's memory follows the kernel's ptrace access rules:
