@@ -71,7 +71,7 @@ pub fn publish_dir() -> PathBuf {
 
 /// The directories a probe searches: `$TOKIO_PVM_DIR` alone if it is set; otherwise this
 /// user's directory (as [`publish_dir`]) and every other user's that exists
-/// (`/run/user/*/tokio-pvm`, `/tmp/tokio-pvm-*`), which only a privileged probe can read.
+/// (`/run/user/*/tokio-pvm`, `/tmp/tokio-pvm-<uid>`), which only a privileged probe can read.
 pub fn search_dirs() -> Vec<PathBuf> {
     if let Some(dir) = std::env::var_os(DIR_ENV).filter(|d| !d.is_empty()) {
         return vec![dir.into()];
@@ -89,7 +89,12 @@ pub fn search_dirs() -> Vec<PathBuf> {
     }
     if let Ok(tmp) = fs::read_dir("/tmp") {
         for e in tmp.flatten() {
-            if e.file_name().to_string_lossy().starts_with("tokio-pvm-") {
+            let name = e.file_name();
+            let is_user_dir = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("tokio-pvm-"))
+                .is_some_and(|uid| !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()));
+            if is_user_dir {
                 add(e.path());
             }
         }

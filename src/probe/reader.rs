@@ -71,6 +71,11 @@ impl Probe {
         manifest::clean_stale(&manifest::search_dirs())
     }
 
+    /// Like [`Probe::clean_stale`], in the given directories only.
+    pub fn clean_stale_in(dirs: &[PathBuf]) -> Vec<PathBuf> {
+        manifest::clean_stale(dirs)
+    }
+
     /// Attaches to process `pid` through its manifest, found in the directories
     /// [`Probe::discover`] searches.
     ///
@@ -200,6 +205,12 @@ impl Probe {
                 std::thread::yield_now();
             }
         }
+        // Before blaming a writer: a sequence word that never reads even may not be one (a
+        // stale or corrupt manifest pointing elsewhere; `set` would then write there). The
+        // header never changes, so a copy taken while busy still shows whether this is it.
+        sys::read_remote_at(pid, info.address, &mut data)
+            .map_err(|e| Error::remote_access(pid, &what, e))?;
+        self.check_header(info, &data)?;
         Err(Error::new(
             ErrorKind::Inconsistent,
             format!(
@@ -275,6 +286,8 @@ impl Probe {
                 // The process may have died during the read.
                 Err(e) => match probe.check_alive() {
                     Err(gone) => Some((Err(gone), None)),
+                    // ESRCH: it exited, and lingers as a zombie that still has its /proc entry.
+                    Ok(()) if e.kind() == ErrorKind::NotFound => Some((Err(e), None)),
                     Ok(()) => Some((Err(e), Some((probe, ticker)))),
                 },
             }
@@ -394,9 +407,12 @@ mod tests {
         let found = Probe::discover_in(std::slice::from_ref(&dir));
         assert!(found.skipped.is_empty(), "{:?}", found.skipped);
         assert_eq!(found.processes.len(), 1);
-        let probe = Probe::attach_in(std::slice::from_ref(&dir), std::process::id() as i32)
-            .unwrap();
-        assert_eq!(probe.read("stats").unwrap().value("n"), Some(Value::U64(41)));
+        let probe =
+            Probe::attach_in(std::slice::from_ref(&dir), std::process::id() as i32).unwrap();
+        assert_eq!(
+            probe.read("stats").unwrap().value("n"),
+            Some(Value::U64(41))
+        );
 
         let before = tuning.read().unwrap();
         let change = probe.set("tuning", "limit", Value::U64(10)).unwrap();

@@ -1,0 +1,510 @@
+//! End-to-end tests of `pvmctl` against real processes: each test starts the `game_server`
+//! example with its own manifest directory and drives it with the `pvmctl` binary.
+//!
+//! The example must be built (`cargo test` builds examples; `cargo test --test pvmctl` alone
+//! does not: run `cargo build --examples` first).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// How long the server may take to print its first line.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A directory removed, with its contents, on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh directory (mode 0700, as manifest directories must be) named after `name`.
+    fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("pvmctl-test-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `game_server`, killed (and its directory removed) on drop, so that a failing
+/// test leaks nothing.
+struct Server {
+    child: Child,
+    pid: i32,
+    lines: Receiver<String>,
+    dir: TempDir,
+}
+
+impl Server {
+    /// Starts `game_server --run-for 30` publishing into a directory of its own, and waits
+    /// for its first line.
+    fn start(name: &str) -> Server {
+        let dir = TempDir::new(name);
+        let mut child = Command::new(game_server_path())
+            .args(["--run-for", "30"])
+            .env("TOKIO_PVM_DIR", dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting game_server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let pid = i32::try_from(child.id()).expect("pid fits i32");
+        let server = Server {
+            child,
+            pid,
+            lines,
+            dir,
+        };
+        let first = server
+            .lines
+            .recv_timeout(START_TIMEOUT)
+            .expect("game_server printed no first line");
+        let expected = format!("game_server: pid {pid} publishing stats, tuning in ");
+        assert!(first.starts_with(&expected), "first line: {first:?}");
+        server
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn manifest(&self) -> PathBuf {
+        self.dir().join(format!("{}.json", self.pid))
+    }
+
+    /// Runs `pvmctl --dir <this server's directory> args...`.
+    fn pvmctl(&self, args: &[&str]) -> Run {
+        let dir = self.dir().to_str().expect("utf-8 temp dir");
+        let mut all = vec!["--dir", dir];
+        all.extend_from_slice(args);
+        pvmctl(&all, None)
+    }
+
+    /// Waits up to `timeout` for a line of the server's stdout that contains `needle`.
+    fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => panic!("no line with {needle:?} in {timeout:?}"),
+                Err(RecvTimeoutError::Disconnected) => panic!("game_server ended its output"),
+            }
+        }
+    }
+
+    /// `pvmctl dump --format json`, parsed.
+    fn dump_json(&self) -> serde_json::Value {
+        let pid = self.pid.to_string();
+        let run = self.pvmctl(&["dump", &pid, "--format", "json"]).success();
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The example binary, next to this test's: `target/<profile>/deps/pvmctl-<hash>` ->
+/// `target/<profile>/examples/game_server`.
+fn game_server_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary is in target/<profile>/deps");
+    let path = profile_dir.join("examples").join("game_server");
+    assert!(
+        path.is_file(),
+        "the game_server example is not built ({} is missing): run `cargo build --examples` \
+         first, or plain `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// What a `pvmctl` run printed and how it ended.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// Asserts that it exited 0.
+    fn success(self) -> Run {
+        assert_eq!(self.code, Some(0), "pvmctl failed: {self:#?}");
+        self
+    }
+
+    /// Asserts that it exited with `code` and printed a `pvmctl:` error.
+    fn failure(self, code: i32) -> Run {
+        assert_eq!(self.code, Some(code), "{self:#?}");
+        assert!(self.stdout.is_empty(), "{self:#?}");
+        self
+    }
+}
+
+/// Runs `pvmctl args...`, with `TOKIO_PVM_DIR` set to `dir` (or unset).
+fn pvmctl(args: &[&str], dir: Option<&Path>) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pvmctl"));
+    cmd.args(args).env_remove("TOKIO_PVM_DIR");
+    if let Some(dir) = dir {
+        cmd.env("TOKIO_PVM_DIR", dir);
+    }
+    let out = cmd.output().expect("running pvmctl");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The pid of a process that has exited (and been reaped).
+fn dead_pid() -> i32 {
+    let mut child = Command::new("true").spawn().expect("running true");
+    child.wait().expect("waiting for true");
+    i32::try_from(child.id()).expect("pid fits i32")
+}
+
+fn u64_at(doc: &serde_json::Value, pointer: &str) -> u64 {
+    doc.pointer(pointer)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or_else(|| panic!("no u64 at {pointer} in {doc}"))
+}
+
+fn keys(doc: &serde_json::Value, pointer: &str) -> BTreeSet<String> {
+    doc.pointer(pointer)
+        .and_then(serde_json::Value::as_object)
+        .unwrap_or_else(|| panic!("no object at {pointer} in {doc}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+fn set_of(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn list_shows_pid_program_and_blocks() {
+    let server = Server::start("list");
+    // Through the environment variable this time; the other tests pass --dir.
+    let run = pvmctl(&["list"], Some(server.dir())).success();
+    let mut lines = run.stdout.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["PID", "PROGRAM", "UPTIME", "BLOCKS"]);
+    let row: Vec<&str> = lines
+        .next()
+        .expect("a process row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[0], server.pid.to_string());
+    assert_eq!(row[1], "game_server");
+    assert!(row[2].ends_with('s'), "uptime {:?}", row[2]);
+    assert_eq!(row[3], "stats,tuning*");
+    assert!(run.stderr.is_empty(), "{run:#?}");
+
+    let run = server.pvmctl(&["list", "--json"]).success();
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(doc["processes"][0]["pid"], server.pid);
+    assert_eq!(doc["processes"][0]["blocks"][1]["name"], "tuning");
+    assert_eq!(doc["processes"][0]["blocks"][1]["tunable"], true);
+}
+
+#[test]
+fn dump_table_shows_every_field_with_its_kind() {
+    let server = Server::start("dump-table");
+    let run = server.pvmctl(&["dump", &server.pid.to_string()]).success();
+    let rows: Vec<Vec<&str>> = run
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let fields: Vec<(&str, &str)> = rows.iter().map(|r| (r[0], r[1])).collect();
+    assert_eq!(
+        fields,
+        [
+            ("stats.players", "u64"),
+            ("stats.rooms", "u64"),
+            ("stats.tick_ms", "f64"),
+            ("stats.bytes_in", "u64"),
+            ("stats.bytes_out", "u64"),
+            ("stats.map", "str[32]"),
+            ("tuning.max_players", "u64"),
+            ("tuning.tick_rate_hz", "u64"),
+        ]
+    );
+    assert_eq!(rows[6][2], "64");
+    assert!(
+        rows[5][2].starts_with('"'),
+        "strings are quoted: {:?}",
+        rows[5]
+    );
+}
+
+#[test]
+fn dump_json_has_the_fields_and_players_within_max() {
+    let server = Server::start("dump-json");
+    let doc = server.dump_json();
+    assert_eq!(doc["pid"], server.pid);
+    assert_eq!(doc["program"], "game_server");
+    assert_eq!(keys(&doc, "/blocks"), set_of(&["stats", "tuning"]));
+    assert_eq!(
+        keys(&doc, "/blocks/stats"),
+        set_of(&[
+            "players",
+            "rooms",
+            "tick_ms",
+            "bytes_in",
+            "bytes_out",
+            "map"
+        ])
+    );
+    assert_eq!(
+        keys(&doc, "/blocks/tuning"),
+        set_of(&["max_players", "tick_rate_hz"])
+    );
+    assert_eq!(u64_at(&doc, "/blocks/tuning/max_players"), 64);
+    assert_eq!(u64_at(&doc, "/blocks/tuning/tick_rate_hz"), 20);
+    assert!(u64_at(&doc, "/blocks/stats/players") <= 64, "{doc}");
+    assert!(doc["blocks"]["stats"]["tick_ms"].is_f64(), "{doc}");
+    assert!(doc["blocks"]["stats"]["map"].is_string(), "{doc}");
+}
+
+#[test]
+fn dump_prometheus_has_help_type_and_labelled_samples() {
+    let server = Server::start("dump-prom");
+    let run = server
+        .pvmctl(&["dump", &server.pid.to_string(), "--format", "prometheus"])
+        .success();
+    let text = &run.stdout;
+    assert!(text.contains("# HELP tokio_pvm_stats_players "), "{text}");
+    assert!(
+        text.contains("# TYPE tokio_pvm_stats_players gauge\n"),
+        "{text}"
+    );
+    let sample = format!(
+        "tokio_pvm_stats_players{{pid=\"{}\",program=\"game_server\"}} ",
+        server.pid
+    );
+    assert!(text.lines().any(|l| l.starts_with(&sample)), "{text}");
+    let map = format!(
+        "tokio_pvm_stats_map_info{{pid=\"{}\",program=\"game_server\",value=\"",
+        server.pid
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&map) && l.ends_with("\"} 1")),
+        "{text}"
+    );
+    check_exposition(text);
+}
+
+/// Checks the Prometheus text format: `# HELP` and `# TYPE` once per metric, before its
+/// samples; every sample is `name{labels} value`, with no timestamp.
+fn check_exposition(text: &str) {
+    let mut helped = BTreeSet::new();
+    let mut typed = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap();
+            assert!(helped.insert(name.to_owned()), "HELP twice for {name}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert_eq!(kind, "gauge", "{line}");
+            assert!(typed.insert(name.to_owned()), "TYPE twice for {name}");
+        } else {
+            let (series, value) = line.rsplit_once("} ").expect("name{labels} value");
+            let name = series.split('{').next().unwrap();
+            assert!(name.starts_with("tokio_pvm_"), "{line}");
+            assert!(helped.contains(name) && typed.contains(name), "{line}");
+            assert!(
+                !value.contains(' '),
+                "a timestamp or junk after the value: {line}"
+            );
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+    assert!(!helped.is_empty(), "no metrics: {text:?}");
+}
+
+#[test]
+fn set_writes_tuning_and_the_server_obeys() {
+    let server = Server::start("set");
+    let pid = server.pid.to_string();
+    let run = server
+        .pvmctl(&["set", &pid, "tuning.max_players=10"])
+        .success();
+    assert_eq!(run.stdout, "tuning.max_players: 64 -> 10\n");
+    server.wait_for_line("tuning changed: max_players=10", Duration::from_secs(5));
+    // The server caps the players at the tick that saw the change; give it two more.
+    std::thread::sleep(Duration::from_millis(150));
+    for _ in 0..3 {
+        let doc = server.dump_json();
+        assert_eq!(u64_at(&doc, "/blocks/tuning/max_players"), 10);
+        assert!(u64_at(&doc, "/blocks/stats/players") <= 10, "{doc}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn set_failures_have_the_documented_exit_codes() {
+    let server = Server::start("set-fail");
+    let pid = server.pid.to_string();
+    let run = server.pvmctl(&["set", &pid, "stats.players=5"]).failure(4);
+    assert!(run.stderr.starts_with("pvmctl: "), "{run:#?}");
+    assert!(run.stderr.contains("not tunable"), "{run:#?}");
+    let run = server
+        .pvmctl(&["set", &pid, "tuning.max_players=abc"])
+        .failure(4);
+    assert!(run.stderr.contains("u64"), "{run:#?}");
+    let dead = dead_pid().to_string();
+    let run = server
+        .pvmctl(&["set", &dead, "tuning.max_players=5"])
+        .failure(1);
+    assert!(run.stderr.starts_with("pvmctl: "), "{run:#?}");
+    server.pvmctl(&["set", &pid, "tuning.nope=5"]).failure(1);
+    server
+        .pvmctl(&["set", &pid, "tuning.max_players"])
+        .failure(2);
+    // Nothing was written.
+    assert_eq!(
+        u64_at(&server.dump_json(), "/blocks/tuning/max_players"),
+        64
+    );
+}
+
+#[test]
+fn export_once_writes_a_complete_prom_file() {
+    let server = Server::start("export");
+    let textfile = TempDir::new("export-textfile");
+    let out = textfile.path().to_str().unwrap();
+    let run = server
+        .pvmctl(&["export", "--textfile", out, "--once"])
+        .success();
+    assert!(run.stdout.is_empty(), "{run:#?}");
+    let names: Vec<String> = fs::read_dir(textfile.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["tokio_pvm.prom"], "no temporary file is left");
+    let text = fs::read_to_string(textfile.path().join("tokio_pvm.prom")).unwrap();
+    check_exposition(&text);
+    let sample = format!(
+        "tokio_pvm_tuning_max_players{{pid=\"{}\",program=\"game_server\"}} 64",
+        server.pid
+    );
+    assert!(text.lines().any(|l| l == sample), "{text}");
+
+    // A named process that is gone: the file is still written, and the status says so.
+    let dead = dead_pid().to_string();
+    server
+        .pvmctl(&["export", "--textfile", out, "--once", &dead])
+        .failure(1);
+    let text = fs::read_to_string(textfile.path().join("tokio_pvm.prom")).unwrap();
+    assert!(text.is_empty(), "{text}");
+}
+
+#[test]
+fn watch_prints_count_ticks_and_exits() {
+    let server = Server::start("watch");
+    let started = Instant::now();
+    let run = server
+        .pvmctl(&[
+            "watch",
+            &server.pid.to_string(),
+            "--interval",
+            "200ms",
+            "--count",
+            "2",
+        ])
+        .success();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let ticks: Vec<&str> = run.stdout.split("\n\n").collect();
+    assert_eq!(ticks.len(), 2, "two ticks, one blank line apart: {run:#?}");
+    for (i, tick) in ticks.iter().enumerate() {
+        assert!(tick.starts_with(&format!("pvmctl watch: tick {}, every 200ms", i + 1)));
+        assert!(
+            tick.contains(&format!("{}  game_server", server.pid)),
+            "{tick}"
+        );
+        assert!(tick.contains("  stats.players "), "{tick}");
+    }
+    assert!(
+        !run.stdout.contains('\x1b'),
+        "no screen clearing into a pipe"
+    );
+}
+
+#[test]
+fn stale_manifests_are_skipped_and_cleaned() {
+    let server = Server::start("stale");
+    let dead = dead_pid();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(server.manifest()).unwrap()).unwrap();
+    manifest["pid"] = dead.into();
+    let stale = server.dir().join(format!("{dead}.json"));
+    fs::write(&stale, manifest.to_string()).unwrap();
+
+    let run = server.pvmctl(&["list"]).success();
+    assert!(run.stdout.contains("game_server"), "{run:#?}");
+    let skipped = format!("skipped {}: ", stale.display());
+    assert!(
+        run.stderr.lines().any(|l| l.starts_with(&skipped)),
+        "{run:#?}"
+    );
+
+    let run = server.pvmctl(&["clean"]).success();
+    assert_eq!(run.stdout, format!("removed {}\n", stale.display()));
+    assert!(!stale.exists());
+    assert!(server.manifest().exists(), "the live manifest stays");
+    let run = server.pvmctl(&["list"]).success();
+    assert!(run.stderr.is_empty(), "{run:#?}");
+}
+
+#[test]
+fn help_documents_examples_and_exit_codes() {
+    let run = pvmctl(&["--help"], None).success();
+    for needle in [
+        "Examples:",
+        "Exit status:",
+        "4  invalid value",
+        "pvmctl set",
+    ] {
+        assert!(run.stdout.contains(needle), "{needle:?} in {}", run.stdout);
+    }
+    let run = pvmctl(&["watch", "--interval", "0s"], None);
+    assert_eq!(run.code, Some(2), "{run:#?}");
+}
