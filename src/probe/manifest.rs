@@ -416,7 +416,17 @@ pub(crate) fn load(path: &Path) -> Result<ProcessInfo> {
             std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
             _ => ErrorKind::Io,
         };
-        Error::with_source(kind, format!("opening manifest {}: {e}", path.display()), e)
+        let hint = if kind == ErrorKind::PermissionDenied {
+            "; manifests are readable only by the publishing user: run the probe as that user, \
+             or as root"
+        } else {
+            ""
+        };
+        Error::with_source(
+            kind,
+            format!("opening manifest {}: {e}{hint}", path.display()),
+            e,
+        )
     })?;
     let meta = file
         .metadata()

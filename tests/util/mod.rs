@@ -199,6 +199,9 @@ pub fn run_child_role() {
     let mut parts = spec.split('\x1f');
     let role = parts.next().unwrap().to_owned();
     let args: Vec<String> = parts.map(str::to_owned).collect();
+    if let Some(code) = probe_roles::run(&role, &args) {
+        std::process::exit(code);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -378,5 +381,305 @@ async fn child_main(role: &str, args: &[String]) -> i32 {
             eprintln!("unknown child role {other}");
             2
         }
+    }
+}
+
+/// Child roles for the probe tests (`tests/probe.rs`). They are plain blocking code: each one
+/// publishes blocks, writes or reads them, or probes another child, and reports on stdout with
+/// `RESULT ` lines. Every role that waits for the parent gives up after [`probe_roles::LIFETIME`]
+/// so that no child outlives a test run that died.
+pub mod probe_roles {
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    use tokio_pvm::probe::{BlockBuilder, Probe, Publication, Value};
+
+    use super::result;
+
+    /// Longest a probe child lives.
+    pub const LIFETIME: Duration = Duration::from_secs(60);
+
+    /// The 64-byte string setter `ch` writes.
+    pub fn fill_string(ch: char) -> String {
+        std::iter::repeat_n(ch, 64).collect()
+    }
+
+    /// Whether `s` is a value the concurrent setters can leave behind: empty (never written) or
+    /// 64 copies of one character.
+    pub fn whole_string(s: &str) -> Option<char> {
+        let first = s.chars().next()?;
+        (s.len() == 64 && s.chars().all(|c| c == first)).then_some(first)
+    }
+
+    fn sleep_until(deadline: Instant) {
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn describe(e: &tokio_pvm::Error) -> String {
+        format!("{:?}: {e}", e.kind())
+    }
+
+    /// Runs `role` if it is a probe role; returns the exit code.
+    pub fn run(role: &str, args: &[String]) -> Option<i32> {
+        let dir = args.first().map(PathBuf::from);
+        let num = |i: usize| -> u64 { args[i].parse().unwrap() };
+        Some(match role {
+            // probe_target DIR LIFETIME_MS: publish a plain block "stats" (n = 7, delta = -3,
+            // ratio = 0.5, on, label = "target"), a block "other" of the same size and
+            // another layout (m = 9), and a tunable block "knobs" (level = 3); unpublish and
+            // exit after LIFETIME_MS.
+            "probe_target" => target(&dir?, Duration::from_millis(num(1))),
+            // probe_torn DIR GAP_NS: publish "torn" and update it from a thread, every field
+            // encoding the same counter, until killed; between updates the thread spins for a
+            // random 0 to GAP_NS nanoseconds (0: back to back, at full speed).
+            "probe_torn" => torn(&dir?, num(1)),
+            // probe_tunable DIR: publish tunable "tune" (s: str[64], stop: bool) and read it
+            // in-process until `stop` is set; report what the snapshots held.
+            "probe_tunable" => tunable(&dir?),
+            // probe_setter DIR PID CHAR COUNT: once DIR/go exists, write 64 CHARs into
+            // tune.s of PID, COUNT times; report the old values seen.
+            "probe_setter" => setter(&dir?, num(1) as i32, &args[2], num(3)),
+            // probe_poke DIR: publish tunable "tune" (limit = 5, mode = "slow", quit) and plain
+            // "ack"; report each change of "tune" and echo it into "ack"; exit on quit.
+            "probe_poke" => poke(&dir?),
+            // probe_try DIR PID BLOCK: discover, attach to PID, read BLOCK; report each outcome.
+            "probe_try" => try_probe(&dir?, num(1) as i32, &args[2]),
+            _ => return None,
+        })
+    }
+
+    fn target(dir: &Path, lifetime: Duration) -> i32 {
+        let deadline = Instant::now() + lifetime.min(LIFETIME);
+        let mut b = BlockBuilder::new("stats");
+        let n = b.u64("n");
+        let delta = b.i64("delta");
+        let ratio = b.f64("ratio");
+        let on = b.bool("on");
+        let label = b.string("label", 16);
+        let mut stats = b.build().unwrap();
+        let mut b = BlockBuilder::new("other");
+        let m = b.u64("m");
+        b.i64("delta");
+        b.f64("ratio");
+        b.bool("on");
+        b.string("label", 16);
+        let mut other = b.build().unwrap();
+        stats.update(|w| {
+            w.set(n, 7);
+            w.set(delta, -3);
+            w.set(ratio, 0.5);
+            w.set(on, true);
+            w.set_str(label, "target");
+        });
+        other.set(m, 9);
+        let mut b = BlockBuilder::new("knobs").tunable();
+        let level = b.u64("level");
+        let mut knobs = b.build().unwrap();
+        knobs.set(level, 3);
+        let publication = Publication::publish_in(dir, &[&stats, &other, &knobs]).unwrap();
+        result("published");
+        sleep_until(deadline);
+        drop(publication);
+        // Exit with the blocks still allocated, as a process that ends does: freeing them first
+        // would let a watching probe catch a freed block before the process is gone.
+        std::process::exit(0)
+    }
+
+    fn torn(dir: &Path, gap_ns: u64) -> i32 {
+        let mut b = BlockBuilder::new("torn");
+        let words = [b.u64("a"), b.u64("b"), b.u64("c"), b.u64("d")];
+        let f = b.f64("f");
+        let s = b.string("s", 24);
+        let mut block = b.build().unwrap();
+        block.update(|w| {
+            for field in words {
+                w.set(field, 0);
+            }
+            w.set(f, 0.0);
+            w.set_str(s, "0");
+        });
+        let _publication = Publication::publish_in(dir, &[&block]).unwrap();
+        std::thread::spawn(move || {
+            let mut counter = 0u64;
+            let mut x = 0x9E37_79B9_7F4A_7C15u64;
+            loop {
+                if gap_ns > 0 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let gap = Duration::from_nanos(x % (gap_ns + 1));
+                    let from = Instant::now();
+                    while from.elapsed() < gap {
+                        std::hint::spin_loop();
+                    }
+                }
+                counter += 1;
+                let text = counter.to_string();
+                block.update(|w| {
+                    for field in words {
+                        w.set(field, counter);
+                    }
+                    w.set(f, counter as f64);
+                    w.set_str(s, &text);
+                });
+            }
+        });
+        sleep_until(Instant::now() + LIFETIME);
+        0
+    }
+
+    fn tunable(dir: &Path) -> i32 {
+        let deadline = Instant::now() + LIFETIME;
+        let mut b = BlockBuilder::new("tune").tunable();
+        let s = b.string("s", 64);
+        let stop = b.bool("stop");
+        let block = b.build().unwrap();
+        let _publication = Publication::publish_in(dir, &[&block]).unwrap();
+        let (mut snapshots, mut empty, mut a, mut b_seen, mut other, mut torn) =
+            (0u64, 0, 0, 0, 0, 0);
+        let (mut inconsistent, mut transitions) = (0u64, 0u64);
+        let mut last = None;
+        while Instant::now() < deadline {
+            let snap = match block.read() {
+                Ok(snap) => snap,
+                Err(_) => {
+                    inconsistent += 1;
+                    continue;
+                }
+            };
+            snapshots += 1;
+            let text = snap.get(s);
+            match whole_string(&text) {
+                None if text.is_empty() => empty += 1,
+                None => {
+                    torn += 1;
+                    eprintln!("torn string seen: {text:?}");
+                }
+                Some('A') => a += 1,
+                Some('B') => b_seen += 1,
+                Some(_) => other += 1,
+            }
+            let now = text.chars().next();
+            if now != last {
+                transitions += 1;
+                last = now;
+            }
+            if snap.get(stop) {
+                break;
+            }
+        }
+        result(format!(
+            "snapshots={snapshots} empty={empty} a={a} b={b_seen} other={other} torn={torn} \
+             inconsistent={inconsistent} transitions={transitions}"
+        ));
+        0
+    }
+
+    fn setter(dir: &Path, pid: i32, ch: &str, count: u64) -> i32 {
+        let ch: char = ch.parse().unwrap();
+        let probe = Probe::attach_in(&[dir.to_owned()], pid).unwrap();
+        let value = fill_string(ch);
+        std::fs::write(dir.join(format!("ready-{ch}")), b"").unwrap();
+        let deadline = Instant::now() + LIFETIME;
+        while !dir.join("go").exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (mut own, mut others, mut empty, mut bad, mut errors) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        for _ in 0..count {
+            match probe.set("tune", "s", Value::Str(value.clone())) {
+                Ok(change) => match change.old {
+                    Value::Str(old) if old.is_empty() => empty += 1,
+                    Value::Str(old) => match whole_string(&old) {
+                        Some(c) if c == ch => own += 1,
+                        Some(_) => others += 1,
+                        None => {
+                            bad += 1;
+                            eprintln!("setter {ch}: torn old value {old:?}");
+                        }
+                    },
+                    old => {
+                        bad += 1;
+                        eprintln!("setter {ch}: old value of another type {old:?}");
+                    }
+                },
+                Err(e) => {
+                    errors += 1;
+                    eprintln!("setter {ch}: {}", describe(&e));
+                }
+            }
+        }
+        result(format!(
+            "sets={count} own={own} others={others} empty={empty} bad={bad} errors={errors}"
+        ));
+        0
+    }
+
+    fn poke(dir: &Path) -> i32 {
+        let deadline = Instant::now() + LIFETIME;
+        let mut b = BlockBuilder::new("tune").tunable();
+        let limit = b.u64("limit");
+        let mode = b.string("mode", 16);
+        let quit = b.bool("quit");
+        let mut tune = b.build().unwrap();
+        tune.update(|w| {
+            w.set(limit, 5);
+            w.set_str(mode, "slow");
+        });
+        let mut b = BlockBuilder::new("ack");
+        let ack_limit = b.u64("limit");
+        let ack_mode = b.string("mode", 16);
+        let ack_changes = b.u64("changes");
+        let mut ack = b.build().unwrap();
+        let _publication = Publication::publish_in(dir, &[&tune, &ack]).unwrap();
+        let mut last = tune.read().unwrap();
+        let mut changes = 0u64;
+        while Instant::now() < deadline {
+            if tune.changed_since(&last) {
+                last = tune.read().unwrap();
+                changes += 1;
+                let (l, m) = (last.get(limit), last.get(mode));
+                result(format!("limit={l} mode={m} quit={}", last.get(quit)));
+                ack.update(|w| {
+                    w.set(ack_limit, l);
+                    w.set_str(ack_mode, &m);
+                    w.set(ack_changes, changes);
+                });
+                if last.get(quit) {
+                    return 0;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        1
+    }
+
+    fn try_probe(dir: &Path, pid: i32, block: &str) -> i32 {
+        let dirs = [dir.to_owned()];
+        let found = Probe::discover_in(&dirs);
+        result(format!(
+            "discover processes={} skipped={}",
+            found.processes.len(),
+            found.skipped.len()
+        ));
+        for (path, e) in &found.skipped {
+            result(format!("skipped {}: {}", path.display(), describe(e)));
+        }
+        let probe = match Probe::attach_in(&dirs, pid) {
+            Ok(probe) => {
+                result("attach ok");
+                probe
+            }
+            Err(e) => {
+                result(format!("attach {}", describe(&e)));
+                return 0;
+            }
+        };
+        match probe.read(block) {
+            Ok(snap) => result(format!("read ok {:?}", snap.value("n"))),
+            Err(e) => result(format!("read {}", describe(&e))),
+        }
+        0
     }
 }
