@@ -18,6 +18,8 @@
 //! The clock starts at the first message; GB are 10^9 bytes. Any mismatch or error is printed
 //! to stderr with exit code 1. Bad usage exits with 2.
 
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "common/connect.rs"]
 mod connect;
 #[path = "common/pattern.rs"]
@@ -122,25 +124,8 @@ async fn run(args: Args) -> Result<String, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    if std::env::args().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("consumer: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(args).await {
-        Ok(line) => {
-            println!("{line}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("consumer: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::main("consumer", USAGE, parse_args, |args| async {
+        run(args).await.map(|line| println!("{line}"))
+    })
+    .await
 }

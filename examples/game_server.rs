@@ -38,6 +38,8 @@
 //! After the `set`, terminal 1 prints `tuning changed: max_players=10 tick_rate_hz=20` and
 //! `watch` shows `players` at 10 or fewer from the next tick on.
 
+#[path = "common/cli.rs"]
+mod cli;
 use std::error::Error;
 use std::io::Write;
 use std::path::Path;
@@ -390,22 +392,5 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    if std::env::args().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("game_server: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("game_server: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::main("game_server", USAGE, parse_args, run).await
 }

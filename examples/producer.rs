@@ -12,6 +12,8 @@
 //!
 //! Prints a one-line summary to stderr, or the error (exit code 1). Bad usage exits with 2.
 
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "common/connect.rs"]
 mod connect;
 #[path = "common/pattern.rs"]
@@ -107,22 +109,5 @@ async fn run(args: Args) -> Result<(), Error> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    if std::env::args().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("producer: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("producer: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::main("producer", USAGE, parse_args, run).await
 }
