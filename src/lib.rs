@@ -54,6 +54,7 @@
 
 // Lints are set in Cargo.toml's [lints] table.
 
+mod bytestream;
 mod codec;
 mod config;
 mod connection;
@@ -66,6 +67,7 @@ mod protocol;
 mod socket;
 mod sys;
 
+pub use bytestream::{ByteStream, DEFAULT_GATHER};
 pub use config::{
     Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_WINDOW_BYTES,
     DEFAULT_WINDOW_MESSAGES,
