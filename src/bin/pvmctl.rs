@@ -63,18 +63,26 @@ tokio_pvm_<block>_<field>_info{pid=..,program=..,value=\"...\"} 1. Repeats every
 or writes once with --once (for cron). A process named on the command line that cannot be
 read makes --once fail after writing the others.";
 
-/// Exit codes, shown by `pvmctl -h`.
-const EXIT_CODES: &str = "\
+/// The exit codes, once, for both help texts.
+macro_rules! exit_codes {
+    () => {
+        "\
 Exit status:
   0  success
   1  failure: no such process, block or field; a read failed; an I/O error
   2  usage error: the command line is wrong
   3  permission denied reading or writing the process (same user or CAP_SYS_PTRACE needed)
   4  invalid value, or the block is not tunable
-  5  no consistent read: the process kept the block busy";
+  5  no consistent read: the process kept the block busy"
+    };
+}
+
+/// Exit codes, shown by `pvmctl -h`.
+const EXIT_CODES: &str = exit_codes!();
 
 /// Examples and exit codes, shown by `pvmctl --help`.
-const LONG_AFTER_HELP: &str = "\
+const LONG_AFTER_HELP: &str = concat!(
+    "\
 Examples:
   pvmctl list                                   every publishing process and its blocks
   pvmctl dump 4242                              every field of process 4242
@@ -84,13 +92,9 @@ Examples:
   pvmctl export --textfile /var/lib/node_exporter/textfile --once
   pvmctl --dir /run/myapp/pvm list              look in another directory
 
-Exit status:
-  0  success
-  1  failure: no such process, block or field; a read failed; an I/O error
-  2  usage error: the command line is wrong
-  3  permission denied reading or writing the process (same user or CAP_SYS_PTRACE needed)
-  4  invalid value, or the block is not tunable
-  5  no consistent read: the process kept the block busy";
+",
+    exit_codes!()
+);
 
 /// The command line.
 #[derive(Debug, Parser)]
