@@ -46,6 +46,22 @@ pub struct Config {
     pub(crate) require_pull: bool,
     pub(crate) any_ptracer: bool,
     uid_policy: UidPolicy,
+    pub(crate) slow_subscriber: SlowSubscriber,
+}
+
+/// What a [`Fanout`](crate::Fanout) does with a subscriber whose window is full when a message
+/// is published: one that has not pulled the window's worth of earlier messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SlowSubscriber {
+    /// Wait for it: the publisher's `poll_ready` stays pending until every subscriber has room,
+    /// so the slowest subscriber sets the pace (backpressure). The default.
+    #[default]
+    Wait,
+    /// Drop it: its connection ends with an error of kind
+    /// [`LimitExceeded`](crate::ErrorKind::LimitExceeded) on both sides, and the others go on.
+    /// The window ([`Config::window`]) is the slack a subscriber gets.
+    Drop,
 }
 
 /// Largest inline payload either side may configure: frames stay far below 4 GiB.
@@ -76,6 +92,7 @@ impl Default for Config {
             require_pull: false,
             any_ptracer: false,
             uid_policy: UidPolicy::SameUid,
+            slow_subscriber: SlowSubscriber::Wait,
         }
     }
 }
@@ -199,6 +216,13 @@ impl Config {
     /// protect the path with file permissions.
     pub fn allow_any_uid(mut self) -> Config {
         self.uid_policy = UidPolicy::Any;
+        self
+    }
+
+    /// What a [`Fanout`](crate::Fanout) built from this configuration does with a subscriber
+    /// that falls a whole window behind (default [`SlowSubscriber::Wait`]).
+    pub fn slow_subscriber(mut self, policy: SlowSubscriber) -> Config {
+        self.slow_subscriber = policy;
         self
     }
 

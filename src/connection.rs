@@ -317,6 +317,13 @@ fn connect_error(path: &Path, e: io::Error) -> Error {
     }
 }
 
+impl Sender {
+    /// Ends the connection with `err`, telling the peer why.
+    pub(crate) fn abort(&self, err: Error) {
+        self.shared.abort(err);
+    }
+}
+
 impl Sink<Bytes> for Sender {
     type Error = Error;
 

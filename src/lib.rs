@@ -59,6 +59,7 @@ mod codec;
 mod config;
 mod connection;
 mod error;
+mod fanout;
 mod handshake;
 mod listener;
 mod pool;
@@ -70,10 +71,11 @@ mod sys;
 pub use bytestream::{ByteStream, DEFAULT_GATHER};
 pub use config::{
     Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_WINDOW_BYTES,
-    DEFAULT_WINDOW_MESSAGES,
+    DEFAULT_WINDOW_MESSAGES, SlowSubscriber,
 };
 pub use connection::{Connection, Mode, PeerInfo, Receiver, Sender};
 pub use error::{Error, ErrorKind, Result};
+pub use fanout::{Fanout, SubscriberId};
 pub use listener::Listener;
 
 /// Entry points for the fuzz target and property tests. Not part of the public API.

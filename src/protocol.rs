@@ -291,6 +291,12 @@ impl Shared {
         }
     }
 
+    /// Ends the connection with `err`, telling the peer why. In-flight buffers are released
+    /// after the socket is shut down.
+    pub(crate) fn abort(&self, err: Error) {
+        self.enter(Role::Send).fail(err, true);
+    }
+
     /// Number of messages sent and not yet acknowledged, and their bytes.
     pub(crate) fn in_flight(&self) -> (usize, u64) {
         let st = self.lock();
