@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -89,6 +89,14 @@ impl Mode {
 /// sides that each `send().await` without polling their own stream at the same time wait on
 /// each other. Poll the stream in another task (see [`split`](Connection::split)) or in the
 /// same `select!`.
+///
+/// # Traits
+/// Besides `Sink` and `Stream` (so `futures::SinkExt`/`StreamExt`, `tokio_stream` wrappers and
+/// `tokio::select!` work as with any stream), a connection and its halves are `Debug`,
+/// `Send`, `Sync` and `Unpin`, and `AsFd`/`AsRawFd` give the control socket, for diagnostics
+/// or socket options only (reading or writing it breaks the connection). For code written
+/// against `AsyncRead + AsyncWrite`, wrap it in a [`ByteStream`](crate::ByteStream); to send
+/// one message to many connections, see [`Fanout`](crate::Fanout).
 ///
 /// # Cancel safety
 /// All state lives in the connection. `next()` is cancel safe: a message pulled but not yet
@@ -415,3 +423,29 @@ impl fmt::Debug for Receiver {
             .finish_non_exhaustive()
     }
 }
+
+/// The control socket of the connection, for diagnostics (`ss`, `/proc/PID/fdinfo`) or
+/// socket options. Reading from or writing to it breaks the connection; the crate owns it and
+/// closes it when the last half is dropped.
+macro_rules! control_socket_fd {
+    ($($t:ty => |$s:ident| $shared:expr),*) => {$(
+        impl AsFd for $t {
+            fn as_fd(&self) -> BorrowedFd<'_> {
+                let $s = self;
+                $shared.socket()
+            }
+        }
+
+        impl AsRawFd for $t {
+            fn as_raw_fd(&self) -> RawFd {
+                self.as_fd().as_raw_fd()
+            }
+        }
+    )*};
+}
+
+control_socket_fd!(
+    Connection => |c| c.sender.shared,
+    Sender => |s| s.shared,
+    Receiver => |r| r.shared
+);

@@ -22,7 +22,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
@@ -124,6 +124,9 @@ pub(crate) struct Shared {
     pub(crate) peer: PeerInfo,
     pub(crate) modes: Modes,
     pub(crate) span: tracing::Span,
+    /// The control socket's descriptor number; the socket itself is in `state`, open for as
+    /// long as this value lives.
+    socket_fd: RawFd,
 }
 
 #[derive(Debug)]
@@ -219,6 +222,7 @@ impl Shared {
         span: tracing::Span,
     ) -> Arc<Shared> {
         let wakers = Arc::new(HalfWakers::default());
+        let socket_fd = io.get_ref().as_fd().as_raw_fd();
         Arc::new(Shared {
             state: Mutex::new(State {
                 io,
@@ -236,7 +240,16 @@ impl Shared {
             peer,
             modes,
             span,
+            socket_fd,
         })
+    }
+
+    /// The control socket, open for as long as `self` lives.
+    pub(crate) fn socket(&self) -> BorrowedFd<'_> {
+        // SAFETY: `socket_fd` is the descriptor of the `ControlSocket` inside `state`, which
+        // is dropped (and the descriptor closed) only when `self` is; shutting the socket
+        // down does not close it. The borrow cannot outlive `self`.
+        unsafe { BorrowedFd::borrow_raw(self.socket_fd) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

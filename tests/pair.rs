@@ -159,3 +159,19 @@ fn public_types_can_move_between_tasks() {
     send_sync::<tokio_pvm::Error>();
     send_sync::<Config>();
 }
+
+#[tokio::test]
+async fn the_halves_expose_the_control_socket() {
+    use nix::sys::socket::{SockType, getsockopt, sockopt};
+    use std::os::fd::{AsFd, AsRawFd};
+
+    let (a, b) = Connection::pair().await.unwrap();
+    assert_eq!(
+        getsockopt(&a.as_fd(), sockopt::SockType).unwrap(),
+        SockType::Stream
+    );
+    let fd = a.as_raw_fd();
+    assert_ne!(fd, b.as_raw_fd());
+    let (tx, rx) = a.split();
+    assert_eq!((tx.as_raw_fd(), rx.as_raw_fd()), (fd, fd));
+}
