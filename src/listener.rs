@@ -2,15 +2,20 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::task::Poll;
 
+use bytes::BytesMut;
+use nix::sys::socket::Shutdown;
 use tokio::io::unix::AsyncFd;
+use tokio_util::codec::Encoder;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use crate::codec::{ErrorCode, FrameCodec, Limits, OutFrame};
 use crate::config::Config;
 use crate::connection::Connection;
 use crate::error::{Error, ErrorKind, Result};

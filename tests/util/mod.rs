@@ -216,6 +216,9 @@ fn result(line: impl std::fmt::Display) {
 }
 
 async fn child_main(role: &str, args: &[String]) -> i32 {
+    if let Some(code) = http_roles::run(role, args).await {
+        return code;
+    }
     let path = PathBuf::from(&args[0]);
     let num = |i: usize| -> u64 { args[i].parse().unwrap() };
     match role {
@@ -680,6 +683,150 @@ pub mod probe_roles {
             Ok(snap) => result(format!("read ok {:?}", snap.value("n"))),
             Err(e) => result(format!("read {}", describe(&e))),
         }
+        0
+    }
+}
+
+/// Child roles for the byte-stream protocol tests (`tests/http.rs`): a hyper HTTP/1.1 server
+/// and a line echo over [`tokio_pvm::ByteStream`]. Each role gives up after
+/// [`http_roles::LIFETIME`] so that no child outlives a test run that died.
+pub mod http_roles {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use futures::{SinkExt, StreamExt};
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Incoming;
+    use hyper::header::HeaderValue;
+    use hyper::{Method, Request, Response, StatusCode};
+    use hyper_util::rt::TokioIo;
+    use tokio_pvm::{ByteStream, Connection, Listener};
+    use tokio_util::codec::{Framed, LinesCodec};
+
+    use super::result;
+
+    /// Longest an HTTP-test child lives.
+    pub const LIFETIME: Duration = Duration::from_secs(30);
+    /// Response header with the request body's length.
+    pub const LEN_HEADER: &str = "x-body-len";
+    /// Response header with [`checksum`] of the request body.
+    pub const SUM_HEADER: &str = "x-body-sum";
+
+    /// A simple order-sensitive checksum.
+    pub fn checksum(data: &[u8]) -> u64 {
+        data.iter()
+            .fold(0u64, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)))
+    }
+
+    /// Runs `role` if it is one of these roles; returns the exit code.
+    pub async fn run(role: &str, args: &[String]) -> Option<i32> {
+        let path = args.first().map(Path::new);
+        let work = async {
+            match role {
+                // http_server PATH: bind a listener at PATH, accept one connection and serve
+                // HTTP/1.1 on it: POST /echo answers with the request body and the headers
+                // LEN_HEADER and SUM_HEADER; anything else is 404. Reports
+                // "requests N" once the client has closed the connection.
+                "http_server" => Some(http_server(path?).await),
+                // lines_upper PATH: connect, answer every line with it upper-cased, close on
+                // end of file; reports "lines N".
+                "lines_upper" => Some(lines_upper(path?).await),
+                _ => None,
+            }
+        };
+        match tokio::time::timeout(LIFETIME, work).await {
+            Ok(code) => code,
+            Err(_) => {
+                eprintln!("child role {role} timed out after {LIFETIME:?}");
+                Some(9)
+            }
+        }
+    }
+
+    async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+        if req.method() != Method::POST || req.uri().path() != "/echo" {
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+            *resp.status_mut() = StatusCode::NOT_FOUND;
+            return Ok(resp);
+        }
+        let body = req.into_body().collect().await?.to_bytes();
+        let (len, sum) = (body.len() as u64, checksum(&body));
+        let mut resp = Response::new(Full::new(body));
+        resp.headers_mut()
+            .insert(LEN_HEADER, HeaderValue::from(len));
+        resp.headers_mut()
+            .insert(SUM_HEADER, HeaderValue::from(sum));
+        Ok(resp)
+    }
+
+    async fn http_server(path: &Path) -> i32 {
+        let mut listener = match Listener::bind(path) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("http_server: binding {}: {e}", path.display());
+                return 3;
+            }
+        };
+        let conn = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("http_server: accepting: {e}");
+                return 3;
+            }
+        };
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = requests.clone();
+        let service = hyper::service::service_fn(move |req| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            echo(req)
+        });
+        let served = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(ByteStream::new(conn)), service)
+            .await;
+        match served {
+            Ok(()) => {
+                result(format!("requests {}", requests.load(Ordering::Relaxed)));
+                0
+            }
+            Err(e) => {
+                eprintln!("http_server: serving: {e}");
+                4
+            }
+        }
+    }
+
+    async fn lines_upper(path: &Path) -> i32 {
+        let conn = match Connection::connect(path).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("lines_upper: connecting to {}: {e}", path.display());
+                return 3;
+            }
+        };
+        let mut framed = Framed::new(ByteStream::new(conn), LinesCodec::new());
+        let mut n = 0u64;
+        while let Some(line) = framed.next().await {
+            let line = match line {
+                Ok(line) => line,
+                Err(e) => {
+                    eprintln!("lines_upper: reading line {n}: {e}");
+                    return 4;
+                }
+            };
+            if let Err(e) = framed.send(line.to_uppercase()).await {
+                eprintln!("lines_upper: answering line {n}: {e}");
+                return 4;
+            }
+            n += 1;
+        }
+        if let Err(e) = SinkExt::<String>::close(&mut framed).await {
+            eprintln!("lines_upper: closing: {e}");
+            return 4;
+        }
+        result(format!("lines {n}"));
         0
     }
 }
