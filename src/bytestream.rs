@@ -5,10 +5,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures::Sink;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, BufWriter, ReadBuf};
 use tokio_util::io::{CopyToBytes, SinkWriter, StreamReader};
 
 use crate::connection::{Connection, Receiver, Sender};
+use crate::error::Error;
 
 /// How many written bytes [`ByteStream`] gathers into one message by default.
 pub const DEFAULT_GATHER: usize = 64 << 10;
@@ -21,9 +23,13 @@ pub const DEFAULT_GATHER: usize = 64 << 10;
 /// - **Writes are gathered** into one message until `gather` bytes (default
 ///   [`DEFAULT_GATHER`], 64 KiB) are waiting; a single write at least that large becomes a
 ///   message of its own (copied once, since the caller keeps its buffer).
-/// - **`flush`** sends the gathered bytes as a message even if it is short, and completes once
-///   the peer has received everything written so far (the transport's flush guarantee).
-/// - **`shutdown`** flushes, then closes the sending direction: the peer reads end of file.
+/// - **`flush`** sends the gathered bytes as a message even if it is short and writes its
+///   descriptor into the socket, as flushing a socket hands bytes to the kernel: it does not
+///   wait for the peer to pull them. (Waiting there would make protocols that flush a
+///   response and then watch for the peer's end of file, such as HTTP/1.1 servers, see the
+///   peer's close in the middle of their own flush.)
+/// - **`shutdown`** flushes, waits until the peer has received everything written, then closes
+///   the sending direction: the peer reads end of file. This is where delivery is confirmed.
 /// - **Reads** return the peer's messages as one continuous stream of bytes; message
 ///   boundaries are not visible.
 ///
@@ -51,7 +57,31 @@ pub const DEFAULT_GATHER: usize = 64 << 10;
 #[derive(Debug)]
 pub struct ByteStream {
     reader: StreamReader<Receiver, Bytes>,
-    writer: BufWriter<SinkWriter<CopyToBytes<Sender>>>,
+    writer: BufWriter<SinkWriter<CopyToBytes<WriteOut>>>,
+}
+
+/// A [`Sender`] whose flush only writes the descriptors out (see [`ByteStream`]).
+#[derive(Debug)]
+struct WriteOut(Sender);
+
+impl Sink<Bytes> for WriteOut {
+    type Error = Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Pin::new(&mut self.0).poll_ready(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<(), Error> {
+        Pin::new(&mut self.0).start_send(item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.0.poll_write_out(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
 }
 
 impl ByteStream {
@@ -65,7 +95,10 @@ impl ByteStream {
         let (tx, rx) = conn.split();
         ByteStream {
             reader: StreamReader::new(rx),
-            writer: BufWriter::with_capacity(gather.max(1), SinkWriter::new(CopyToBytes::new(tx))),
+            writer: BufWriter::with_capacity(
+                gather.max(1),
+                SinkWriter::new(CopyToBytes::new(WriteOut(tx))),
+            ),
         }
     }
 }

@@ -330,6 +330,12 @@ impl Sender {
     pub(crate) fn abort(&self, err: Error) {
         self.shared.abort(err);
     }
+
+    /// Writes the descriptors of the messages sent so far into the socket, without waiting
+    /// for the peer to pull them (what [`Sink::poll_flush`] does).
+    pub(crate) fn poll_write_out(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.shared.poll_write_out(cx)
+    }
 }
 
 impl Sink<Bytes> for Sender {

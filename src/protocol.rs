@@ -283,6 +283,14 @@ impl Shared {
         self.enter(Role::Send).poll_close(cx)
     }
 
+    /// Writes the frames queued so far into the socket, without waiting for the peer.
+    pub(crate) fn poll_write_out(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let mut g = self.enter(Role::Send);
+        g.register(cx);
+        g.check_fatal()?;
+        g.flush_writes()
+    }
+
     pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
         self.enter(Role::Recv).poll_next(cx)
     }
