@@ -324,9 +324,10 @@ async fn send(io: &mut Io, frame: OutFrame<'_>, pid: i32) -> Result<()> {
         Ok(()) => Ok(()),
         // The reason, if any, is already in our receive buffer or on its way; do not wait
         // for a peer that keeps the socket half open.
-        Err(e) => match tokio::time::timeout(Duration::from_millis(100), next_frame(io, pid)).await
-        {
-            Ok(Err(reason)) if reason.kind() != ErrorKind::PeerGone => Err(reason),
+        // A peer's ERROR frame explains the failed write, whatever its code; a bare end of
+        // stream explains nothing, so the write error stands.
+        Err(e) => match tokio::time::timeout(Duration::from_millis(100), io.next()).await {
+            Ok(Some(Ok(Frame::Error { code, reason }))) => Err(refusal(code, &reason, pid)),
             _ => Err(e),
         },
     }
@@ -335,16 +336,21 @@ async fn send(io: &mut Io, frame: OutFrame<'_>, pid: i32) -> Result<()> {
 /// The next frame; a peer's ERROR or end of stream becomes the matching error.
 async fn next_frame(io: &mut Io, pid: i32) -> Result<Frame> {
     match io.next().await {
-        Some(Ok(Frame::Error { code, reason })) => Err(Error::new(
-            code.kind(),
-            format!("peer process {pid} refused the connection: {reason}"),
-        )),
+        Some(Ok(Frame::Error { code, reason })) => Err(refusal(code, &reason, pid)),
         Some(result) => result,
         None => Err(Error::new(
             ErrorKind::PeerGone,
             format!("peer process {pid} closed the connection during the handshake"),
         )),
     }
+}
+
+/// The error for a peer's ERROR frame during the handshake.
+fn refusal(code: ErrorCode, reason: &str, pid: i32) -> Error {
+    Error::new(
+        code.kind(),
+        format!("peer process {pid} refused the connection: {reason}"),
+    )
 }
 
 fn unexpected(frame: Frame, wanted: &str) -> Error {

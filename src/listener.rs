@@ -11,8 +11,8 @@ use std::task::Poll;
 use bytes::BytesMut;
 use nix::sys::socket::Shutdown;
 use tokio::io::unix::AsyncFd;
-use tokio_util::codec::Encoder;
 use tokio::task::JoinSet;
+use tokio_util::codec::Encoder;
 use tracing::{debug, warn};
 
 use crate::codec::{ErrorCode, FrameCodec, Limits, OutFrame};
@@ -32,8 +32,95 @@ const BACKLOG: i32 = 1024;
 /// garbage holds up nobody: it fails on its own (logged at `warn`) and [`accept`] goes on
 /// with the next one.
 ///
-/// The socket file is removed when the listener is dropped, unless another listener has
-/// replaced it in the meantime.
+/// # Shutting down
+/// [`close`](Listener::close), or dropping the listener, stops accepting at once:
+/// - The socket file is removed (unless another listener has replaced it in the meantime), so
+///   a new [`Connection::connect`] fails with [`ErrorKind::Io`], a message saying that there
+///   is no listener at the path, and an [`io::ErrorKind::NotFound`] source.
+/// - Connections not yet returned by [`accept`] (waiting in the kernel's backlog, in their
+///   handshake, or handshaken and waiting for the next `accept`) are refused: the client's
+///   `connect` fails, or if it had already returned, the client's connection ends, with
+///   [`ErrorKind::PeerGone`] and a message saying that the listener closed before accepting
+///   it. No client is left waiting.
+/// - Connections that [`accept`] returned do not depend on the listener and keep working.
+///   Finish each one by closing it, which returns once the peer has pulled and acknowledged
+///   every message this side sent, while reading its stream to the end, which takes in the
+///   messages the peer has already sent.
+///
+/// A graceful shutdown therefore stops the accept loop, closes the listener and lets the
+/// connection handlers finish. [`accept`] is cancel safe, so it can wait in a `select!` next
+/// to the shutdown signal:
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use bytes::Bytes;
+/// use futures::{SinkExt, StreamExt};
+/// use tokio::task::JoinSet;
+/// use tokio_pvm::{Connection, Listener};
+/// use tokio_util::sync::CancellationToken;
+///
+/// async fn serve(mut listener: Listener, shutdown: CancellationToken) {
+///     let mut handlers = JoinSet::new();
+///     loop {
+///         tokio::select! {
+///             // Cancel safe: a connection that is ready when the other branch wins stays
+///             // in the listener.
+///             conn = listener.accept() => match conn {
+///                 Ok(conn) => {
+///                     handlers.spawn(handle(conn, shutdown.clone()));
+///                 }
+///                 Err(e) => eprintln!("accept: {e}"), // e.g. out of file descriptors
+///             },
+///             _ = shutdown.cancelled() => break,
+///         }
+///     }
+///     // No new connections from here on: the socket file is gone, and connections not
+///     // yet accepted are refused.
+///     listener.close();
+///     while let Some(done) = handlers.join_next().await {
+///         if let Ok(Err(e)) = done {
+///             eprintln!("connection: {e}");
+///         }
+///     }
+/// }
+///
+/// async fn handle(conn: Connection, shutdown: CancellationToken) -> Result<(), tokio_pvm::Error> {
+///     let (mut tx, mut rx) = conn.split();
+///     // Work until the peer closes, or until shutdown is signalled.
+///     loop {
+///         let msg = tokio::select! {
+///             msg = rx.next() => msg, // cancel safe: no message is lost
+///             _ = shutdown.cancelled() => break,
+///         };
+///         match msg {
+///             Some(msg) => process(msg?).await,
+///             None => break, // the peer closed its side
+///         }
+///     }
+///     // Close this side (the peer's stream ends with `None`: its cue to finish and close)
+///     // and take in what the peer has already sent.
+///     let finish = async {
+///         let drain = async {
+///             while let Some(msg) = rx.next().await {
+///                 process(msg?).await;
+///             }
+///             Ok(())
+///         };
+///         let (closed, drained) = tokio::join!(tx.close(), drain);
+///         closed.and(drained)
+///     };
+///     // A peer slower than that is cut off: what it had not had acknowledged fails there
+///     // with `ErrorKind::PeerGone`.
+///     tokio::time::timeout(Duration::from_secs(5), finish)
+///         .await
+///         .unwrap_or(Ok(()))
+/// }
+///
+/// async fn process(msg: Bytes) {
+///     println!("{} bytes", msg.len());
+/// }
+/// ```
 ///
 /// [`accept`]: Listener::accept
 pub struct Listener {
@@ -42,7 +129,12 @@ pub struct Listener {
     /// Device and inode of the socket file we created, to remove only our own file.
     file_id: Option<(u64, u64)>,
     config: Config,
-    handshakes: JoinSet<Result<Connection>>,
+    /// Handshakes under way, and finished ones waiting for [`Listener::accept`]. A finished
+    /// one that is discarded drops its `Unaccepted` first, so the client reads the refusal
+    /// before the connection's own hang-up.
+    handshakes: JoinSet<Result<(Unaccepted, Connection)>>,
+    /// What a client whose connection is refused because the listener closed is told.
+    closed_reason: Arc<str>,
 }
 
 impl Listener {
@@ -78,6 +170,11 @@ impl Listener {
             file_id,
             config,
             handshakes: JoinSet::new(),
+            closed_reason: Arc::from(format!(
+                "the listener at {} closed before accepting this connection; connect again \
+                 once a listener runs there",
+                path.display()
+            )),
         })
     }
 
@@ -94,8 +191,10 @@ impl Listener {
     /// accepting may be retried after it.
     ///
     /// # Cancel safety
-    /// Cancel safe. Sockets accepted and handshakes under way are kept in the listener; a
-    /// later call returns them.
+    /// Cancel safe, so it may wait in a `select!` branch: sockets accepted, handshakes under
+    /// way and connections whose handshake finished stay in the listener when the future is
+    /// dropped, and later calls return them. A connection is handed out only by the call that
+    /// returns it.
     pub async fn accept(&mut self) -> Result<Connection> {
         std::future::poll_fn(|cx| {
             loop {
@@ -115,9 +214,16 @@ impl Listener {
                     match guard.try_io(|fd| sys::accept(fd.as_fd())) {
                         Ok(Ok(sock)) => {
                             let config = self.config.clone();
+                            let unaccepted = Unaccepted::new(&sock, &self.closed_reason);
                             self.handshakes.spawn(async move {
-                                let shared = handshake(sock, &config).await?;
-                                Ok(Connection::accepted(shared))
+                                // Aborted (the listener closed): `unaccepted` refuses the client.
+                                match handshake(sock, &config).await {
+                                    Ok(shared) => Ok((unaccepted, Connection::accepted(shared))),
+                                    Err(e) => {
+                                        unaccepted.release();
+                                        Err(e)
+                                    }
+                                }
                             });
                         }
                         Ok(Err(e)) if transient_accept_error(&e) => {}
@@ -134,7 +240,8 @@ impl Listener {
                 // on the listening socket (accept_pending) or on a running handshake.
                 loop {
                     match self.handshakes.poll_join_next(cx) {
-                        Poll::Ready(Some(Ok(Ok(conn)))) => {
+                        Poll::Ready(Some(Ok(Ok((unaccepted, conn))))) => {
+                            unaccepted.release();
                             debug!(peer = ?conn.peer(), "accepted");
                             return Poll::Ready(Ok(conn));
                         }
@@ -152,6 +259,70 @@ impl Listener {
         })
         .await
     }
+
+    /// Stops accepting, at once; the same as dropping the listener, spelled out for shutdown
+    /// code.
+    ///
+    /// The socket file is removed, connections not yet returned by [`accept`](Listener::accept)
+    /// are refused with an error telling their clients that the listener closed, and
+    /// connections already returned keep working. See [Shutting down](#shutting-down).
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
+/// The listener's own copy of an accepted socket, held until [`Listener::accept`] hands the
+/// connection out. Dropped before that (the listener closed, so its handshake task was
+/// aborted or its finished connection discarded), it tells the client why, so that the
+/// client fails at once with a clear error instead of seeing a bare hang-up.
+struct Unaccepted {
+    fd: Option<OwnedFd>,
+    reason: Arc<str>,
+}
+
+impl Unaccepted {
+    fn new(sock: &OwnedFd, reason: &Arc<str>) -> Unaccepted {
+        Unaccepted {
+            // Without a copy (out of descriptors) the client sees only the hang-up.
+            fd: sock.try_clone().ok(),
+            reason: reason.clone(),
+        }
+    }
+
+    /// The connection was handed out, or its handshake failed (and the client was told
+    /// why, or is gone): close the copy without a word.
+    fn release(mut self) {
+        self.fd = None;
+    }
+}
+
+impl Drop for Unaccepted {
+    fn drop(&mut self) {
+        if let Some(fd) = self.fd.take() {
+            refuse(fd.as_fd(), &self.reason);
+        }
+    }
+}
+
+/// Sends the client an ERROR frame with `reason` and shuts the socket down; best effort
+/// and without blocking (a frame this small always fits in the socket buffer of a new
+/// connection). The client fails with [`ErrorKind::PeerGone`] and the reason, whether it is
+/// in its handshake (it reads frames first, the hang-up after) or already connected.
+fn refuse(sock: BorrowedFd<'_>, reason: &str) {
+    let mut frame = BytesMut::new();
+    let limits = Limits {
+        max_message_size: 0,
+        max_ranges: 0,
+        max_inline: 0,
+    };
+    let error = OutFrame::Error {
+        code: ErrorCode::Other,
+        reason,
+    };
+    if FrameCodec::new(limits).encode(error, &mut frame).is_ok() {
+        let _ = sys::send(sock, &frame);
+    }
+    let _ = sys::shutdown(sock, Shutdown::Both);
 }
 
 fn transient_accept_error(e: &io::Error) -> bool {
@@ -214,6 +385,30 @@ impl Drop for Listener {
         if ours.is_some() && ours == self.file_id {
             let _ = std::fs::remove_file(&self.path);
         }
+        // Refuse further connects (ECONNREFUSED, for a client that found the path before it
+        // was removed), then refuse what waits in the backlog: the kernel would reset those
+        // on close, which their clients would see as a bare I/O error.
+        let fd = self.fd.get_ref().as_fd();
+        let _ = sys::shutdown(fd, Shutdown::Both);
+        let mut refused = 0usize;
+        loop {
+            match sys::accept(fd) {
+                Ok(sock) => {
+                    refuse(sock.as_fd(), &self.closed_reason);
+                    refused += 1;
+                }
+                Err(e) if transient_accept_error(&e) => {}
+                Err(_) => break, // WouldBlock: the backlog is empty
+            }
+        }
+        debug!(
+            path = %self.path.display(),
+            refused,
+            handshakes = self.handshakes.len(),
+            "listener closed"
+        );
+        // Dropping `handshakes` aborts the handshakes under way and discards the finished
+        // ones; their `Unaccepted` copies refuse the clients.
     }
 }
 

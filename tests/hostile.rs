@@ -366,3 +366,31 @@ async fn a_message_too_large_for_the_peer_is_refused_and_the_connection_lives() 
     sent.unwrap();
     assert_eq!(got.unwrap().unwrap().len(), 1000);
 }
+
+/// A listener that answers with an ERROR frame and closes at once: whatever the client was
+/// doing (writing its HELLO into a closed socket, or reading), it reports the listener's
+/// reason, not a bare broken pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_reported_even_when_the_write_fails_first() {
+    let dir = temp_dir("refusal");
+    let path = dir.join("s");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    const ATTEMPTS: usize = 50;
+    let server = std::thread::spawn(move || {
+        for _ in 0..ATTEMPTS {
+            let (mut sock, _) = listener.accept().unwrap();
+            let mut body = 7u32.to_le_bytes().to_vec(); // code 7: other
+            body.extend_from_slice(&0u32.to_le_bytes());
+            body.extend_from_slice(b"the listener closed");
+            let _ = sock.write_all(&frame(T_ERROR, &body));
+        }
+    });
+    for _ in 0..ATTEMPTS {
+        let err = timeout(Duration::from_secs(5), Connection::connect(&path))
+            .await
+            .expect("no hang")
+            .unwrap_err();
+        assert!(err.to_string().contains("the listener closed"), "{err}");
+    }
+    server.join().unwrap();
+}
