@@ -206,7 +206,39 @@ impl Connection {
 
     /// A connected pair inside this process, over a `socketpair`, with the default
     /// [`Config`]. The way to use the transport in tests: both ends run the real handshake and
-    /// real pulls (from this process's own memory).
+    /// real pulls (from this process's own memory), so code under test meets the same
+    /// behaviour as between two processes.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use futures::{SinkExt, StreamExt};
+    /// use tokio_pvm::Connection;
+    ///
+    /// /// The code under test: answers every message with its length.
+    /// async fn serve(mut conn: Connection) -> tokio_pvm::Result<()> {
+    ///     while let Some(msg) = conn.next().await {
+    ///         let len = msg?.len().to_string();
+    ///         conn.send(Bytes::from(len)).await?;
+    ///     }
+    ///     conn.close().await
+    /// }
+    ///
+    /// // The body of a `#[tokio::test]`:
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> tokio_pvm::Result<()> {
+    /// let (client, server) = Connection::pair().await?;
+    /// let server = tokio::spawn(serve(server));
+    /// let (mut tx, mut rx) = client.split();
+    /// // `send` returns once the server has pulled the message, which needs the server task
+    /// // polling its stream: it runs in a task of its own, so this does not wait on itself.
+    /// tx.send(Bytes::from_static(b"hello")).await?;
+    /// assert_eq!(rx.next().await.transpose()?, Some(Bytes::from_static(b"5")));
+    /// tx.close().await?;
+    /// assert!(rx.next().await.is_none());
+    /// server.await.expect("no panic")?;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Cancel safety
     /// Cancelling drops both ends.
