@@ -11,7 +11,7 @@
 //! | 1    | HELLO  | 64 bytes: magic `TOKIOPVM`, version u16, reserved u16, window messages u32, cookie address u64, cookie [16], max message size u64, window bytes u64, max inline size u32, max ranges u32 |
 //! | 2    | READY  | flags u32, reserved u32: "I checked your cookie"; flag 1 = "I cannot pull from you, send me every message inline" |
 //! | 3    | DATA   | sequence u64, total length u64, range count u32, reserved u32, then per range: address u64, length u64 |
-//! | 4    | BATCH  | first sequence u64, then one or more inline messages, each a length u32 and the payload; the body is no larger than an INLINE body may be |
+//! | 4    | BATCH  | first sequence u64, then one or more inline messages, each a length u32 and the payload; the body is no larger than an INLINE body may be, so no entry exceeds the largest message |
 //! | 5    | INLINE | sequence u64, then the payload |
 //! | 6    | ACK    | count u64: every message with a sequence number below `count` has been received |
 //! | 7    | CLOSE  | sent u64: how many messages the sender sent in total; no DATA or INLINE follows (ACKs for the other direction may) |
@@ -246,10 +246,12 @@ impl FrameCodec {
                 let max = u64::from(l.max_inline).min(l.max_message_size);
                 (8, 8 + max as usize)
             }
-            T_BATCH => (
-                BATCH_FIXED + BATCH_ENTRY,
-                BATCH_FIXED + l.max_inline as usize,
-            ),
+            T_BATCH => {
+                // No more inline bytes than one INLINE frame may carry, and so no entry larger
+                // than the largest message.
+                let max = u64::from(l.max_inline).min(l.max_message_size);
+                (BATCH_FIXED + BATCH_ENTRY, BATCH_FIXED + max as usize)
+            }
             T_ACK | T_CLOSE => (8, 8),
             T_ERROR => (8, 8 + MAX_ERROR_TEXT),
             other => return Err(Error::protocol(format!("unknown frame type {other}"))),
@@ -417,11 +419,17 @@ impl Decoder for FrameCodec {
                 }
                 if body_len < min || body_len > max {
                     return Err(match ty {
-                        T_INLINE | T_BATCH if body_len > max => Error::limit(format!(
+                        T_INLINE if body_len > max => Error::limit(format!(
                             "the peer sent an inline payload of {} bytes, more than the {} \
                              this side accepts",
                             body_len - 8,
                             max - 8
+                        )),
+                        T_BATCH if body_len > max => Error::limit(format!(
+                            "the peer sent a batch of inline messages of {} bytes, more than \
+                             the {} this side accepts in one frame",
+                            body_len - BATCH_FIXED,
+                            max - BATCH_FIXED
                         )),
                         T_DATA if body_len > max => Error::limit(format!(
                             "the peer sent a descriptor with more than {} address ranges",
@@ -713,6 +721,20 @@ mod tests {
         );
         // A huge entry length inside a small body.
         assert!(batch(&[255, 255, 255, 255]).unwrap_err().is_protocol());
+    }
+
+    #[test]
+    fn batches_respect_the_largest_message() {
+        // Largest message 10 bytes, inline payloads up to 64: a batch body may not carry more
+        // than 10 bytes of entries, as an INLINE frame may not carry an 11-byte payload.
+        let mut codec = FrameCodec::new(Limits {
+            max_message_size: 10,
+            ..limits()
+        });
+        let mut frame = BytesMut::new();
+        start_batch(&mut frame, 0, &[7; 20]);
+        let err = codec.decode(&mut frame).unwrap_err();
+        assert!(err.is_limit_exceeded(), "{err}");
     }
 
     fn decode_raw(bytes: &[u8]) -> Result<Option<Frame>, Error> {

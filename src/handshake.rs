@@ -189,7 +189,9 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
             Mode::Pull => config.inline_threshold.min(theirs.max_inline),
             Mode::Inline(_) => u32::MAX,
         },
-        batch_body_max: crate::codec::BATCH_FIXED + theirs.max_inline as usize,
+        // The peer's decoder bounds a BATCH body as it bounds an INLINE one.
+        batch_body_max: crate::codec::BATCH_FIXED
+            + u64::from(theirs.max_inline).min(theirs.max_message_size) as usize,
         recv_window_messages: config.window_messages,
         recv_window_bytes: config.window_bytes,
         blocking_threshold: config.blocking_threshold,

@@ -470,6 +470,7 @@ impl Guard<'_> {
 
     fn on_message(&mut self, seq: u64, len: u64, msg: Incoming) -> Result<()> {
         let limits = self.state.limits;
+        let receiving = self.role == Role::Recv;
         let recv = &mut self.state.recv;
         if recv.peer_closed {
             return Err(Error::protocol("message received after CLOSE"));
@@ -501,11 +502,14 @@ impl Guard<'_> {
         recv.next_seq += 1;
         recv.unacked_bytes += len;
         match msg {
-            // An inline message behind nothing else, with room in the window, is ready now: it
-            // needs no pull and no check, and its acknowledgement goes out with the others
-            // gathered by this read.
+            // An inline message behind nothing else, with room in the window, read while the
+            // application polls its stream, is ready now: it needs no pull and no check, and
+            // its acknowledgement goes out with the others gathered by this read. (Read while
+            // only the sending half is polled, it waits in the queue like any message: nothing
+            // is acknowledged that the application is not reading.)
             Incoming::Inline(data)
-                if recv.queue.is_empty()
+                if receiving
+                    && recv.queue.is_empty()
                     && recv.pulls.is_empty()
                     && recv.ready.len() < limits.recv_window_messages as usize
                     && recv.ready_bytes < limits.recv_window_bytes =>
@@ -546,7 +550,8 @@ impl Guard<'_> {
         self.state.eof = true;
         let pid = self.state.peer_pid;
         let recv = &self.state.recv;
-        let lost = recv.next_seq - recv.acked;
+        // Messages whose ACK was not queued are discarded by `fail`: they count as lost.
+        let lost = recv.next_seq - recv.ack_sent;
         let ours = self.state.send.in_flight.len();
         if !recv.peer_closed && !recv.done {
             self.fail(
@@ -606,6 +611,7 @@ impl Guard<'_> {
         let _ = self.state.io.get_ref().shutdown(Shutdown::Both);
         self.state.fatal = Some(err);
         let st = &mut *self.state;
+        st.send.open_batch = None;
         st.send.in_flight.clear();
         st.send.in_flight_bytes = 0;
         st.recv.queue.clear();
@@ -663,7 +669,7 @@ impl Guard<'_> {
                         "peer process {} closed the connection abruptly ({} of its messages and \
                          {} of ours in flight were not received)",
                         self.state.peer_pid,
-                        self.state.recv.next_seq - self.state.recv.acked,
+                        self.state.recv.next_seq - self.state.recv.ack_sent,
                         self.state.send.in_flight.len()
                     ),
                 )

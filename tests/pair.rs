@@ -175,3 +175,69 @@ async fn the_halves_expose_the_control_socket() {
     let (tx, rx) = a.split();
     assert_eq!((tx.as_raw_fd(), rx.as_raw_fd()), (fd, fd));
 }
+
+/// Small (inline) messages read while the receiving side polls only its sender are not
+/// acknowledged: when that side then drops its receiver, the peer learns that they were never
+/// received instead of seeing them "delivered".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_messages_are_acknowledged_only_for_a_reading_receiver() {
+    use std::time::Duration;
+    use tokio::time::timeout;
+
+    let (a, b) = Connection::pair().await.unwrap();
+    let (mut atx, mut arx) = a.split();
+    let (mut btx, brx) = b.split();
+    for i in 0..10u8 {
+        atx.feed(Bytes::from(vec![i; 16])).await.unwrap();
+    }
+    // Write the frames out; B is not reading, so the flush cannot finish.
+    assert!(
+        timeout(Duration::from_millis(200), atx.flush())
+            .await
+            .is_err()
+    );
+    // B polls only its sender (its send needs A's stream polled: do that alongside).
+    let a_reader = tokio::spawn(async move { arx.next().await.map(|m| m.is_ok()) });
+    timeout(Duration::from_secs(5), btx.send(Bytes::from_static(b"hi")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a_reader.await.unwrap(), Some(true));
+    assert_eq!(atx.in_flight().0, 10, "nothing was acknowledged");
+    drop(brx);
+    let err = timeout(Duration::from_secs(5), atx.flush())
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    assert!(err.is_peer_gone(), "{err}");
+}
+
+/// A peer that sends small messages and vanishes without closing: the error counts them as
+/// not received, and none of them is delivered.
+#[tokio::test(flavor = "current_thread")]
+async fn a_vanished_peer_is_reported_with_the_messages_lost() {
+    use std::time::Duration;
+
+    let (mut a, mut b) = Connection::pair().await.unwrap();
+    for i in 0..4u8 {
+        a.feed(Bytes::from(vec![i; 16])).await.unwrap();
+    }
+    // Write the frames out, then give up waiting for the acknowledgement and vanish.
+    let _ = tokio::time::timeout(
+        Duration::from_millis(100),
+        a.send(Bytes::from(vec![9u8; 16])),
+    )
+    .await;
+    drop(a);
+    let mut delivered = 0;
+    let err = loop {
+        match b.next().await {
+            Some(Ok(_)) => delivered += 1,
+            Some(Err(e)) => break e,
+            None => panic!("the stream ends with an error"),
+        }
+    };
+    assert_eq!(delivered, 0);
+    assert!(err.is_peer_gone(), "{err}");
+    assert!(err.to_string().contains("(5 of its messages"), "{err}");
+}
