@@ -264,7 +264,7 @@ impl From<Error> for io::Error {
             ErrorKind::NotFound => io::ErrorKind::NotFound,
             ErrorKind::InvalidData => io::ErrorKind::InvalidData,
             ErrorKind::InvalidInput => io::ErrorKind::InvalidInput,
-            ErrorKind::Inconsistent => io::ErrorKind::WouldBlock,
+            ErrorKind::Inconsistent => io::ErrorKind::ResourceBusy,
         };
         io::Error::new(kind, err)
     }

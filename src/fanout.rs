@@ -33,8 +33,11 @@ struct Subscriber {
 /// A [`Sink`] of [`Bytes`] that delivers every message to every subscriber connection.
 ///
 /// A message is taken once and announced to each subscriber; each subscriber pulls it out of
-/// this process's memory itself, so the payload is never copied per subscriber, and the
-/// buffer is released when the last subscriber has pulled it (each connection holds a
+/// this process's memory itself, so the payload is not copied per subscriber in this process,
+/// and the buffer is released when the last subscriber has pulled it. (As on any connection,
+/// messages up to the inline threshold, 256 B by default, and every message to a subscriber
+/// in [`Mode::Inline`](crate::Mode::Inline) travel inside the frame instead: those are
+/// copied into each subscriber's socket.) (each connection holds a
 /// reference until its subscriber acknowledges). Subscribers only receive: add a
 /// [`Connection`] with [`Fanout::subscribe`] (its receiving half is dropped, so a message a
 /// subscriber sends ends its subscription) or a [`Sender`] with [`Fanout::subscribe_sender`].

@@ -990,6 +990,8 @@ struct Metrics {
 struct Family {
     /// The `# HELP` text.
     help: String,
+    /// The `block.field` of the first sample, to name collisions.
+    source: String,
     /// The samples, each the label set and value that follow the name.
     samples: Vec<String>,
     /// The processes that have a sample, so that none has two.
@@ -1014,13 +1016,21 @@ impl Metrics {
                     snap.block(),
                     if snap.is_tunable() { " (tunable)" } else { "" }
                 );
-                self.add_sample(info.pid(), &labels, name, help, &value);
+                let source = format!("{}.{}", snap.block(), field.name());
+                self.add_sample(info.pid(), &labels, (name, help, &source), &value);
             }
         }
     }
 
     /// Adds one field's sample; a string becomes an `_info` metric with a `value` label.
-    fn add_sample(&mut self, pid: i32, labels: &str, name: String, help: String, value: &Value) {
+    /// Adds one sample of metric `name` (with its help text, from field `source`, `block.field`).
+    fn add_sample(
+        &mut self,
+        pid: i32,
+        labels: &str,
+        (name, help, source): (String, String, &str),
+        value: &Value,
+    ) {
         let (name, sample) = match value {
             Value::Str(s) => (
                 format!("{name}_info"),
@@ -1031,13 +1041,20 @@ impl Metrics {
                 None => return,
             },
         };
-        let family = self.families.entry(name).or_insert_with(|| Family {
+        let family = self.families.entry(name.clone()).or_insert_with(|| Family {
             help,
+            source: source.to_owned(),
             samples: Vec::new(),
             pids: HashSet::new(),
         });
         if family.pids.insert(pid) {
             family.samples.push(sample);
+        } else {
+            // `a_b.c` and `a.b_c` (or `x.y_info` and string field `x.y`) make the same name.
+            warn(&format!(
+                "process {pid}: {source} and {} both become metric {name}; {source} is left out",
+                family.source
+            ));
         }
     }
 

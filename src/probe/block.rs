@@ -3,7 +3,8 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use super::layout::{
     BLOCK_VERSION, FieldInfo, FieldKind, HEADER_LEN, Layout, MAGIC, MAX_FIELDS, MAX_STRING,
@@ -225,7 +226,7 @@ impl BlockBuilder {
                 tunable: self.tunable,
                 layout: Arc::new(layout),
                 words,
-                lock: OnceLock::new(),
+                lock: Mutex::new(None),
             }),
         })
     }
@@ -242,8 +243,8 @@ pub(crate) struct BlockMemory {
     /// The block, as words: every access is atomic, because tools write tunable blocks from
     /// outside the process.
     words: Box<[AtomicU64]>,
-    /// Once published: the manifest, locked around in-process writes to a tunable block.
-    pub(crate) lock: OnceLock<std::fs::File>,
+    /// While published: the manifest, locked around in-process writes to a tunable block.
+    pub(crate) lock: Mutex<Option<std::fs::File>>,
 }
 
 impl BlockMemory {
@@ -254,6 +255,19 @@ impl BlockMemory {
 
     fn seq(&self) -> &AtomicU64 {
         &self.words[SEQ_OFFSET / 8]
+    }
+
+    /// One seqlock write: the sequence word odd, the fields, the sequence word even.
+    fn write<R>(&self, f: impl FnOnce(&mut Writer<'_>) -> R) -> R {
+        let seq = self.seq();
+        let now = seq.load(Ordering::Relaxed);
+        // Odd means an outside writer stopped half-way; stay odd while this update runs.
+        let busy = now | 1;
+        seq.store(busy, Ordering::Relaxed);
+        fence(Ordering::Release);
+        let out = f(&mut Writer { block: self });
+        seq.store(busy.wrapping_add(1), Ordering::Release);
+        out
     }
 }
 
@@ -375,24 +389,47 @@ impl Block {
 
     /// Changes fields as one update: readers see all of the changes or none.
     ///
-    /// For an ordinary block this makes no system call. For a tunable block that has been
-    /// published, the update also takes the lock that outside writers take (`flock` on the
-    /// manifest), so that the two never interleave; that costs two system calls.
+    /// For an ordinary block this makes no system call and never waits. For a tunable block
+    /// that is published, the update also takes the lock that outside writers take (`flock`
+    /// on the manifest, two system calls), so that the two never interleave: it waits while
+    /// a tool is writing (microseconds). If a tool holds the lock for more than 5 s (one
+    /// stopped in the middle of a write), the update goes ahead without it and logs a
+    /// warning; use [`Block::try_update`] to never wait.
     pub fn update<R>(&mut self, f: impl FnOnce(&mut Writer<'_>) -> R) -> R {
         let block = &*self.inner;
-        let _lock = match (block.tunable, block.lock.get()) {
-            (true, Some(file)) => super::manifest::lock_exclusive(file).ok(),
+        if !block.tunable {
+            return block.write(f);
+        }
+        let manifest = block.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _lock = match manifest.as_ref() {
+            Some(file) => match super::manifest::lock_exclusive(file) {
+                Ok(lock) => Some(lock),
+                Err(e) => {
+                    tracing::warn!(block = %block.name, error = %e, "updating a tunable block without the writers' lock");
+                    None
+                }
+            },
             _ => None,
         };
-        let seq = block.seq();
-        let now = seq.load(Ordering::Relaxed);
-        // Odd means an outside writer stopped half-way; stay odd while this update runs.
-        let busy = now | 1;
-        seq.store(busy, Ordering::Relaxed);
-        fence(Ordering::Release);
-        let out = f(&mut Writer { block });
-        seq.store(busy.wrapping_add(1), Ordering::Release);
-        out
+        block.write(f)
+    }
+
+    /// Like [`Block::update`], but never waits: for a published tunable block whose lock a
+    /// tool holds at this moment, it fails with [`ErrorKind::Timeout`] and changes nothing.
+    pub fn try_update<R>(&mut self, f: impl FnOnce(&mut Writer<'_>) -> R) -> Result<R> {
+        let block = &*self.inner;
+        if !block.tunable {
+            return Ok(block.write(f));
+        }
+        let manifest = block.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _lock = match manifest.as_ref() {
+            Some(file) => Some(super::manifest::lock_exclusive_within(
+                file,
+                Duration::ZERO,
+            )?),
+            None => None,
+        };
+        Ok(block.write(f))
     }
 
     /// Sets one field (an [`update`](Block::update) of one field).

@@ -56,7 +56,8 @@ impl FieldKind {
     /// Bytes the field takes in the block.
     pub fn size(self) -> usize {
         match self {
-            FieldKind::Str { capacity } => capacity.div_ceil(8) * 8,
+            // Saturating: a capacity from an untrusted manifest is range-checked after this.
+            FieldKind::Str { capacity } => capacity.div_ceil(8).saturating_mul(8),
             _ => 8,
         }
     }
@@ -309,7 +310,8 @@ impl Layout {
                     f.name
                 ));
             }
-            if f.offset < next || !f.offset.is_multiple_of(8) || f.offset + f.size() > self.size {
+            let end = f.offset.checked_add(f.size());
+            if f.offset < next || !f.offset.is_multiple_of(8) || end.is_none_or(|e| e > self.size) {
                 return Err(format!(
                     "field {:?} at offset {} (size {}) is misplaced in a {}-byte block",
                     f.name,
@@ -318,7 +320,7 @@ impl Layout {
                     self.size
                 ));
             }
-            next = f.offset + f.size();
+            next = end.unwrap_or(usize::MAX);
         }
         Ok(())
     }
@@ -409,6 +411,17 @@ mod tests {
             layout(&[("a", FieldKind::U64, 32)], 1 << 30), // huge
             layout(&[("a", FieldKind::Str { capacity: 0 }, 32)], 40),
             layout(&[("a", FieldKind::U64, 40), ("b", FieldKind::U64, 32)], 48), // overlap order
+            layout(&[("a", FieldKind::U64, usize::MAX - 7)], 40), // offset + size overflows
+            layout(
+                &[(
+                    "a",
+                    FieldKind::Str {
+                        capacity: usize::MAX,
+                    },
+                    32,
+                )],
+                40,
+            ), // huge string
         ];
         for l in bad {
             assert!(l.validate().is_err(), "{l:?}");

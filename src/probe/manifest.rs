@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -89,12 +89,18 @@ pub fn search_dirs() -> Vec<PathBuf> {
     }
     if let Ok(tmp) = fs::read_dir("/tmp") {
         for e in tmp.flatten() {
+            // Only `tokio-pvm-<uid>` directories owned by that uid: anyone can create a
+            // directory in /tmp under any name.
             let name = e.file_name();
-            let is_user_dir = name
+            let named_uid = name
                 .to_str()
                 .and_then(|n| n.strip_prefix("tokio-pvm-"))
-                .is_some_and(|uid| !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()));
-            if is_user_dir {
+                .filter(|uid| !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|uid| uid.parse::<u32>().ok());
+            let owned = named_uid.is_some_and(|uid| {
+                fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_dir() && m.uid() == uid)
+            });
+            if owned {
                 add(e.path());
             }
         }
@@ -184,7 +190,12 @@ impl Publication {
                     format!("two blocks are called {:?}", b.name()),
                 ));
             }
-            if b.inner.lock.get().is_some() {
+            if b.inner
+                .lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some()
+            {
                 return Err(Error::new(
                     ErrorKind::InvalidInput,
                     format!("block {:?} is already published", b.name()),
@@ -223,7 +234,7 @@ impl Publication {
         let meta = fs::metadata(&path).map_err(|e| io("checking", &path, e))?;
         for b in blocks {
             let file = File::open(&path).map_err(|e| io("opening", &path, e))?;
-            let _ = b.inner.lock.set(file);
+            *b.inner.lock.lock().unwrap_or_else(PoisonError::into_inner) = Some(file);
         }
         tracing::debug!(path = %path.display(), blocks = blocks.len(), "published");
         Ok(Publication {
@@ -244,6 +255,10 @@ impl Publication {
 
 impl Drop for Publication {
     fn drop(&mut self) {
+        // The blocks may be published again.
+        for b in &self._blocks {
+            *b.lock.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
         if let Ok(meta) = fs::metadata(&self.path)
             && meta.dev() == self.file.dev
             && meta.ino() == self.file.ino
@@ -291,15 +306,21 @@ fn entry(b: &BlockMemory) -> BlockEntry {
     }
 }
 
-/// Takes the lock that serialises writers of a process's tunable blocks.
+/// Takes the lock that serialises writers of a process's tunable blocks, waiting up to 5 s.
 pub(crate) fn lock_exclusive(file: &File) -> Result<sys::FileLock<'_>> {
-    sys::FileLock::exclusive(file.as_fd(), LOCK_TIMEOUT).map_err(|e| {
+    lock_exclusive_within(file, LOCK_TIMEOUT)
+}
+
+/// Like [`lock_exclusive`], waiting up to `timeout`.
+pub(crate) fn lock_exclusive_within(file: &File, timeout: Duration) -> Result<sys::FileLock<'_>> {
+    sys::FileLock::exclusive(file.as_fd(), timeout).map_err(|e| {
         if e.kind() == std::io::ErrorKind::WouldBlock {
             Error::new(
                 ErrorKind::Timeout,
                 format!(
-                    "another writer held the manifest's lock for more than {} s",
-                    LOCK_TIMEOUT.as_secs()
+                    "another writer held the manifest's lock for more than {:?}; a tool may be \
+                     stopped in the middle of a write",
+                    timeout
                 ),
             )
         } else {
@@ -410,24 +431,30 @@ pub(crate) fn load(path: &Path) -> Result<ProcessInfo> {
             format!("manifest {}: {why}", path.display()),
         )
     };
-    let mut file = File::open(path).map_err(|e| {
-        let kind = match e.kind() {
-            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
-            std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
-            _ => ErrorKind::Io,
-        };
-        let hint = if kind == ErrorKind::PermissionDenied {
-            "; manifests are readable only by the publishing user: run the probe as that user, \
+    // Never block on a FIFO or follow a symbolic link planted under a manifest's name; the
+    // file type is checked on the open descriptor below.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            let kind = match e.kind() {
+                std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+                std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+                _ => ErrorKind::Io,
+            };
+            let hint = if kind == ErrorKind::PermissionDenied {
+                "; manifests are readable only by the publishing user: run the probe as that user, \
              or as root"
-        } else {
-            ""
-        };
-        Error::with_source(
-            kind,
-            format!("opening manifest {}: {e}{hint}", path.display()),
-            e,
-        )
-    })?;
+            } else {
+                ""
+            };
+            Error::with_source(
+                kind,
+                format!("opening manifest {}: {e}{hint}", path.display()),
+                e,
+            )
+        })?;
     let meta = file
         .metadata()
         .map_err(|e| Error::io("reading manifest metadata", e))?;
@@ -471,16 +498,30 @@ pub(crate) fn load(path: &Path) -> Result<ProcessInfo> {
         blocks.push(info);
     }
     // The process: alive, the same one that wrote the manifest, owned by the file's owner.
-    let (start_time, owner) = sys::process_identity(m.pid).map_err(|e| {
-        Error::with_source(
-            ErrorKind::NotFound,
+    let (start_time, owner) = sys::process_identity(m.pid).map_err(|e| match e.kind() {
+        // Only a missing /proc entry means the process is gone (and the manifest stale).
+        _ if e.kind() == std::io::ErrorKind::NotFound
+            || e.raw_os_error() == Some(nix::libc::ESRCH) =>
+        {
+            Error::with_source(
+                ErrorKind::NotFound,
+                format!(
+                    "stale manifest {}: process {} is gone",
+                    path.display(),
+                    m.pid
+                ),
+                e,
+            )
+        }
+        _ => Error::with_source(
+            ErrorKind::Io,
             format!(
-                "stale manifest {}: process {} is gone",
+                "manifest {}: checking process {} in /proc failed: {e}",
                 path.display(),
                 m.pid
             ),
             e,
-        )
+        ),
     })?;
     if start_time != m.start_time {
         return Err(Error::new(
@@ -593,6 +634,25 @@ pub struct Discovery {
 pub(crate) fn discover_in(dirs: &[PathBuf]) -> Discovery {
     let mut found = Discovery::default();
     for dir in dirs {
+        // A directory anyone may write to could hold anyone's manifests: refuse it whole.
+        match fs::symlink_metadata(dir) {
+            Ok(meta) if meta.is_dir() && meta.mode() & 0o022 == 0 => {}
+            Ok(_) => {
+                found.skipped.push((
+                    dir.clone(),
+                    Error::new(
+                        ErrorKind::PermissionDenied,
+                        format!(
+                            "{} is not a directory writable only by its owner; its manifests \
+                             are not trusted",
+                            dir.display()
+                        ),
+                    ),
+                ));
+                continue;
+            }
+            Err(_) => continue,
+        }
         let Ok(entries) = fs::read_dir(dir) else {
             continue;
         };

@@ -265,30 +265,37 @@ impl Probe {
             .collect()
     }
 
-    /// Every block, read at each tick of `interval` (the first at once).
+    /// Every block, read at each tick of `interval` (the first at once; intervals below 1 ms
+    /// are taken as 1 ms). Poll it inside a Tokio runtime (it uses Tokio's timer).
     ///
     /// The stream yields one `Vec` of snapshots per tick. When the process exits it yields one
     /// error of kind [`ErrorKind::NotFound`] and ends; other errors (a permission problem, a
     /// corrupt block) are yielded and the stream goes on. Missed ticks are skipped, not
     /// bunched. Dropping the stream stops it; it holds nothing in the target.
     pub fn watch(&self, interval: Duration) -> impl Stream<Item = Result<Vec<Snapshot>>> + Send {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // At least a millisecond between reads; the timer is made on the first poll, inside
+        // the runtime that polls the stream.
+        let period = interval.max(Duration::from_millis(1));
         let probe = self.clone();
-        futures::stream::unfold(Some((probe, ticker)), |state| async move {
-            let (probe, mut ticker) = state?;
+        futures::stream::unfold(Some((probe, None)), move |state| async move {
+            let (probe, ticker) = state?;
+            let mut ticker = ticker.unwrap_or_else(|| {
+                let mut t = tokio::time::interval(period);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                t
+            });
             ticker.tick().await;
             if let Err(e) = probe.check_alive() {
                 return Some((Err(e), None));
             }
             match probe.read_all() {
-                Ok(all) => Some((Ok(all), Some((probe, ticker)))),
+                Ok(all) => Some((Ok(all), Some((probe, Some(ticker))))),
                 // The process may have died during the read.
                 Err(e) => match probe.check_alive() {
                     Err(gone) => Some((Err(gone), None)),
                     // ESRCH: it exited, and lingers as a zombie that still has its /proc entry.
                     Ok(()) if e.kind() == ErrorKind::NotFound => Some((Err(e), None)),
-                    Ok(()) => Some((Err(e), Some((probe, ticker)))),
+                    Ok(()) => Some((Err(e), Some((probe, Some(ticker))))),
                 },
             }
         })
@@ -437,5 +444,92 @@ mod tests {
         drop(publication);
         assert!(!path.exists(), "the manifest is removed on drop");
         let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+#[cfg(test)]
+mod hostile_input {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::probe::{BlockBuilder, Publication};
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pvm-unit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        d
+    }
+
+    /// A FIFO under a manifest's name neither blocks discovery nor is read.
+    #[test]
+    fn a_fifo_named_like_a_manifest_does_not_block_discovery() {
+        let d = dir("fifo");
+        nix::unistd::mkfifo(
+            &d.join(format!("{}.json", std::process::id())),
+            nix::sys::stat::Mode::S_IRWXU,
+        )
+        .unwrap();
+        let started = Instant::now();
+        let found = Probe::discover_in(std::slice::from_ref(&d));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(found.skipped.len(), 1);
+        assert_eq!(found.skipped[0].1.kind(), ErrorKind::InvalidData);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A directory others may write into is refused whole.
+    #[test]
+    fn a_directory_writable_by_others_is_refused() {
+        let d = dir("open");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let found = Probe::discover_in(std::slice::from_ref(&d));
+        assert_eq!(found.skipped.len(), 1);
+        assert_eq!(found.skipped[0].1.kind(), ErrorKind::PermissionDenied);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A block can be published again once its publication is gone; a tunable block's
+    /// `try_update` never waits for a tool's lock.
+    #[test]
+    fn republish_and_try_update() {
+        let d = dir("republish");
+        let mut b = BlockBuilder::new("tuning").tunable();
+        let n = b.u64("n");
+        let mut block = b.build().unwrap();
+        let first = Publication::publish_in(&d, &[&block]).unwrap();
+        let manifest = first.manifest_path().to_owned();
+        // A tool holding the writers' lock (another open file description).
+        let tool = File::open(&manifest).unwrap();
+        let held = manifest::lock_exclusive(&tool).unwrap();
+        let started = Instant::now();
+        let err = block.try_update(|w| w.set(n, 1)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(block.read().unwrap().get(n), 0, "nothing was written");
+        drop(held);
+        block.try_update(|w| w.set(n, 2)).unwrap();
+        drop(first);
+        let again = Publication::publish_in(&d, &[&block]).unwrap();
+        drop(again);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A zero interval is taken as 1 ms, not a panic.
+    #[tokio::test]
+    async fn watch_with_a_zero_interval() {
+        use futures::StreamExt;
+        let d = dir("watch");
+        let mut b = BlockBuilder::new("stats");
+        b.u64("n");
+        let block = b.build().unwrap();
+        let _p = Publication::publish_in(&d, &[&block]).unwrap();
+        let probe = Probe::attach_in(std::slice::from_ref(&d), std::process::id() as i32).unwrap();
+        let ticks: Vec<_> = probe.watch(Duration::ZERO).take(3).collect().await;
+        assert!(ticks.iter().all(|t| t.is_ok()));
+        drop(_p);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }
