@@ -1023,7 +1023,7 @@ impl Metrics {
     }
 
     /// Adds one field's sample; a string becomes an `_info` metric with a `value` label.
-    /// Adds one sample of metric `name` (with its help text, from field `source`, `block.field`).
+    /// `name` is the metric, with its `help` text, from field `source` (`block.field`).
     fn add_sample(
         &mut self,
         pid: i32,
