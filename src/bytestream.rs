@@ -30,6 +30,9 @@ pub const DEFAULT_GATHER: usize = 64 << 10;
 ///   peer's close in the middle of their own flush.)
 /// - **`shutdown`** flushes, waits until the peer has received everything written, then closes
 ///   the sending direction: the peer reads end of file. This is where delivery is confirmed.
+///   Unlike a socket's, flushed bytes still live in this process until the peer pulls them:
+///   dropping the stream (or exiting) before `shutdown` completes loses them, and the peer
+///   gets an error.
 /// - **Reads** return the peer's messages as one continuous stream of bytes; message
 ///   boundaries are not visible.
 ///

@@ -174,8 +174,10 @@ impl Config {
 
     /// Refuse to connect when this side cannot read the peer's memory (default: allowed, and
     /// the peer then sends every message inline over the socket; see
-    /// [`Mode::Inline`](crate::Mode::Inline)). With `true`, the handshake fails with
-    /// [`ErrorKind::PermissionDenied`](crate::ErrorKind) and a message naming the fix.
+    /// [`Mode::Inline`](crate::Mode::Inline)). With `true`, the handshake fails instead, with a
+    /// message naming the cause and the fix: [`ErrorKind::PermissionDenied`](crate::ErrorKind)
+    /// when the kernel refuses the read, `Protocol` when the cookie read back does not match
+    /// (another pid namespace, a forwarder), `Unsupported` without cross memory attach.
     pub fn require_pull(mut self, require: bool) -> Config {
         self.require_pull = require;
         self

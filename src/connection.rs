@@ -178,9 +178,11 @@ impl Connection {
 
     /// Connects to a [`Listener`](crate::Listener) at `path`.
     ///
-    /// Fails with [`ErrorKind::PermissionDenied`] if either side refuses the other's uid or
-    /// cannot read the other's memory, and with [`ErrorKind::Timeout`] if the whole attempt
-    /// takes longer than [`Config::handshake_timeout`].
+    /// Fails with [`ErrorKind::PermissionDenied`] if either side refuses the other's uid, and
+    /// with [`ErrorKind::Timeout`] if the whole attempt takes longer than
+    /// [`Config::handshake_timeout`]. A side that cannot read the other's memory receives
+    /// inline instead ([`Mode::Inline`]), unless [`Config::require_pull`] is set on it: then
+    /// connecting fails (see there for the error kinds).
     ///
     /// # Cancel safety
     /// As [`connect`](Connection::connect): cancelling drops the half-made connection.

@@ -19,7 +19,9 @@ pub enum ErrorKind {
     Protocol,
     /// A message or frame exceeded a limit set in [`Config`](crate::Config).
     LimitExceeded,
-    /// The handshake did not finish within the configured timeout.
+    /// Something took too long: the handshake (or the connect before it, with a full backlog)
+    /// did not finish within [`Config::handshake_timeout`](crate::Config::handshake_timeout),
+    /// or a lock that serialises writers of a probed block stayed held.
     Timeout,
     /// The kernel does not support cross memory attach (`ENOSYS`).
     Unsupported,

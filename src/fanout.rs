@@ -71,7 +71,7 @@ struct Subscriber {
 ///     fanout.subscribe(listener.accept().await?);
 /// }
 /// let tick = Bytes::from(vec![0u8; 1 << 20]);
-/// fanout.send(tick).await?; // announced 4 times, copied 0 times here
+/// fanout.send(tick).await?; // announced 4 times, pulled 4 times, copied 0 times here
 /// for (id, why) in fanout.take_departed() {
 ///     eprintln!("{id} left: {why}");
 /// }

@@ -113,13 +113,7 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
         Frame::Hello(h) => h,
         other => return Err(unexpected(other, "HELLO")),
     };
-    if theirs.window_messages == 0 || theirs.window_bytes == 0 || theirs.max_ranges == 0 {
-        let msg = format!(
-            "peer process {pid} announced an empty window or no address ranges in its HELLO"
-        );
-        refuse(&mut io, ErrorCode::Protocol, &msg).await;
-        return Err(Error::protocol(msg));
-    }
+    // The version first: another version may give the other fields other meanings.
     if theirs.version != VERSION {
         let msg = format!(
             "peer process {pid} speaks protocol version {}, this side speaks {VERSION}; run the \
@@ -127,6 +121,13 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
             theirs.version
         );
         refuse(&mut io, ErrorCode::Version, &msg).await;
+        return Err(Error::protocol(msg));
+    }
+    if theirs.window_messages == 0 || theirs.window_bytes == 0 || theirs.max_ranges == 0 {
+        let msg = format!(
+            "peer process {pid} announced an empty window or no address ranges in its HELLO"
+        );
+        refuse(&mut io, ErrorCode::Protocol, &msg).await;
         return Err(Error::protocol(msg));
     }
 

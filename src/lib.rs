@@ -5,8 +5,8 @@
 //! descriptor (sequence number, length, addresses) travels over a Unix-domain control socket;
 //! the receiver copies the payload straight out of the sender's memory with one
 //! `process_vm_readv` call, acknowledges, and only then does the sender release its buffer.
-//! The receiver sees a [`Stream`](futures::Stream) of `Bytes`. One copy, kernel to kernel, no
-//! socket buffer in between.
+//! The receiver sees a [`Stream`](futures::Stream) of `Bytes`. One copy, made by the kernel
+//! from the sender's memory into the receiver's, no socket buffer in between.
 //!
 //! ```no_run
 //! use bytes::Bytes;
@@ -31,7 +31,8 @@
 //!
 //! # Probe and poke
 //! The [`probe`] module uses the same system calls for a second job: a process publishes a few
-//! blocks of typed fields (updated with plain memory writes, no system call), an outside probe
+//! blocks of typed fields (updated with plain memory writes, no system call, except for the
+//! lock taken when the process itself writes a tunable block), an outside probe
 //! reads consistent snapshots of them, and an operator tool writes new values into blocks
 //! marked tunable. The `pvmctl` binary (default `cli` feature) lists, dumps, watches, sets and
 //! exports them for Prometheus.

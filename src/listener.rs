@@ -185,7 +185,8 @@ impl Listener {
 
     /// Waits for the next connection whose handshake succeeds.
     ///
-    /// Connections whose handshake fails (refused uid, failed memory proof, timeout, garbage)
+    /// Connections whose handshake fails (refused uid, a failed memory proof under
+    /// [`Config::require_pull`](crate::Config::require_pull), timeout, garbage)
     /// are dropped and logged; they are not returned as errors. An error from this method is a
     /// problem of the listening socket itself, such as running out of file descriptors;
     /// accepting may be retried after it.

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::layout::{
-    BLOCK_VERSION, FieldInfo, FieldKind, HEADER_LEN, Layout, MAGIC, MAX_FIELDS, MAX_STRING,
-    SEQ_OFFSET, Value, check_name,
+    BLOCK_VERSION, FieldInfo, FieldKind, HEADER_LEN, Layout, MAGIC, MAX_BLOCK, MAX_FIELDS,
+    MAX_STRING, SEQ_OFFSET, Value, check_name,
 };
 use crate::error::{Error, ErrorKind, Result};
 
@@ -200,12 +200,23 @@ impl BlockBuilder {
     /// Allocates the block, every field zero (empty strings, `false`).
     ///
     /// Fails with [`ErrorKind::InvalidInput`] on an invalid or repeated name or string
-    /// capacity, naming it.
+    /// capacity, naming it, or if the block would be larger than
+    /// [`MAX_BLOCK`](super::MAX_BLOCK) bytes (header included).
     pub fn build(self) -> Result<Block> {
         if let Some(e) = self.error {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!("block {:?}: {e}", self.name),
+            ));
+        }
+        if self.next > MAX_BLOCK {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "block {:?} takes {} bytes, more than the {MAX_BLOCK} a probe accepts; \
+                     split it into several blocks",
+                    self.name, self.next
+                ),
             ));
         }
         let layout = Layout {
@@ -275,7 +286,9 @@ impl BlockMemory {
 ///
 /// Updating ([`Block::update`], [`Block::set`]) is a few plain memory writes framed by a
 /// sequence counter (a seqlock): no system call, no lock that a reader could hold, so a probe
-/// that stops half-way through a read never stalls the process. Readers outside the process
+/// that stops half-way through a read never stalls the process. (A published *tunable*
+/// block is the exception: its updates take the lock tools write under; see
+/// [`Block::update`].) Readers outside the process
 /// see only whole updates.
 ///
 /// A block is not `Clone`: one owner writes it. Share it behind a `Mutex` if several tasks
@@ -460,6 +473,7 @@ impl Block {
                 fence(Ordering::Acquire);
                 if seq.load(Ordering::Relaxed) == before {
                     return Ok(Snapshot {
+                        origin: block.id,
                         block: block.name.clone(),
                         sequence: before,
                         layout: block.layout.clone(),
@@ -499,6 +513,8 @@ impl Block {
 /// ([`Probe::read`](super::Probe::read)).
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// The in-process block it was read from (`0`: read by a probe, from another process).
+    pub(crate) origin: u64,
     pub(crate) block: Arc<str>,
     pub(crate) sequence: u64,
     pub(crate) layout: Arc<Layout>,
@@ -538,8 +554,16 @@ impl Snapshot {
     ///
     /// # Panics
     ///
-    /// If `field` belongs to a block of another layout.
+    /// If `field` was declared on another block (for a snapshot taken with [`Block::read`]),
+    /// or, for a snapshot a probe took, if the snapshot has no field of that type at the
+    /// handle's position. A probe's snapshot is looked up by position: use handles only with
+    /// snapshots of the same program's blocks, or [`Snapshot::value`] by name.
     pub fn get<T: FieldType>(&self, field: Field<T>) -> T::Output {
+        assert!(
+            self.origin == 0 || self.origin == field.block,
+            "a field handle of another block was used with a snapshot of block {:?}",
+            self.block
+        );
         let info = &self.layout.fields[field.index];
         T::from_value(self.value_of(info))
     }
@@ -601,6 +625,29 @@ mod tests {
         let mut b = BlockBuilder::new("t");
         b.string("s", 0);
         assert!(b.build().is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "another block")]
+    fn foreign_field_handles_panic_on_snapshots_too() {
+        let mut a = BlockBuilder::new("a");
+        let fa = a.u64("x");
+        let _a = a.build().unwrap();
+        let mut b = BlockBuilder::new("b");
+        b.u64("x");
+        let b = b.build().unwrap();
+        let _ = b.read().unwrap().get(fa);
+    }
+
+    #[test]
+    fn blocks_larger_than_a_probe_accepts_are_refused() {
+        let mut b = BlockBuilder::new("big");
+        for i in 0..20 {
+            b.string(&format!("s{i}"), MAX_STRING);
+        }
+        let e = b.build().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("split it"), "{e}");
     }
 
     #[test]

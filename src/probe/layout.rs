@@ -30,8 +30,8 @@ pub const MAX_STRING: usize = 1024;
 pub const MAX_FIELDS: usize = 256;
 /// Longest block or field name.
 pub const MAX_NAME: usize = 64;
-/// Largest block, header included.
-pub(crate) const MAX_BLOCK: usize = HEADER_LEN + MAX_FIELDS * 8 + 16 * MAX_STRING;
+/// Largest block, header included (18,464 bytes).
+pub const MAX_BLOCK: usize = HEADER_LEN + MAX_FIELDS * 8 + 16 * MAX_STRING;
 
 /// The type of a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

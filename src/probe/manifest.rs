@@ -169,8 +169,10 @@ struct ManifestHandle {
 impl Publication {
     /// Publishes `blocks` in [`publish_dir`].
     ///
-    /// Fails if a block is already published, two blocks share a name, or the manifest cannot
-    /// be written; the error names the path.
+    /// Fails with [`ErrorKind::InvalidInput`] if a block is already published, two blocks
+    /// share a name or there are more than [`MAX_BLOCKS`]; with
+    /// [`ErrorKind::PermissionDenied`] if the directory is not this user's or others may write
+    /// to it; and with an I/O error naming the path if the manifest cannot be written.
     pub fn publish(blocks: &[&Block]) -> Result<Publication> {
         Publication::publish_in(&publish_dir(), blocks)
     }

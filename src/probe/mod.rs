@@ -3,7 +3,8 @@
 //!
 //! A process declares a few **blocks** of typed fields ([`BlockBuilder`]), publishes them
 //! ([`Publication`]), and from then on updates them with plain memory writes
-//! ([`Block::update`]): no system call, no I/O, nothing paid while nobody looks. A **probe**
+//! ([`Block::update`]): no system call, no I/O, nothing paid while nobody looks (updates of a
+//! published tunable block also take the writers' `flock`). A **probe**
 //! in another process finds every publisher on the host ([`Probe::discover`]), reads
 //! consistent snapshots of their blocks with `process_vm_readv` ([`Probe::read`],
 //! [`Probe::watch`]), and writes new values into blocks the process marked **tunable**
@@ -47,7 +48,9 @@ mod manifest;
 mod reader;
 
 pub use block::{Block, BlockBuilder, Field, FieldType, Scalar, Snapshot, Text, Writer};
-pub use layout::{FieldInfo, FieldKind, Layout, MAX_FIELDS, MAX_NAME, MAX_STRING, Value};
+pub use layout::{
+    FieldInfo, FieldKind, Layout, MAX_BLOCK, MAX_FIELDS, MAX_NAME, MAX_STRING, Value,
+};
 pub use manifest::{
     BlockInfo, DIR_ENV, Discovery, MAX_BLOCKS, ProcessInfo, Publication, publish_dir, search_dirs,
 };

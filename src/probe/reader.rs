@@ -193,6 +193,7 @@ impl Probe {
                 if self.read_word(seq_addr, &what)? == before {
                     self.check_header(info, &data)?;
                     return Ok(Snapshot {
+                        origin: 0,
                         block: info.name.clone(),
                         sequence: before,
                         layout: info.layout.clone(),
