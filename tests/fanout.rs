@@ -122,10 +122,39 @@ impl Drop for Sub {
     }
 }
 
-fn socket_path(name: &str) -> PathBuf {
+/// A socket path in a fresh directory, removed (with the socket) when dropped.
+struct SocketPath {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for SocketPath {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for SocketPath {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn socket_path(name: &str) -> SocketPath {
     let dir = std::env::temp_dir().join(format!("tokio-pvm-fanout-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join("s")
+    SocketPath {
+        path: dir.join("s"),
+        dir,
+    }
 }
 
 async fn accept(listener: &mut Listener, fanout: &mut Fanout, n: usize) {

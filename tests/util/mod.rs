@@ -62,10 +62,26 @@ pub fn check(seq: u64, len: usize, msg: &[u8]) -> bool {
     msg.len() == len && msg == &pattern(seq, len)[..]
 }
 
-/// A fresh directory for sockets, writable by every user (children may run as `nobody`).
+/// A fresh directory for sockets, writable by every user (children may run as `nobody`):
+/// `$TMPDIR/tokio-pvm-tests/<pid>-<name>`. Directories of test processes that are no longer
+/// running are removed first, so runs do not pile up.
 pub fn temp_dir(name: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("tokio-pvm-test-{}-{name}", std::process::id()));
+    let root = std::env::temp_dir().join("tokio-pvm-tests");
+    if std::fs::create_dir(&root).is_ok() {
+        // Like /tmp: anyone may create entries, only their owner may remove them.
+        let _ = std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o1777));
+    }
+    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.split('-').next()?.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = root.join(format!("{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
