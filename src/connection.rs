@@ -80,7 +80,9 @@ impl Mode {
 /// # Receiving
 /// The stream yields each message, then `None` after the peer closed its sending side. If the
 /// peer goes away without closing, or a pull fails, it yields one error naming the cause, then
-/// `None`. Pulls run while the stream is polled: a receiver that stops polling holds the peer
+/// `None`. Messages this side acknowledged before the failure are still yielded first; the
+/// acknowledgement of the last ones may have been lost with the connection, so a sender that
+/// resends what it saw unacknowledged after a failure gets at-least-once delivery. Pulls run while the stream is polled: a receiver that stops polling holds the peer
 /// at its window, and memory stays bounded.
 ///
 /// # Progress needs polling
