@@ -76,6 +76,8 @@
 
 #[path = "bench/child.rs"]
 mod child;
+#[path = "common/fmt.rs"]
+mod fmt;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "bench/spawn.rs"]

@@ -15,6 +15,8 @@
 //! (10^9 bytes per second, timed from each run's first message); exits non-zero if any check
 //! fails.
 
+#[path = "common/fmt.rs"]
+mod fmt;
 #[path = "common/pattern.rs"]
 mod pattern;
 
@@ -25,6 +27,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_pvm::{Config, Connection, DEFAULT_MAX_MESSAGE_SIZE, Listener};
 
+use fmt::grouped;
 use pattern::{Checker, Pool, Summary};
 
 const USAGE: &str = "\
@@ -188,19 +191,6 @@ async fn consume(listener: &mut Listener, exe: &Path, run: Run) -> Result<Summar
         return Err(format!("producer {pid} failed ({status})"));
     }
     Ok(summary)
-}
-
-/// `1234567` as `1,234,567`.
-fn grouped(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// `65536` as `64 KiB`; sizes that are not whole KiB or MiB stay in bytes.

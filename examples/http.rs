@@ -30,6 +30,8 @@
 mod cli;
 #[path = "common/connect.rs"]
 mod connect;
+#[path = "common/fmt.rs"]
+mod fmt;
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -44,6 +46,8 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_pvm::{ByteStream, Config, Connection};
+
+use fmt::grouped;
 
 const USAGE: &str = "\
 usage: http
@@ -418,19 +422,6 @@ async fn post(client: &mut Client, target: &str, size: usize) -> Result<(), Stri
         ));
     }
     Ok(())
-}
-
-/// `1234567` as `1,234,567`.
-fn grouped(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 // ---- demo -------------------------------------------------------------------------------

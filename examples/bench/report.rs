@@ -1,5 +1,6 @@
 //! The machine description, and the results as aligned text tables or as JSON.
 
+pub(crate) use crate::fmt::grouped;
 use std::fmt::Write as _;
 
 use crate::{Cell, LatencyCell, Results, Transport};
@@ -103,19 +104,6 @@ pub(crate) fn size_label(size: usize) -> String {
         s if s >= 1 << 10 && s.is_multiple_of(1 << 10) => format!("{} KiB", s >> 10),
         s => format!("{s} B"),
     }
-}
-
-/// `1234567` as `1,234,567`.
-pub(crate) fn grouped(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn num(value: Option<f64>, decimals: usize) -> String {
