@@ -53,8 +53,8 @@ fn parse_args() -> Result<Args, String> {
     let (mut count, mut size, mut connect) = (None, None, false);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--count" => count = Some(number(&arg, args.next())?),
-            "--size" => size = Some(number(&arg, args.next())?),
+            "--count" => count = Some(cli::number(&arg, args.next())?),
+            "--size" => size = Some(cli::number(&arg, args.next())?),
             "--connect" => connect = true,
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
             _ if path.is_none() => path = Some(PathBuf::from(arg)),
@@ -74,13 +74,6 @@ fn parse_args() -> Result<Args, String> {
         size,
         connect,
     })
-}
-
-fn number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
-    let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
-    value
-        .parse()
-        .map_err(|_| format!("{flag}: {value:?} is not a valid number"))
 }
 
 async fn run(args: Args) -> Result<String, String> {

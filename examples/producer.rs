@@ -47,8 +47,8 @@ fn parse_args() -> Result<Args, String> {
     let (mut count, mut size, mut listen) = (256u64, 4usize << 20, false);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--count" => count = number(&arg, args.next())?,
-            "--size" => size = number(&arg, args.next())?,
+            "--count" => count = cli::number(&arg, args.next())?,
+            "--size" => size = cli::number(&arg, args.next())?,
             "--listen" => listen = true,
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
             _ if path.is_none() => path = Some(PathBuf::from(arg)),
@@ -71,13 +71,6 @@ fn parse_args() -> Result<Args, String> {
         size,
         listen,
     })
-}
-
-fn number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
-    let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
-    value
-        .parse()
-        .map_err(|_| format!("{flag}: {value:?} is not a valid number"))
 }
 
 async fn run(args: Args) -> Result<(), Error> {

@@ -35,3 +35,12 @@ where
         }
     }
 }
+
+/// The value after `flag` on the command line, parsed as a number.
+#[allow(dead_code)] // not every example that shares `main` takes numbers
+pub(crate) fn number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
+    let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
+    value
+        .parse()
+        .map_err(|_| format!("{flag}: {value:?} is not a valid number"))
+}
