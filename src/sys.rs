@@ -575,6 +575,21 @@ impl Drop for FileLock<'_> {
     }
 }
 
+/// Opens a file that someone else may have put in place, for reading: without following a
+/// symbolic link and without blocking (on a FIFO, say). The caller checks the file type.
+pub(crate) fn open_untrusted(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Whether an error from reading `/proc/PID` means that the process no longer exists.
+pub(crate) fn process_gone(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH)
+}
+
 /// Clock ticks per second, the unit of `/proc/PID/stat` times.
 pub(crate) fn clock_ticks_per_second() -> Option<u64> {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)

@@ -435,28 +435,24 @@ pub(crate) fn load(path: &Path) -> Result<ProcessInfo> {
     };
     // Never block on a FIFO or follow a symbolic link planted under a manifest's name; the
     // file type is checked on the open descriptor below.
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| {
-            let kind = match e.kind() {
-                std::io::ErrorKind::NotFound => ErrorKind::NotFound,
-                std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
-                _ => ErrorKind::Io,
-            };
-            let hint = if kind == ErrorKind::PermissionDenied {
-                "; manifests are readable only by the publishing user: run the probe as that user, \
+    let mut file = sys::open_untrusted(path).map_err(|e| {
+        let kind = match e.kind() {
+            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+            _ => ErrorKind::Io,
+        };
+        let hint = if kind == ErrorKind::PermissionDenied {
+            "; manifests are readable only by the publishing user: run the probe as that user, \
              or as root"
-            } else {
-                ""
-            };
-            Error::with_source(
-                kind,
-                format!("opening manifest {}: {e}{hint}", path.display()),
-                e,
-            )
-        })?;
+        } else {
+            ""
+        };
+        Error::with_source(
+            kind,
+            format!("opening manifest {}: {e}{hint}", path.display()),
+            e,
+        )
+    })?;
     let meta = file
         .metadata()
         .map_err(|e| Error::io("reading manifest metadata", e))?;
@@ -502,19 +498,15 @@ pub(crate) fn load(path: &Path) -> Result<ProcessInfo> {
     // The process: alive, the same one that wrote the manifest, owned by the file's owner.
     let (start_time, owner) = sys::process_identity(m.pid).map_err(|e| match e.kind() {
         // Only a missing /proc entry means the process is gone (and the manifest stale).
-        _ if e.kind() == std::io::ErrorKind::NotFound
-            || e.raw_os_error() == Some(nix::libc::ESRCH) =>
-        {
-            Error::with_source(
-                ErrorKind::NotFound,
-                format!(
-                    "stale manifest {}: process {} is gone",
-                    path.display(),
-                    m.pid
-                ),
-                e,
-            )
-        }
+        _ if sys::process_gone(&e) => Error::with_source(
+            ErrorKind::NotFound,
+            format!(
+                "stale manifest {}: process {} is gone",
+                path.display(),
+                m.pid
+            ),
+            e,
+        ),
         _ => Error::with_source(
             ErrorKind::Io,
             format!(
