@@ -36,6 +36,11 @@
 //!   and sleeps; a reader child copies that buffer with `process_vm_readv` (continuing after
 //!   short transfers) into one reused, pre-faulted local buffer, in a tight loop. No socket, no
 //!   allocation, no acknowledgement.
+//! * `process_vm_readv (rotated)`: the same loop, but into as many pre-faulted buffers as the
+//!   transport's default window holds messages of that size (16 MiB, at most 1024), used in
+//!   turn. A transport hands every message
+//!   over in a buffer of its own while others are being filled, so its destination is this
+//!   one, not a buffer that stays in the cache.
 //! * `memcpy (1 thread)`: one child copies between two pre-faulted buffers: what one core can
 //!   copy, for scale.
 //!
@@ -115,14 +120,17 @@ pub(crate) enum Transport {
     Pvm,
     Unix,
     Raw,
+    /// Raw `process_vm_readv` into buffers that rotate like a transport's receive buffers.
+    RawRotating,
     Memcpy,
 }
 
 impl Transport {
-    const ALL: [Transport; 4] = [
+    const ALL: [Transport; 5] = [
         Transport::Pvm,
         Transport::Unix,
         Transport::Raw,
+        Transport::RawRotating,
         Transport::Memcpy,
     ];
 
@@ -131,6 +139,7 @@ impl Transport {
             Transport::Pvm => "tokio-pvm",
             Transport::Unix => "unix+LengthDelimitedCodec",
             Transport::Raw => "process_vm_readv (raw)",
+            Transport::RawRotating => "process_vm_readv (rotated)",
             Transport::Memcpy => "memcpy (1 thread)",
         }
     }
@@ -367,14 +376,23 @@ fn run_throughput(
             group.wait_all()?;
             report
         }
-        Transport::Raw => {
+        Transport::Raw | Transport::RawRotating => {
+            // The rotated row cycles through as many buffers as the default window holds
+            // messages of this size (16 MiB, at most 1024 messages).
+            let buffers = match transport {
+                Transport::RawRotating => (tokio_pvm::DEFAULT_WINDOW_BYTES / size as u64)
+                    .min(u64::from(tokio_pvm::DEFAULT_WINDOW_MESSAGES))
+                    .max(1),
+                _ => 1,
+            };
+            let rotate = buffers.to_string();
             let source = group.spawn("raw-src", std::slice::from_ref(&s))?;
             let line = group.line(source)?;
             let (pid, addr) = match line.split_whitespace().collect::<Vec<_>>()[..] {
                 ["SRC", pid, addr] => (pid.to_owned(), addr.to_owned()),
                 _ => return Err(format!("unexpected report {line:?} from raw-src")),
             };
-            let reader = group.spawn("raw-dst", &[pid, addr, s, n])?;
+            let reader = group.spawn("raw-dst", &[pid, addr, s, n, rotate])?;
             let report = group.line(reader)?;
             group.close_stdin(source);
             group.wait_all()?;

@@ -52,14 +52,17 @@ pub(crate) fn run(role: &str, args: &[String]) -> Result<(), String> {
             raw_src(size_arg(size)?)
         }
         "raw-dst" => {
-            let [pid, addr, size, count] = args else {
-                return Err(format!("raw-dst takes PID ADDR SIZE COUNT, got {args:?}"));
+            let [pid, addr, size, count, buffers] = args else {
+                return Err(format!(
+                    "raw-dst takes PID ADDR SIZE COUNT BUFFERS, got {args:?}"
+                ));
             };
             raw_dst(
                 number(pid, "pid")?,
                 number(addr, "address")?,
                 size_arg(size)?,
                 count_arg(count)?,
+                number(buffers, "buffer count")?,
             )
         }
         "memcpy" => {
@@ -361,15 +364,20 @@ fn read_full(pid: Pid, addr: usize, local: &mut [u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads process `pid`'s buffer `count` times into one reused, pre-faulted local buffer.
-fn raw_dst(pid: i32, addr: usize, size: usize, count: u64) -> Result<(), String> {
+/// Reads process `pid`'s buffer `count` times into `buffers` pre-faulted local buffers (at
+/// least one) used in turn, as a transport's receive buffers are.
+fn raw_dst(pid: i32, addr: usize, size: usize, count: u64, buffers: usize) -> Result<(), String> {
     let pid = Pid::from_raw(pid);
+    let buffers = buffers.max(1);
     // A non-zero fill writes every page, so none faults during the loop.
-    let mut local = black_box(vec![0x5a_u8; size]);
+    let mut locals: Vec<Vec<u8>> = (0..buffers)
+        .map(|_| black_box(vec![0x5a_u8; size]))
+        .collect();
     let mut clock = Clock::new(count);
-    for _ in 0..count {
-        read_full(pid, addr, &mut local)?;
-        touch(&local, size)?;
+    for i in 0..count {
+        let local = &mut locals[(i % buffers as u64) as usize];
+        read_full(pid, addr, local)?;
+        touch(local, size)?;
         clock.tick();
     }
     clock.report()

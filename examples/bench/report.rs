@@ -207,6 +207,12 @@ pub(crate) fn text(results: &Results) -> String {
         "vs unix: GB/s over the unix+LengthDelimitedCodec row of the same size. spread: \
          (max - min) / median of GB/s over the repetitions."
     );
+    let _ = writeln!(
+        out,
+        "raw: one reused destination buffer; rotated: the same loop into as many buffers as \
+         the default window holds (16 MiB, at most 1024), used in turn, as a transport's \
+         receive buffers are."
+    );
 
     if !results.latency.is_empty() {
         let _ = writeln!(out);
