@@ -24,6 +24,7 @@ use std::future::Future;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
@@ -127,6 +128,10 @@ pub(crate) struct Shared {
     /// The control socket's descriptor number; the socket itself is in `state`, open for as
     /// long as this value lives.
     socket_fd: RawFd,
+    /// Set (under the lock) when the next `poll_ready` would return `Ready` at once, so that
+    /// it can, without taking the lock: the common case of a sender inside its window.
+    /// Cleared by anything that may stop sending.
+    send_ready: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -241,6 +246,7 @@ impl Shared {
             modes,
             span,
             socket_fd,
+            send_ready: AtomicBool::new(false),
         })
     }
 
@@ -268,6 +274,11 @@ impl Shared {
     }
 
     pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        // What the locked fast path below would find; a stale `true` is harmless, because
+        // `start_send` checks again under the lock.
+        if self.send_ready.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(()));
+        }
         self.enter(Role::Send).poll_ready(cx)
     }
 
@@ -547,6 +558,7 @@ impl Guard<'_> {
     }
 
     fn on_eof(&mut self) {
+        self.shared.send_ready.store(false, Ordering::Release);
         self.state.eof = true;
         let pid = self.state.peer_pid;
         let recv = &self.state.recv;
@@ -588,6 +600,7 @@ impl Guard<'_> {
     /// the peer first. Messages whose acknowledgement was queued are still delivered before
     /// the error; the rest are discarded.
     fn fail(&mut self, err: Error, tell_peer: bool) {
+        self.shared.send_ready.store(false, Ordering::Release);
         if self.state.fatal.is_some() {
             return;
         }
@@ -715,15 +728,21 @@ impl Guard<'_> {
             && s.in_flight_bytes < l.send_window_bytes
     }
 
+    /// Whether `poll_ready` can return `Ready` without writing or waiting: room in the window,
+    /// no batch due to be written, and nothing that stops sending.
+    fn ready_at_once(&self) -> bool {
+        let batch = (self.state.limits.send_window_messages as usize).div_ceil(4);
+        self.window_open()
+            && self.state.send.unflushed < batch
+            && self.state.io.write_buffer().len() < WRITE_BATCH_BYTES
+            && self.check_can_send().is_ok()
+    }
+
     fn poll_ready(mut self, cx: &Context<'_>) -> Poll<Result<()>> {
         let batch = (self.state.limits.send_window_messages as usize).div_ceil(4);
         // Fast path: room in the window and nothing to write yet. Returning Ready needs no
         // registered waker.
-        if self.window_open()
-            && self.state.send.unflushed < batch
-            && self.state.io.write_buffer().len() < WRITE_BATCH_BYTES
-            && self.check_can_send().is_ok()
-        {
+        if self.ready_at_once() {
             return Poll::Ready(Ok(()));
         }
         self.register(cx);
@@ -778,6 +797,8 @@ impl Guard<'_> {
         send.in_flight.push_back((len, held));
         send.in_flight_bytes += len;
         trace!(seq, len, "message queued");
+        let ready = self.ready_at_once();
+        self.shared.send_ready.store(ready, Ordering::Release);
         Ok(())
     }
 
@@ -834,6 +855,7 @@ impl Guard<'_> {
                 }
             }
             let sent = self.state.send.next_seq;
+            self.shared.send_ready.store(false, Ordering::Release);
             self.state.send.closed = true;
             if self.state.eof {
                 // The peer has left the socket and everything was acknowledged: there is
@@ -858,6 +880,7 @@ impl Guard<'_> {
         let send = &self.state.send;
         if send.dropped && !send.closed && send.in_flight.is_empty() && self.state.fatal.is_none() {
             let sent = send.next_seq;
+            self.shared.send_ready.store(false, Ordering::Release);
             self.state.send.closed = true;
             if !self.state.eof && self.queue_frame(OutFrame::Close { sent }).is_ok() {
                 let _ = self.flush_writes();
