@@ -5,6 +5,8 @@
 //! The graceful-shutdown test runs its client in another process: this test binary re-executes
 //! itself and runs only `ecosystem_child`, which plays the role named in `ECOSYSTEM_ROLE`.
 
+mod util;
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
@@ -15,6 +17,7 @@ use futures::{SinkExt, StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
 use tokio_pvm::{Connection, ErrorKind, Listener};
 use tokio_util::sync::CancellationToken;
+use util::pattern;
 
 /// Every test finishes within this, or fails instead of hanging.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -23,20 +26,6 @@ async fn within<T>(f: impl Future<Output = T>) -> T {
     tokio::time::timeout(LIMIT, f)
         .await
         .expect("the test did not finish in time")
-}
-
-/// Deterministic content for message `seq`.
-fn pattern(seq: u64, len: usize) -> Bytes {
-    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ len as u64 | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
 }
 
 /// Sizes mix inline (up to 256 B) and pulled messages.

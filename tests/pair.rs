@@ -1,22 +1,12 @@
 //! `Connection::pair()` inside one process: real sockets, real handshake, real pulls from
 //! this process's own memory.
 
+mod util;
+
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio_pvm::{Config, Connection};
-
-fn pattern(seed: u64, len: usize) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
-}
+use util::pattern;
 
 #[tokio::test]
 async fn pair_moves_messages_of_every_size() {
