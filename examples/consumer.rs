@@ -28,7 +28,6 @@ mod pattern;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use futures::StreamExt;
 use tokio_pvm::{Config, DEFAULT_MAX_MESSAGE_SIZE, Listener};
 
 use pattern::Checker;
@@ -93,15 +92,7 @@ async fn run(args: Args) -> Result<String, String> {
     }
     .map_err(|e| e.to_string())?;
     let mut checker = Checker::new(args.size);
-    while let Some(msg) = conn.next().await {
-        let msg = msg.map_err(|e| {
-            format!(
-                "receiving failed after {} good messages: {e}",
-                checker.messages()
-            )
-        })?;
-        checker.check(&msg)?;
-    }
+    checker.receive_all(&mut conn, None).await?;
     let s = checker.finish(args.count)?;
     Ok(format!(
         "received {} messages of {} bytes ({} bytes) in {:.3} s: {:.0} msg/s, {:.3} GB/s, \

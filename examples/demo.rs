@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio_pvm::{Config, Connection, DEFAULT_MAX_MESSAGE_SIZE, Listener};
 
 use fmt::grouped;
@@ -162,25 +161,7 @@ async fn consume(listener: &mut Listener, exe: &Path, run: Run) -> Result<Summar
     }
 
     let mut checker = Checker::new(Some(run.size));
-    loop {
-        let next = tokio::time::timeout(STALL, conn.next())
-            .await
-            .map_err(|_| {
-                format!(
-                    "no message for {STALL:?} after {} of {} messages: the transfer stalled",
-                    checker.messages(),
-                    run.count
-                )
-            })?;
-        let Some(msg) = next else { break };
-        let msg = msg.map_err(|e| {
-            format!(
-                "receiving failed after {} good messages: {e}",
-                checker.messages()
-            )
-        })?;
-        checker.check(&msg)?;
-    }
+    checker.receive_all(&mut conn, Some(STALL)).await?;
     let summary = checker.finish(Some(run.count))?;
 
     let status = tokio::time::timeout(STALL, child.wait())

@@ -59,7 +59,7 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use nix::libc;
 use tokio::process::{Child, Command};
 use tokio_pvm::{Config, Connection, DEFAULT_MAX_MESSAGE_SIZE, Fanout, Listener, SlowSubscriber};
@@ -210,24 +210,7 @@ async fn subscriber(args: &[String]) -> Result<String, String> {
         .await
         .map_err(|e| format!("connecting to {path}: {e}"))?;
     let mut checker = Checker::new(Some(size));
-    loop {
-        let next = tokio::time::timeout(STALL, conn.next())
-            .await
-            .map_err(|_| {
-                format!(
-                    "no message for {STALL:?} after {} of {count} messages",
-                    checker.messages()
-                )
-            })?;
-        let Some(msg) = next else { break };
-        let msg = msg.map_err(|e| {
-            format!(
-                "receiving failed after {} good messages: {e}",
-                checker.messages()
-            )
-        })?;
-        checker.check(&msg)?;
-    }
+    checker.receive_all(&mut conn, Some(STALL)).await?;
     let s = checker.finish(Some(count))?;
     let cpu = Cpu::now()?;
     let gb = s.bytes as f64 / 1e9;

@@ -1,4 +1,4 @@
-//! The message scheme shared by the `producer`, `consumer` and `demo` examples.
+//! The message scheme shared by the `producer`, `consumer`, `demo` and `fanout` examples.
 //!
 //! A message is at least 8 bytes long and is read as little-endian 64-bit words; a last,
 //! partial word holds the first bytes of the word that would stand there.
@@ -25,10 +25,10 @@
 // Each example uses a different part of this module.
 #![allow(dead_code)]
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures::{Sink, SinkExt};
+use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio_pvm::{DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES};
 
 /// Length of the sequence number at the start of every message.
@@ -260,6 +260,39 @@ impl Checker {
         self.messages += 1;
         self.bytes += msg.len() as u64;
         Ok(())
+    }
+
+    /// Checks every message of `stream` until it ends. With `stall`, fails if no message
+    /// arrives for that long.
+    pub(crate) async fn receive_all<S>(
+        &mut self,
+        stream: &mut S,
+        stall: Option<Duration>,
+    ) -> Result<(), String>
+    where
+        S: Stream<Item = Result<Bytes, tokio_pvm::Error>> + Unpin,
+    {
+        loop {
+            let next = match stall {
+                Some(stall) => tokio::time::timeout(stall, stream.next())
+                    .await
+                    .map_err(|_| {
+                        format!(
+                            "no message for {stall:?} after {} messages: the transfer stalled",
+                            self.messages
+                        )
+                    })?,
+                None => stream.next().await,
+            };
+            let Some(msg) = next else { return Ok(()) };
+            let msg = msg.map_err(|e| {
+                format!(
+                    "receiving failed after {} good messages: {e}",
+                    self.messages
+                )
+            })?;
+            self.check(&msg)?;
+        }
     }
 
     /// Messages checked so far.
