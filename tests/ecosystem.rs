@@ -2,8 +2,8 @@
 //! connections, `accept()` and `next()` in `select!` loops, `futures` combinators,
 //! `tokio-stream` wrappers, and `Connection::pair()` in tests.
 //!
-//! The graceful-shutdown test runs its client in another process: this test binary re-executes
-//! itself and runs only `ecosystem_child`, which plays the role named in `ECOSYSTEM_ROLE`.
+//! The graceful-shutdown test runs its client in another process, with the child roles of
+//! `tests/util` (role `send_until_closed`).
 
 mod util;
 
@@ -17,7 +17,7 @@ use futures::{SinkExt, StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
 use tokio_pvm::{Connection, ErrorKind, Listener};
 use tokio_util::sync::CancellationToken;
-use util::pattern;
+use util::{pattern, size_of};
 
 /// Every test finishes within this, or fails instead of hanging.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -26,17 +26,6 @@ async fn within<T>(f: impl Future<Output = T>) -> T {
     tokio::time::timeout(LIMIT, f)
         .await
         .expect("the test did not finish in time")
-}
-
-/// Sizes mix inline (up to 256 B) and pulled messages.
-fn size_of(seq: u64) -> usize {
-    match seq % 7 {
-        0 => 0,
-        1 | 2 => 100,
-        3 => 4096,
-        4 => 70_000,
-        _ => (seq as usize * 131) % 20_000,
-    }
 }
 
 /// A fresh directory for one test's socket, removed when dropped.
@@ -65,102 +54,18 @@ impl Drop for TempDir {
 // ---------------------------------------------------------------------------------------------
 // Child processes
 
-const ROLE_VAR: &str = "ECOSYSTEM_ROLE";
+child_entry!();
 
-/// Entry point of the child processes; does nothing in a normal test run.
-#[test]
-fn ecosystem_child() {
-    let Ok(spec) = std::env::var(ROLE_VAR) else {
-        return;
-    };
-    let mut parts = spec.split('\x1f');
-    let role = parts.next().unwrap().to_owned();
-    let args: Vec<String> = parts.map(str::to_owned).collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let code = rt.block_on(child_main(&role, &args));
-    std::process::exit(code);
-}
-
-async fn child_main(role: &str, args: &[String]) -> i32 {
-    match role {
-        // send_until_closed PATH EXTRA: connect and send messages (paced) until this side's
-        // stream ends (the server closed its side: the cue to finish), then EXTRA more, then
-        // close. Prints how many were sent, how the stream ended and how close went.
-        "send_until_closed" => {
-            let extra: u64 = args[1].parse().unwrap();
-            let conn = Connection::connect(&args[0]).await.unwrap();
-            let (mut tx, mut rx) = conn.split();
-            let (ended_tx, ended) = tokio::sync::watch::channel(false);
-            let reader = tokio::spawn(async move {
-                let end = match rx.next().await {
-                    None => "none".to_owned(),
-                    Some(Ok(m)) => format!("unexpected message of {} bytes", m.len()),
-                    Some(Err(e)) => format!("error: {e}"),
-                };
-                let _ = ended_tx.send(true);
-                end
-            });
-            let mut seq = 0u64;
-            let mut after_end = 0;
-            while after_end < extra && seq < 20_000 {
-                if let Err(e) = tx.feed(pattern(seq, size_of(seq))).await {
-                    println!("RESULT feed error: {e}");
-                    return 1;
-                }
-                seq += 1;
-                if *ended.borrow() {
-                    after_end += 1;
-                }
-                if seq.is_multiple_of(8) {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-            println!("RESULT sent {seq}");
-            println!("RESULT end {}", reader.await.unwrap());
-            match tx.close().await {
-                Ok(()) => println!("RESULT close ok"),
-                Err(e) => println!("RESULT close error: {e}"),
-            }
-            0
-        }
-        other => {
-            eprintln!("unknown role {other}");
-            2
-        }
-    }
-}
-
-/// Runs this test binary as a child playing `role`; returns its `RESULT` lines.
+/// Runs this test binary as a child playing `role` (see `tests/util`); returns its `RESULT`
+/// lines once it has exited successfully.
 async fn run_child(role: &str, args: &[&str]) -> Vec<String> {
-    let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "ecosystem_child",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .env(ROLE_VAR, format!("{role}\x1f{}", args.join("\x1f")))
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::inherit())
-    .kill_on_drop(true);
-    let out = cmd.spawn().unwrap().wait_with_output().await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child {role} failed: {:?}\n{stdout}",
-        out.status
-    );
-    stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("RESULT "))
-        .map(str::to_owned)
-        .collect()
+    let child = util::ChildProc::spawn(role, args);
+    let role = role.to_owned();
+    let (ok, lines) = tokio::task::spawn_blocking(move || child.finish(LIMIT))
+        .await
+        .unwrap();
+    assert!(ok, "child {role} failed: {lines:?}");
+    lines
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -57,6 +57,17 @@ pub fn soak_size(seed: u64, seq: u64) -> usize {
     }
 }
 
+/// Sizes mix inline (up to 256 B) and pulled messages.
+pub fn size_of(seq: u64) -> usize {
+    match seq % 7 {
+        0 => 0,
+        1 | 2 => 100,
+        3 => 4096,
+        4 => 70_000,
+        _ => (seq as usize * 131) % 20_000,
+    }
+}
+
 /// Whether `msg` is exactly message `seq` of `len` bytes.
 pub fn check(seq: u64, len: usize, msg: &[u8]) -> bool {
     msg.len() == len && msg == &pattern(seq, len)[..]
@@ -238,6 +249,46 @@ async fn child_main(role: &str, args: &[String]) -> i32 {
     let path = PathBuf::from(&args[0]);
     let num = |i: usize| -> u64 { args[i].parse().unwrap() };
     match role {
+        // send_until_closed PATH EXTRA: connect and send messages (paced) until this side's
+        // stream ends (the server closed its side: the cue to finish), then EXTRA more, then
+        // close. Reports how many were sent, how the stream ended and how close went.
+        "send_until_closed" => {
+            let extra: u64 = num(1);
+            let conn = Connection::connect(&path).await.unwrap();
+            let (mut tx, mut rx) = conn.split();
+            let (ended_tx, ended) = tokio::sync::watch::channel(false);
+            let reader = tokio::spawn(async move {
+                let end = match rx.next().await {
+                    None => "none".to_owned(),
+                    Some(Ok(m)) => format!("unexpected message of {} bytes", m.len()),
+                    Some(Err(e)) => format!("error: {e}"),
+                };
+                let _ = ended_tx.send(true);
+                end
+            });
+            let mut seq = 0u64;
+            let mut after_end = 0;
+            while after_end < extra && seq < 20_000 {
+                if let Err(e) = tx.feed(pattern(seq, size_of(seq))).await {
+                    result(format!("feed error: {e}"));
+                    return 1;
+                }
+                seq += 1;
+                if *ended.borrow() {
+                    after_end += 1;
+                }
+                if seq.is_multiple_of(8) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            result(format!("sent {seq}"));
+            result(format!("end {}", reader.await.unwrap()));
+            match tx.close().await {
+                Ok(()) => result("close ok"),
+                Err(e) => result(format!("close error: {e}")),
+            }
+            0
+        }
         // send PATH SIZES(comma separated) REPEAT: connect, send every size REPEAT times, close.
         "send" => {
             let sizes: Vec<usize> = args[1].split(',').map(|s| s.parse().unwrap()).collect();
