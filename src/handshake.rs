@@ -132,8 +132,13 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
     }
 
     // Prove that we can read the peer's memory, and that the pid is really the peer. If we
-    // cannot, and the configuration allows it, we receive inline instead.
-    let recv_mode = match prove_pull(pid, &theirs) {
+    // cannot, or may not (see `pull_allowed`), and the configuration allows it, we receive
+    // inline instead.
+    let proven = match pull_allowed(pid, uid) {
+        Ok(()) => prove_pull(pid, &theirs),
+        Err(why) => Err((ErrorCode::PullFailed, why)),
+    };
+    let recv_mode = match proven {
         Ok(()) => Mode::Pull,
         Err((code, err)) if config.require_pull => {
             let reason = format!(
@@ -295,6 +300,44 @@ fn permit_reader(peer: i32, config: &Config) -> ReaderClaim {
             none
         }
     }
+}
+
+/// Whether this process may pull from peer process `pid`, which runs as `peer_uid`.
+///
+/// A pull is made with this process's credentials, at addresses the peer names, long after the
+/// handshake: by then the peer may have `exec`ed a setuid program (same pid, same pidfd, new
+/// owner). The kernel's own check at each pull only stops that if our credentials are no
+/// stronger than the peer's were, so we pull only when:
+/// - the peer is this process (`Connection::pair`), or
+/// - the peer runs as our uid (real and effective), and either we are root (a root peer can
+///   read anything itself) or we lack `CAP_SYS_PTRACE` (the kernel then refuses a pull from a
+///   process that gained privileges, as it would refuse the peer).
+///
+/// Every other peer sends its messages inline over the socket; no read of its memory is ever
+/// made on its say-so, not even the cookie read.
+fn pull_allowed(pid: i32, peer_uid: u32) -> Result<()> {
+    if pid == std::process::id() as i32 {
+        return Ok(());
+    }
+    let uid = nix::unistd::getuid().as_raw();
+    let euid = nix::unistd::geteuid().as_raw();
+    let why = if peer_uid != euid || uid != euid {
+        format!(
+            "peer process {pid} runs as uid {peer_uid} and this process as uid {euid}: \
+             messages from another user travel inline over the socket, because a pull made with \
+             this process's privileges could read memory the peer itself may not (for example \
+             after it execs a setuid program); run both sides as the same user for pulls"
+        )
+    } else if euid != 0 && sys::can_ptrace_any() {
+        format!(
+            "this process holds CAP_SYS_PTRACE, so a pull would not be limited to what peer \
+             process {pid} may read itself (for example after it execs a setuid program): its \
+             messages travel inline over the socket; drop the capability for pulls"
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::new(ErrorKind::PermissionDenied, why))
 }
 
 /// Pulls the peer's cookie and compares it; on failure, the ERROR code to refuse with and the

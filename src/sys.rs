@@ -294,6 +294,26 @@ pub(crate) fn set_ptracer(pid: Option<i32>) -> io::Result<()> {
     Ok(())
 }
 
+/// `CAP_SYS_PTRACE`'s bit in a capability set.
+const CAP_SYS_PTRACE: u32 = 19;
+
+/// The calling thread's effective capabilities (`CapEff` in `/proc/thread-self/status`).
+pub(crate) fn effective_capabilities() -> io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/thread-self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapEff in status"))
+}
+
+/// Whether the calling thread may read and write any process's memory whatever its owner
+/// (`CAP_SYS_PTRACE` in its effective set). An unreadable status counts as privileged: the
+/// caller then takes the careful path.
+pub(crate) fn can_ptrace_any() -> bool {
+    effective_capabilities().map_or(true, |caps| caps & (1 << CAP_SYS_PTRACE) != 0)
+}
+
 /// Registers a socket with the current Tokio runtime's reactor.
 pub(crate) fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an `OwnedFd` is a valid open descriptor that stays open, and keeps returning the
