@@ -41,6 +41,7 @@ pub struct Config {
     pub(crate) max_inline_size: u32,
     pub(crate) blocking_threshold: u64,
     pub(crate) max_pulls_in_flight: usize,
+    pub(crate) pull_timeout: Duration,
     pub(crate) max_ranges: u32,
     pub(crate) pool_bytes: usize,
     pub(crate) require_pull: bool,
@@ -73,6 +74,8 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 64 << 20;
 pub const DEFAULT_WINDOW_MESSAGES: u32 = 1024;
 /// Default window: 16 MiB in flight.
 pub const DEFAULT_WINDOW_BYTES: u64 = 16 << 20;
+/// Default limit on one blocking-pool pull: 10 seconds.
+pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default handshake timeout: 10 seconds.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -87,6 +90,7 @@ impl Default for Config {
             max_inline_size: 64 << 10,
             blocking_threshold: 2 << 20,
             max_pulls_in_flight: 4,
+            pull_timeout: DEFAULT_PULL_TIMEOUT,
             max_ranges: IOV_MAX as u32,
             pool_bytes: 32 << 20,
             require_pull: false,
@@ -163,10 +167,33 @@ impl Config {
         self
     }
 
+    /// Longest a pull on the blocking pool may take before the connection fails with
+    /// [`ErrorKind::Timeout`](crate::ErrorKind) (default 10 s; a 64 MiB pull takes about
+    /// 20 ms here).
+    ///
+    /// A pull sleeps in the kernel for as long as the peer's memory takes to answer: pages
+    /// backed by a `userfaultfd` that never resolves the fault, or by a hung FUSE or NFS
+    /// file, hold it forever, and nothing can interrupt it. After the timeout the connection
+    /// fails and the pull is abandoned; its thread comes back when the peer's memory answers
+    /// or the peer exits. At most 64 abandoned pulls may hold threads in a process; while
+    /// that many do, new blocking-pool pulls are refused (the connection fails with
+    /// [`ErrorKind::LimitExceeded`](crate::ErrorKind)).
+    ///
+    /// Pulls below [`blocking_threshold`](Config::blocking_threshold) run in place on the
+    /// runtime thread and have no timeout: a peer of the same user (the only kind this side
+    /// pulls from, see the README's security model) can stall that thread, as it could kill
+    /// or trace this process. Set `blocking_threshold(0)` to move every pull off the runtime.
+    pub fn pull_timeout(mut self, timeout: Duration) -> Config {
+        self.pull_timeout = timeout;
+        self
+    }
+
     /// Receive buffers of 64 KiB and more are recycled: when the application drops a received
     /// message, its buffer returns to the connection's pool with its pages still mapped, which
     /// spares the next pull the page faults of fresh memory. This caps the idle bytes the pool
-    /// keeps (default 32 MiB; 0 turns recycling off).
+    /// keeps (default 32 MiB; 0 turns recycling off). All connections of the process together
+    /// keep at most [`set_process_buffer_pool`](crate::set_process_buffer_pool) idle bytes
+    /// (64 MiB by default).
     pub fn buffer_pool(mut self, bytes: usize) -> Config {
         self.pool_bytes = bytes;
         self

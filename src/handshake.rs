@@ -203,6 +203,7 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
         blocking_threshold: config.blocking_threshold,
         max_pulls_in_flight: config.max_pulls_in_flight,
         pool_bytes: config.pool_bytes,
+        pull_timeout: config.pull_timeout,
     };
     debug!(?negotiated, uid, gid, "handshake complete");
     let span = debug_span!("tokio_pvm::connection", peer_pid = pid, peer_uid = uid);

@@ -66,18 +66,20 @@ mod listener;
 mod pool;
 pub mod probe;
 mod protocol;
+mod pull;
 mod socket;
 mod sys;
 
 pub use bytestream::{ByteStream, DEFAULT_GATHER};
 pub use config::{
-    Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_WINDOW_BYTES,
-    DEFAULT_WINDOW_MESSAGES, SlowSubscriber,
+    Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PULL_TIMEOUT,
+    DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, SlowSubscriber,
 };
 pub use connection::{Connection, Mode, PeerInfo, Receiver, Sender};
 pub use error::{Error, ErrorKind, Result};
 pub use fanout::{Fanout, SubscriberId};
 pub use listener::Listener;
+pub use pool::{DEFAULT_PROCESS_BUFFER_POOL, process_buffer_pool, set_process_buffer_pool};
 
 /// Entry points for the fuzz target and property tests. Not part of the public API.
 #[doc(hidden)]

@@ -6,7 +6,14 @@
 //! reference the buffer goes back to its connection's pool, pages still mapped. Buffers come
 //! in power-of-two size classes from [`MIN_POOLED`] up; smaller ones come from the allocator,
 //! which recycles small blocks without faults on its own.
+//!
+//! Idle buffers are capped twice: per connection ([`Config::buffer_pool`]) and for the whole
+//! process ([`set_process_buffer_pool`]), so that many idle connections cannot pin memory
+//! (a peer can make a connection keep one buffer of every size class for almost nothing).
+//!
+//! [`Config::buffer_pool`]: crate::Config::buffer_pool
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use std::mem::MaybeUninit;
@@ -15,6 +22,69 @@ use bytes::{Bytes, BytesMut};
 
 /// Smallest buffer worth pooling.
 pub(crate) const MIN_POOLED: usize = 64 << 10;
+
+/// Default cap on the idle receive buffers of all connections of a process: 64 MiB.
+pub const DEFAULT_PROCESS_BUFFER_POOL: usize = 64 << 20;
+
+/// Idle bytes counted against a cap shared by many pools.
+#[derive(Debug)]
+struct Budget {
+    idle: AtomicUsize,
+    limit: AtomicUsize,
+}
+
+impl Budget {
+    /// Counts `size` more idle bytes; false (and nothing counted) if they do not fit.
+    fn reserve(&self, size: usize) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        self.idle
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |idle| {
+                idle.checked_add(size).filter(|&total| total <= limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `size` idle bytes counted by [`Budget::reserve`].
+    fn release(&self, size: usize) {
+        self.idle.fetch_sub(size, Ordering::AcqRel);
+    }
+}
+
+/// The budget of all pools of this process.
+static PROCESS: Budget = Budget {
+    idle: AtomicUsize::new(0),
+    limit: AtomicUsize::new(DEFAULT_PROCESS_BUFFER_POOL),
+};
+
+/// Caps the idle receive buffers that all connections of this process keep together
+/// (default [`DEFAULT_PROCESS_BUFFER_POOL`], 64 MiB; 0 turns recycling off process-wide).
+///
+/// Each connection also has its own cap ([`Config::buffer_pool`](crate::Config::buffer_pool),
+/// 32 MiB by default); a buffer is kept only while both have room, and is freed otherwise.
+/// Lowering the cap does not free buffers already idle; they are freed as they are reused or
+/// their connections end.
+pub fn set_process_buffer_pool(bytes: usize) {
+    PROCESS.limit.store(bytes, Ordering::Relaxed);
+}
+
+/// Idle receive-buffer bytes kept by all connections of this process now, and the cap
+/// (see [`set_process_buffer_pool`]).
+pub fn process_buffer_pool() -> (usize, usize) {
+    (
+        PROCESS.idle.load(Ordering::Relaxed),
+        PROCESS.limit.load(Ordering::Relaxed),
+    )
+}
+
+/// Counts `size` more idle bytes against the process-wide cap.
+fn reserve_process(size: usize) -> bool {
+    PROCESS.reserve(size)
+}
+
+/// Gives `size` idle bytes back to the process-wide count.
+fn release_process(size: usize) {
+    PROCESS.release(size);
+}
 
 /// A pool of receive buffers with a cap on the bytes it keeps idle.
 #[derive(Debug, Clone)]
@@ -70,6 +140,7 @@ impl BufferPool {
                 Some(i) => {
                     let buf = idle.buffers.remove(i);
                     idle.bytes -= buf.len();
+                    release_process(buf.len());
                     Some(buf)
                 }
                 None => None,
@@ -110,10 +181,17 @@ impl Drop for Loan {
         };
         let mut idle = pool.lock().unwrap_or_else(PoisonError::into_inner);
         let size = self.buf.len();
-        if idle.bytes + size <= idle.max_bytes {
+        if idle.bytes + size <= idle.max_bytes && reserve_process(size) {
             idle.bytes += size;
             idle.buffers.push(std::mem::take(&mut self.buf));
         }
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        // The connection is gone: its idle buffers are freed with it.
+        release_process(self.bytes);
     }
 }
 
@@ -209,6 +287,22 @@ mod tests {
         let disabled = BufferPool::new(0);
         drop(disabled.take(1 << 20).into_bytes());
         assert_eq!(disabled.inner.lock().unwrap().bytes, 0);
+    }
+
+    #[test]
+    fn a_shared_budget_caps_the_sum() {
+        let budget = Budget {
+            idle: AtomicUsize::new(0),
+            limit: AtomicUsize::new(300),
+        };
+        assert!(budget.reserve(200));
+        assert!(!budget.reserve(200), "200 + 200 is over the cap");
+        assert!(budget.reserve(100));
+        assert!(!budget.reserve(1));
+        budget.release(200);
+        assert!(budget.reserve(150));
+        assert_eq!(budget.idle.load(Ordering::Relaxed), 250);
+        assert!(!budget.reserve(usize::MAX), "no overflow");
     }
 
     #[test]

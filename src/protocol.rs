@@ -20,8 +20,6 @@
 //! its last reads delivered, even if a forked child still holds the socket.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,15 +31,15 @@ use bytes::Bytes;
 use futures::task::AtomicWaker;
 use futures::{Sink, Stream};
 use nix::sys::socket::Shutdown;
-use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 use tracing::{debug, trace};
 
 use crate::codec::{self, Descriptor, ErrorCode, Frame, FrameCodec, OutFrame};
 use crate::error::{Error, ErrorKind, Result};
-use crate::pool::{BufferPool, RecvBuf};
+use crate::pool::BufferPool;
+use crate::pull::{BlockingPull, pull_messages};
 use crate::socket::ControlSocket;
-use crate::sys::{self, RemoteRange};
+use crate::sys::RemoteRange;
 use crate::{Mode, PeerInfo};
 
 /// Queued frames are written out once the write buffer holds this much.
@@ -105,6 +103,8 @@ pub(crate) struct Negotiated {
     pub(crate) max_pulls_in_flight: usize,
     /// Idle receive buffers kept for reuse, in bytes.
     pub(crate) pool_bytes: usize,
+    /// Longest a blocking-pool pull may take.
+    pub(crate) pull_timeout: std::time::Duration,
 }
 
 /// How each direction of a connection moves payloads.
@@ -209,12 +209,11 @@ enum Incoming {
 #[derive(Debug)]
 enum Pull {
     /// Copied; `check` says whether it was pulled and still needs the hang-up check.
-    Done { data: Bytes, check: bool },
-    Running {
-        handle: JoinHandle<std::io::Result<Bytes>>,
-        len: u64,
-        started: Instant,
+    Done {
+        data: Bytes,
+        check: bool,
     },
+    Running(BlockingPull),
 }
 
 impl Shared {
@@ -953,17 +952,18 @@ impl Guard<'_> {
                     let Some(Incoming::Pull(desc)) = recv.queue.pop_front() else {
                         unreachable!("front was checked")
                     };
-                    recv.running += 1;
-                    let len = desc.len;
                     let ranges: Vec<RemoteRange> = desc.ranges().collect();
                     let pool = st.pool.clone();
-                    let handle =
-                        tokio::task::spawn_blocking(move || pull_message(pid, len, &ranges, &pool));
-                    recv.pulls.push_back(Pull::Running {
-                        handle,
-                        len,
-                        started: Instant::now(),
-                    });
+                    match BlockingPull::start(pid, desc.len, ranges, pool, limits.pull_timeout) {
+                        Ok(pull) => {
+                            recv.running += 1;
+                            recv.pulls.push_back(Pull::Running(pull));
+                        }
+                        Err(e) => {
+                            self.fail(e, true);
+                            return true;
+                        }
+                    }
                 }
                 Some(Incoming::Pull(_)) if in_place >= limits.blocking_threshold => break,
                 Some(Incoming::Pull(_)) => match self.pull_in_place(room, in_place) {
@@ -1024,25 +1024,19 @@ impl Guard<'_> {
             let Some(front) = recv.pulls.get_mut(n) else {
                 break;
             };
-            if let Pull::Running {
-                handle,
-                len,
-                started,
-            } = front
-            {
-                let joined = match Pin::new(handle).poll(cx) {
+            if let Pull::Running(pull) = front {
+                let result = match pull.poll_result(cx) {
                     Poll::Pending => break,
-                    Poll::Ready(joined) => joined,
+                    Poll::Ready(result) => result,
                 };
-                let (len, elapsed) = (*len, started.elapsed());
-                match joined.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
+                match result {
                     Ok(data) => {
-                        debug!(len, ?elapsed, "pulled on the blocking pool");
+                        debug!(len = pull.len(), elapsed = ?pull.started().elapsed(), "pulled on the blocking pool");
                         *front = Pull::Done { data, check: true };
                         recv.running -= 1;
                     }
                     Err(e) => {
-                        self.fail(Error::pull(pid, e), true);
+                        self.fail(e, true);
                         return true;
                     }
                 }
@@ -1140,38 +1134,4 @@ impl Guard<'_> {
             }
         }
     }
-}
-
-/// Pulls messages of `lens` bytes, in order, from `ranges` of process `pid`, each into a
-/// buffer of its own, with as few system calls as the ranges allow.
-fn pull_messages(
-    pid: i32,
-    lens: &[usize],
-    ranges: &[RemoteRange],
-    pool: &BufferPool,
-) -> std::io::Result<Vec<Bytes>> {
-    let mut bufs: Vec<RecvBuf> = lens.iter().map(|&len| RecvBuf::new(len, pool)).collect();
-    // SAFETY: the targets are only written by `read_remote_scatter`, that is by the kernel
-    // copying bytes in: they stay initialised.
-    let mut targets: Vec<&mut [MaybeUninit<u8>]> =
-        bufs.iter_mut().map(|b| unsafe { b.target() }).collect();
-    sys::read_remote_scatter(pid, &mut targets, ranges)?;
-    // SAFETY: `read_remote_scatter` returned Ok, so every byte of every target was written.
-    Ok(bufs
-        .into_iter()
-        .map(|b| unsafe { b.assume_filled() })
-        .collect())
-}
-
-/// Pulls one message of `len` bytes.
-fn pull_message(
-    pid: i32,
-    len: u64,
-    ranges: &[RemoteRange],
-    pool: &BufferPool,
-) -> std::io::Result<Bytes> {
-    let len =
-        usize::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(nix::libc::EFBIG))?;
-    let mut msgs = pull_messages(pid, &[len], ranges, pool)?;
-    Ok(msgs.pop().unwrap_or_default())
 }
