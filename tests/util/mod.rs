@@ -14,6 +14,10 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio_pvm::{Config, Connection, Listener};
 
+pub mod raw;
+
+pub mod setuid;
+
 const ROLE_VAR: &str = "TOKIO_PVM_TEST_ROLE";
 
 /// Defines the `child_entry` test that child processes run.
