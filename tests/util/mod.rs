@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio_pvm::{Config, Connection, Listener};
 
+pub mod attack;
 pub mod raw;
 
 pub mod setuid;
@@ -124,6 +125,25 @@ fn world_executable_copy() -> PathBuf {
     .clone()
 }
 
+/// A command that runs this test binary (as it is: a child playing a role may start its own
+/// children) playing `role` with `args`.
+pub fn role_command(role: &str, args: &[&str]) -> Command {
+    role_command_in(std::env::current_exe().unwrap(), role, args)
+}
+
+fn role_command_in(exe: PathBuf, role: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--exact",
+        "child_entry",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env(ROLE_VAR, format!("{role}\x1f{}", args.join("\x1f")));
+    cmd
+}
+
 /// A child process playing `role` with `args`.
 pub struct ChildProc {
     pub child: Child,
@@ -140,18 +160,10 @@ impl ChildProc {
             None => std::env::current_exe().unwrap(),
             Some(_) => world_executable_copy(),
         };
-        let mut cmd = Command::new(exe);
-        cmd.args([
-            "--exact",
-            "child_entry",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .env(ROLE_VAR, format!("{role}\x1f{}", args.join("\x1f")))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        let mut cmd = role_command_in(exe, role, args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         if let Some(uid) = uid {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(uid);
@@ -248,6 +260,9 @@ fn result(line: impl std::fmt::Display) {
 
 async fn child_main(role: &str, args: &[String]) -> i32 {
     if let Some(code) = http_roles::run(role, args).await {
+        return code;
+    }
+    if let Some(code) = attack::run(role, args).await {
         return code;
     }
     let path = PathBuf::from(&args[0]);

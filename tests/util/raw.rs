@@ -67,6 +67,14 @@ impl RawPeer {
         }
     }
 
+    /// A raw peer on a socket that has completed its handshake elsewhere.
+    pub fn from_stream(sock: UnixStream) -> RawPeer {
+        RawPeer {
+            sock,
+            _cookie: Box::new([0; 16]),
+        }
+    }
+
     /// Connects and completes the handshake (the listener must be accepting concurrently).
     pub fn handshake(path: &std::path::Path) -> RawPeer {
         let mut p = RawPeer::connect(path);
