@@ -101,6 +101,21 @@ impl FieldKind {
             ),
             FieldKind::F64 => {
                 let v: f64 = text.trim().parse().map_err(|_| bad("a number (f64)"))?;
+                if !v.is_finite() {
+                    // NaN and infinities are refused, typed as words or reached by overflow:
+                    // a process reading a tunable expects a setting, not a poison value.
+                    let why = if v.is_nan() {
+                        "it is not a number (NaN)".to_owned()
+                    } else if text.trim().trim_start_matches(['+', '-']).starts_with(['i', 'I']) {
+                        "it is infinite".to_owned()
+                    } else {
+                        format!("it is beyond the largest f64 ({:e}) and would become infinite", f64::MAX)
+                    };
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("{text:?} is not a finite number: {why}; f64 fields take finite values only"),
+                    ));
+                }
                 Value::F64(v)
             }
             FieldKind::Bool => Value::Bool(match text.trim() {
@@ -389,6 +404,28 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(e.to_string().contains("u64"), "{e}");
         assert!(FieldKind::F64.parse("fast").is_err());
+    }
+
+    #[test]
+    fn parse_refuses_floats_that_are_not_finite() {
+        assert_eq!(FieldKind::F64.parse("1e308").unwrap(), Value::F64(1e308));
+        assert_eq!(FieldKind::F64.parse("-0.5").unwrap(), Value::F64(-0.5));
+        for (text, why) in [
+            ("NaN", "NaN"),
+            ("nan", "NaN"),
+            ("-nan", "NaN"),
+            ("inf", "infinite"),
+            ("-Infinity", "infinite"),
+            ("+inf", "infinite"),
+            ("1e309", "beyond the largest f64"),
+            ("-1e400", "beyond the largest f64"),
+        ] {
+            let e = FieldKind::F64.parse(text).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{text}: {e}");
+            let msg = e.to_string();
+            assert!(msg.contains(why) && msg.contains(text), "{text}: {msg}");
+            assert!(msg.contains("finite"), "{text}: {msg}");
+        }
     }
 
     #[test]
