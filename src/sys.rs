@@ -625,3 +625,206 @@ pub(crate) fn system_uptime() -> Option<std::time::Duration> {
     let secs: f64 = text.split_ascii_whitespace().next()?.parse().ok()?;
     std::time::Duration::try_from_secs_f64(secs).ok()
 }
+
+/// Whose credentials a thread takes before it reads or writes another process's memory on
+/// someone else's behalf (see [`run_with_credentials`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ThreadCredentials {
+    /// Become `uid` and `gid` (real, effective and saved), with no supplementary groups. From
+    /// uid 0 to another uid the kernel clears the thread's capabilities; any left over (a
+    /// process that has `CAP_SETUID` without being root) are cleared as well, unless `uid` is 0.
+    Switch {
+        /// The user to become.
+        uid: u32,
+        /// The group to become.
+        gid: u32,
+    },
+    /// Keep the uid and gid, clear every capability.
+    DropCapabilities,
+}
+
+// The 32-bit ABIs whose plain set*id calls take 16-bit ids.
+#[cfg(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc"))]
+const SYS_SETGROUPS: libc::c_long = libc::SYS_setgroups32;
+#[cfg(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc"))]
+const SYS_SETRESGID: libc::c_long = libc::SYS_setresgid32;
+#[cfg(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc"))]
+const SYS_SETRESUID: libc::c_long = libc::SYS_setresuid32;
+#[cfg(not(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc")))]
+const SYS_SETGROUPS: libc::c_long = libc::SYS_setgroups;
+#[cfg(not(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc")))]
+const SYS_SETRESGID: libc::c_long = libc::SYS_setresgid;
+#[cfg(not(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc")))]
+const SYS_SETRESUID: libc::c_long = libc::SYS_setresuid;
+
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit capability sets, as two 32-bit halves.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// The calling thread's effective and permitted capability sets, from `capget`.
+fn thread_capabilities() -> io::Result<(u64, u64)> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: `header` and the two-element `data` array are what capget reads and writes for
+    // version 3; pid 0 is the calling thread. Both live across the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            std::ptr::from_mut(&mut header),
+            data.as_mut_ptr(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let join = |lo: u32, hi: u32| u64::from(lo) | u64::from(hi) << 32;
+    Ok((
+        join(data[0].effective, data[1].effective),
+        join(data[0].permitted, data[1].permitted),
+    ))
+}
+
+/// Empties the calling thread's effective, permitted and inheritable capability sets (and so
+/// its ambient set). `capset` on pid 0 changes only the calling thread.
+fn clear_thread_capabilities() -> io::Result<()> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData::default(); 2];
+    // SAFETY: `header` and the two-element `data` array are what capset reads for version 3;
+    // pid 0 is the calling thread. Both live across the call; capset does not write `data`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            std::ptr::from_mut(&mut header),
+            data.as_ptr(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Changes the calling thread's, and only the calling thread's, credentials. The raw system
+/// calls matter: glibc's `setresuid` and friends (and nix's, which call them) apply the change
+/// to every thread of the process.
+fn set_thread_credentials(creds: ThreadCredentials) -> io::Result<()> {
+    let check = |what: &str, ret: libc::c_long| {
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            Err(io::Error::new(e.kind(), format!("{what}: {e}")))
+        } else {
+            Ok(())
+        }
+    };
+    let keep_capabilities = match creds {
+        // -1 would mean "leave as it is" to the kernel, not "become -1".
+        ThreadCredentials::Switch { uid, gid } if uid == u32::MAX || gid == u32::MAX => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("uid {uid} or gid {gid} is not a valid id"),
+            ));
+        }
+        ThreadCredentials::Switch { uid, gid } => {
+            // SAFETY: setgroups with a count of 0 reads no memory; the null list is allowed.
+            let ret = unsafe { libc::syscall(SYS_SETGROUPS, 0, std::ptr::null::<libc::gid_t>()) };
+            check("dropping the supplementary groups", ret)?;
+            // SAFETY: setresgid takes three ids by value; no memory is passed.
+            let ret = unsafe { libc::syscall(SYS_SETRESGID, gid, gid, gid) };
+            check(&format!("switching to gid {gid}"), ret)?;
+            // SAFETY: setresuid takes three ids by value; no memory is passed.
+            let ret = unsafe { libc::syscall(SYS_SETRESUID, uid, uid, uid) };
+            check(&format!("switching to uid {uid}"), ret)?;
+            uid == 0
+        }
+        ThreadCredentials::DropCapabilities => false,
+    };
+    if !keep_capabilities {
+        let (effective, permitted) = thread_capabilities()?;
+        if effective | permitted != 0 {
+            clear_thread_capabilities()
+                .map_err(|e| io::Error::new(e.kind(), format!("clearing capabilities: {e}")))?;
+        }
+        // Never trust that it worked: the caller's access must not run with any.
+        let (effective, permitted) = thread_capabilities()?;
+        if effective | permitted != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "the thread still holds capabilities {effective:#x} (permitted \
+                     {permitted:#x}) after dropping them"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f` on a short-lived thread of its own that first takes the credentials `creds`, so
+/// that the kernel's access checks on what `f` does (such as the ptrace check of
+/// `process_vm_readv`/`process_vm_writev`) apply to those credentials and not to the caller's.
+///
+/// The thread ends when `f` returns; the caller's threads keep their credentials. If the
+/// thread cannot take `creds` it fails with an error and never runs `f`. A panic in `f` is
+/// passed on to the caller.
+///
+/// Changing a thread's uid or gid makes the kernel mark the whole process not dumpable (it
+/// stays so): other processes of the same user then need `CAP_SYS_PTRACE` to read it, which
+/// also keeps the uid the thread takes from reading this process through the thread.
+pub(crate) fn run_with_credentials<R: Send>(
+    creds: ThreadCredentials,
+    f: impl FnOnce() -> R + Send,
+) -> io::Result<R> {
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("pvm-access".into())
+            .spawn_scoped(scope, move || {
+                set_thread_credentials(creds)?;
+                Ok(f())
+            })?;
+        match thread.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// `CAP_SETGID`'s and `CAP_SETUID`'s bits in a capability set.
+const CAP_SETGID_SETUID: u64 = 1 << 6 | 1 << 7;
+
+/// Whether the calling thread's effective capabilities let it become any user and group
+/// (`CAP_SETUID` and `CAP_SETGID`).
+pub(crate) fn can_switch_credentials(effective: u64) -> bool {
+    effective & CAP_SETGID_SETUID == CAP_SETGID_SETUID
+}
+
+/// The real gid of process `pid` (the first number of `Gid:` in `/proc/PID/status`).
+pub(crate) fn process_real_gid(pid: i32) -> io::Result<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Gid:"))
+        .and_then(|ids| ids.split_ascii_whitespace().next())
+        .and_then(|gid| gid.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Gid in /proc/PID/status"))
+}

@@ -340,6 +340,64 @@ pub struct ProcessInfo {
     pub(crate) program: String,
     pub(crate) blocks: Vec<BlockInfo>,
     pub(crate) manifest: PathBuf,
+    /// The manifest as it was opened and checked: tools lock this very file, never one
+    /// opened again by name (which its owner may have replaced since).
+    pub(crate) file: Arc<CheckedManifest>,
+}
+
+/// The open manifest a [`ProcessInfo`] was read from.
+#[derive(Debug)]
+pub(crate) struct CheckedManifest {
+    file: File,
+    /// Serialises this process's writers that share `file`: an `flock` does not exclude
+    /// another holder of the same open file.
+    writers: std::sync::Mutex<()>,
+}
+
+impl CheckedManifest {
+    /// Takes the writers' lock on the manifest: first among this process's users of the same
+    /// open file, then (`flock`) among processes. Returns the guards and the file's owner as
+    /// the open file says now.
+    pub(crate) fn lock_writers(&self) -> Result<(WritersLock<'_>, u32)> {
+        let local = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
+        let flock = lock_exclusive(&self.file)?;
+        let owner = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io("checking the locked manifest", e))?
+            .uid();
+        Ok((
+            WritersLock {
+                _flock: flock,
+                _local: local,
+            },
+            owner,
+        ))
+    }
+
+    /// Whether `path` still names this file (looked at without opening or following it).
+    pub(crate) fn is_at(&self, path: &Path) -> Result<bool> {
+        let here = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io("checking the manifest", e))?;
+        match fs::symlink_metadata(path) {
+            Ok(there) => Ok(there.dev() == here.dev() && there.ino() == here.ino()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::with_source(
+                ErrorKind::Io,
+                format!("checking manifest {}: {e}", path.display()),
+                e,
+            )),
+        }
+    }
+}
+
+/// The writers' lock on a manifest, released when dropped.
+#[derive(Debug)]
+pub(crate) struct WritersLock<'a> {
+    _flock: sys::FileLock<'a>,
+    _local: std::sync::MutexGuard<'a, ()>,
 }
 
 impl ProcessInfo {
@@ -549,6 +607,10 @@ pub(crate) fn load(path: &Path) -> Result<ProcessInfo> {
         program: m.program.chars().take(256).collect(),
         blocks,
         manifest: path.to_owned(),
+        file: Arc::new(CheckedManifest {
+            file,
+            writers: std::sync::Mutex::new(()),
+        }),
     })
 }
 
@@ -623,29 +685,57 @@ pub struct Discovery {
     pub skipped: Vec<(PathBuf, Error)>,
 }
 
+/// Checks a directory manifests are read from: `Ok(true)` if it may be trusted, `Ok(false)` if
+/// it does not exist (or cannot be examined: it belongs to another user), and an error of kind
+/// [`ErrorKind::PermissionDenied`] naming the directory and the fix if it is a symbolic link,
+/// not a directory, or writable by group or others: whoever may write into it could put
+/// anyone's manifests there, or swap them.
+pub(crate) fn check_dir(dir: &Path) -> Result<bool> {
+    let meta = match fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(_) => return Ok(false),
+    };
+    let problem = if meta.file_type().is_symlink() {
+        "is a symbolic link; name the directory it points to instead, once you have checked that \
+         only its owner may write to it"
+            .to_owned()
+    } else if !meta.is_dir() {
+        "is not a directory".to_owned()
+    } else if meta.mode() & 0o022 != 0 {
+        format!(
+            "is writable by {} (mode {:04o}); make it writable only by its owner (chmod go-w), or \
+             use a directory of the publishing user's own",
+            if meta.mode() & 0o002 != 0 {
+                "others"
+            } else {
+                "its group"
+            },
+            meta.mode() & 0o7777
+        )
+    } else {
+        return Ok(true);
+    };
+    Err(Error::new(
+        ErrorKind::PermissionDenied,
+        format!(
+            "manifest directory {} {problem}: its manifests are not trusted",
+            dir.display()
+        ),
+    ))
+}
+
 /// Reads every manifest in `dirs`. Directories that do not exist or cannot be listed are
 /// passed over: they belong to other users.
 pub(crate) fn discover_in(dirs: &[PathBuf]) -> Discovery {
     let mut found = Discovery::default();
     for dir in dirs {
-        // A directory anyone may write to could hold anyone's manifests: refuse it whole.
-        match fs::symlink_metadata(dir) {
-            Ok(meta) if meta.is_dir() && meta.mode() & 0o022 == 0 => {}
-            Ok(_) => {
-                found.skipped.push((
-                    dir.clone(),
-                    Error::new(
-                        ErrorKind::PermissionDenied,
-                        format!(
-                            "{} is not a directory writable only by its owner; its manifests \
-                             are not trusted",
-                            dir.display()
-                        ),
-                    ),
-                ));
+        match check_dir(dir) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                found.skipped.push((dir.clone(), e));
                 continue;
             }
-            Err(_) => continue,
         }
         let Ok(entries) = fs::read_dir(dir) else {
             continue;

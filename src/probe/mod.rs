@@ -42,6 +42,7 @@
 //! `ptrace_scope`. A refused probe gets [`ErrorKind::PermissionDenied`](crate::ErrorKind)
 //! with the fix spelled out.
 
+mod access;
 mod block;
 mod layout;
 mod manifest;

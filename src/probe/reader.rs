@@ -1,12 +1,12 @@
 //! The probe side: find publishing processes, read their blocks, write their tunables.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
 
+use super::access::{self, Remote};
 use super::block::{READ_ATTEMPTS, Snapshot};
 use super::layout::{BLOCK_VERSION, HEADER_LEN, MAGIC, SEQ_OFFSET, Value};
 use super::manifest::{self, BlockInfo, Discovery, ProcessInfo};
@@ -87,9 +87,20 @@ impl Probe {
     }
 
     /// Like [`Probe::attach`], looking in the given directories only.
+    ///
+    /// A directory that is a symbolic link, or that its group or others may write to, is
+    /// refused with [`ErrorKind::PermissionDenied`], as [`Probe::discover_in`] refuses it.
     pub fn attach_in(dirs: &[PathBuf], pid: i32) -> Result<Probe> {
         let mut first_error = None;
         for dir in dirs {
+            match manifest::check_dir(dir) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            }
             let path = dir.join(format!("{pid}.json"));
             match manifest::load(&path) {
                 Ok(info) => return Ok(Probe::from_info(info)),
@@ -150,11 +161,10 @@ impl Probe {
         })
     }
 
-    fn read_word(&self, addr: u64, what: &str) -> Result<u64> {
-        let mut w = [0u8; 8];
-        sys::read_remote_at(self.info.pid, addr, &mut w)
-            .map_err(|e| Error::remote_access(self.info.pid, what, e))?;
-        Ok(u64::from_le_bytes(w))
+    /// Runs `f`, which reads and writes the process's memory, with the credentials of the
+    /// manifest's owner (see the `access` module).
+    fn with_remote<R: Send>(&self, f: impl FnOnce(&Remote) -> Result<R> + Send) -> Result<R> {
+        access::with_remote(self.info.pid, self.info.uid, f)
     }
 
     /// Checks that the process is still the one the manifest describes.
@@ -177,20 +187,19 @@ impl Probe {
     /// match the manifest, or the read fails with [`ErrorKind::InvalidData`].
     pub fn read(&self, block: &str) -> Result<Snapshot> {
         let info = self.block(block)?;
-        self.read_block(info)
+        self.with_remote(|remote| self.read_block(remote, info))
     }
 
-    fn read_block(&self, info: &BlockInfo) -> Result<Snapshot> {
+    fn read_block(&self, remote: &Remote, info: &BlockInfo) -> Result<Snapshot> {
         let pid = self.info.pid;
         let seq_addr = info.address + SEQ_OFFSET as u64;
         let what = format!("reading block {:?}", info.name);
         let mut data = vec![0u8; info.layout.size];
         for attempt in 0..READ_ATTEMPTS {
-            let before = self.read_word(seq_addr, &what)?;
+            let before = remote.word(seq_addr, &what)?;
             if before & 1 == 0 {
-                sys::read_remote_at(pid, info.address, &mut data)
-                    .map_err(|e| Error::remote_access(pid, &what, e))?;
-                if self.read_word(seq_addr, &what)? == before {
+                remote.read(info.address, &mut data, &what)?;
+                if remote.word(seq_addr, &what)? == before {
                     self.check_header(info, &data)?;
                     return Ok(Snapshot {
                         origin: 0,
@@ -209,8 +218,7 @@ impl Probe {
         // Before blaming a writer: a sequence word that never reads even may not be one (a
         // stale or corrupt manifest pointing elsewhere; `set` would then write there). The
         // header never changes, so a copy taken while busy still shows whether this is it.
-        sys::read_remote_at(pid, info.address, &mut data)
-            .map_err(|e| Error::remote_access(pid, &what, e))?;
+        remote.read(info.address, &mut data, &what)?;
         self.check_header(info, &data)?;
         Err(Error::new(
             ErrorKind::Inconsistent,
@@ -259,11 +267,13 @@ impl Probe {
 
     /// A consistent snapshot of every block, in manifest order.
     pub fn read_all(&self) -> Result<Vec<Snapshot>> {
-        self.info
-            .blocks
-            .iter()
-            .map(|b| self.read_block(b))
-            .collect()
+        self.with_remote(|remote| {
+            self.info
+                .blocks
+                .iter()
+                .map(|b| self.read_block(remote, b))
+                .collect()
+        })
     }
 
     /// Every block, read at each tick of `interval` (the first at once; intervals below 1 ms
@@ -349,45 +359,95 @@ impl Probe {
         }
         let bytes = value.encode(f.kind);
         let (offset, kind) = (f.offset, f.kind);
-        let file = open_manifest(&self.info.manifest)?;
-        let _lock = manifest::lock_exclusive(&file)?;
-        self.check_alive()?;
-        let old = match self.read_block(info) {
-            Ok(snap) => Value::decode(kind, &snap.data[offset..offset + kind.size()]),
-            // A writer died half-way (it cannot be running: we hold the lock); this write
-            // repairs the block, and the old value is whatever is there.
-            Err(e) if e.kind() == ErrorKind::Inconsistent => {
-                let mut raw = vec![0u8; kind.size()];
-                sys::read_remote_at(pid, info.address + offset as u64, &mut raw)
-                    .map_err(|e| Error::remote_access(pid, "reading the old value", e))?;
-                Value::decode(kind, &raw)
-            }
-            Err(e) => return Err(e),
-        };
-        let what = format!("writing block {block:?}");
-        let seq_addr = info.address + SEQ_OFFSET as u64;
-        let seq = self.read_word(seq_addr, &what)?;
-        // Odd only if a writer died half-way; it stays odd until this write completes.
-        let busy = seq | 1;
-        let write = |addr: u64, data: &[u8]| {
-            sys::write_remote(pid, addr, data).map_err(|e| Error::remote_access(pid, &what, e))
-        };
-        write(seq_addr, &busy.to_le_bytes())?;
-        write(info.address + offset as u64, &bytes)?;
-        write(seq_addr, &busy.wrapping_add(1).to_le_bytes())?;
+        // The manifest as it was opened and checked when it was loaded, not one opened again
+        // by name: its owner may have replaced it since (with a FIFO that would block us, or
+        // a symbolic link to a file that is not theirs).
+        let (_lock, file_owner) = self.info.file.lock_writers()?;
+        self.check_owner(file_owner)?;
+        if !self.info.file.is_at(&self.info.manifest)? {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "manifest {} was removed or replaced since process {pid} was attached: the \
+                     process stopped publishing or published again; attach again (nothing was \
+                     written)",
+                    self.info.manifest.display()
+                ),
+            ));
+        }
+        let (old, ()) = self.with_remote(|remote| {
+            let old = match self.read_block(remote, info) {
+                Ok(snap) => Value::decode(kind, &snap.data[offset..offset + kind.size()]),
+                // A writer died half-way (it cannot be running: we hold the lock); this write
+                // repairs the block, and the old value is whatever is there.
+                Err(e) if e.kind() == ErrorKind::Inconsistent => {
+                    let mut raw = vec![0u8; kind.size()];
+                    let addr = info.address + offset as u64;
+                    remote.read(addr, &mut raw, "reading the old value")?;
+                    Value::decode(kind, &raw)
+                }
+                Err(e) => return Err(e),
+            };
+            let what = format!("writing block {block:?}");
+            let seq_addr = info.address + SEQ_OFFSET as u64;
+            let seq = remote.word(seq_addr, &what)?;
+            // Odd only if a writer died half-way; it stays odd until this write completes.
+            let busy = seq | 1;
+            remote.write(seq_addr, &busy.to_le_bytes(), &what)?;
+            remote.write(info.address + offset as u64, &bytes, &what)?;
+            remote.write(seq_addr, &busy.wrapping_add(1).to_le_bytes(), &what)?;
+            Ok((old, ()))
+        })?;
         tracing::debug!(pid, block, field, %old, new = %value, "tunable written");
         Ok(Change { old, new: value })
     }
-}
 
-fn open_manifest(path: &Path) -> Result<File> {
-    File::open(path).map_err(|e| {
-        Error::with_source(
-            ErrorKind::NotFound,
-            format!("opening manifest {} to lock it: {e}", path.display()),
-            e,
-        )
-    })
+    /// Checks, with the writers' lock held, that the manifest file (`file_owner`, as the open
+    /// file says now) and the process still belong to the uid the manifest was loaded for, and
+    /// that the process is the one that started when the manifest says.
+    ///
+    /// This is not what keeps a write out of a process that became someone else's (the
+    /// accesses themselves run with the owner's credentials, so the kernel refuses those at the
+    /// moment they happen); it turns such a case into a clear error before any access.
+    fn check_owner(&self, file_owner: u32) -> Result<()> {
+        let (pid, uid) = (self.info.pid, self.info.uid);
+        let (start, owner) = sys::process_identity(pid).map_err(|e| {
+            if sys::process_gone(&e) {
+                Error::with_source(
+                    ErrorKind::NotFound,
+                    format!("process {pid} ({}) exited", self.info.program),
+                    e,
+                )
+            } else {
+                Error::with_source(
+                    ErrorKind::Io,
+                    format!("checking process {pid} in /proc failed: {e}"),
+                    e,
+                )
+            }
+        })?;
+        if start != self.info.start_time {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "process {pid} ({}) exited, and its pid now belongs to another process",
+                    self.info.program
+                ),
+            ));
+        }
+        if file_owner != uid || owner != uid {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "process {pid} was loaded as uid {uid}'s, but now its manifest {} belongs to \
+                     uid {file_owner} and the process runs as uid {owner} (it may have executed a \
+                     setuid program): refused, nothing was read or written",
+                    self.info.manifest.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 // The header is read as part of the block; make sure it is covered.
@@ -450,6 +510,7 @@ mod tests {
 
 #[cfg(test)]
 mod hostile_input {
+    use std::fs::File;
     use std::os::unix::fs::PermissionsExt;
     use std::time::Instant;
 
