@@ -37,6 +37,8 @@ pub struct Config {
     pub(crate) window_messages: u32,
     pub(crate) window_bytes: u64,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) hello_timeout: Duration,
+    pub(crate) max_connections: Option<usize>,
     pub(crate) inline_threshold: u32,
     pub(crate) max_inline_size: u32,
     pub(crate) blocking_threshold: u64,
@@ -78,6 +80,8 @@ pub const DEFAULT_WINDOW_BYTES: u64 = 16 << 20;
 pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default handshake timeout: 10 seconds.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a listener gives a new connection to send its HELLO: 2 seconds.
+pub(crate) const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Default for Config {
     fn default() -> Config {
@@ -86,6 +90,8 @@ impl Default for Config {
             window_messages: DEFAULT_WINDOW_MESSAGES,
             window_bytes: DEFAULT_WINDOW_BYTES,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            hello_timeout: DEFAULT_HELLO_TIMEOUT,
+            max_connections: None,
             inline_threshold: 256,
             max_inline_size: 64 << 10,
             blocking_threshold: 2 << 20,
@@ -132,6 +138,42 @@ impl Config {
     /// How long connecting, accepting and pairing may take, handshake included (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Config {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long a [`Listener`](crate::Listener) waits for a newly accepted connection's HELLO,
+    /// its first frame (default 2 s). The handshake starts once the whole HELLO is in, and
+    /// [`handshake_timeout`](Config::handshake_timeout) bounds it from there.
+    ///
+    /// A tokio-pvm client sends its HELLO as soon as its `connect` returns, before it reads
+    /// anything, so the HELLO has usually arrived by the time the listener accepts the
+    /// connection. A connection that sends nothing, or only part of a HELLO, is not a working
+    /// client: after this time the listener drops it, and tells it why, so that such
+    /// connections cannot hold the listener's handshake slots. While every slot is taken, the
+    /// listener drops the oldest connection still without a whole HELLO at once to make room
+    /// for the next one, without waiting for this timeout. Raise it only for clients that
+    /// stall between connecting and sending, such as a client stopped in a debugger.
+    pub fn hello_timeout(mut self, timeout: Duration) -> Config {
+        self.hello_timeout = timeout;
+        self
+    }
+
+    /// Most connections a [`Listener`](crate::Listener) keeps at once (default: no limit
+    /// other than the process's file descriptors; at least 1).
+    ///
+    /// Counted are the connections it has accepted that are still alive: those in their
+    /// handshake, those waiting for [`Listener::accept`](crate::Listener::accept), and those
+    /// `accept` returned until the application drops them (the [`Connection`](crate::Connection)
+    /// or, after [`split`](crate::Connection::split), both its halves; a
+    /// [`ByteStream`](crate::ByteStream) counts as its connection). While the limit is
+    /// reached, a new connection is refused at once: the listener sends it an ERROR naming the
+    /// limit, and the client's `connect` fails with
+    /// [`ErrorKind::LimitExceeded`](crate::ErrorKind). Each connection costs two file
+    /// descriptors (the socket and, when this side pulls, a pidfd) and up to its
+    /// [`buffer_pool`](Config::buffer_pool) in recycled buffers, so the limit bounds what
+    /// clients can make the listener's process hold. Ignored by `connect` and `pair`.
+    pub fn max_connections(mut self, connections: usize) -> Config {
+        self.max_connections = Some(connections.max(1));
         self
     }
 
@@ -268,6 +310,18 @@ impl Config {
     /// The handshake timeout.
     pub fn get_handshake_timeout(&self) -> Duration {
         self.handshake_timeout
+    }
+
+    /// How long a listener waits for a new connection's HELLO (see
+    /// [`hello_timeout`](Config::hello_timeout)).
+    pub fn get_hello_timeout(&self) -> Duration {
+        self.hello_timeout
+    }
+
+    /// The most connections a listener keeps at once, if limited (see
+    /// [`max_connections`](Config::max_connections)).
+    pub fn get_max_connections(&self) -> Option<usize> {
+        self.max_connections
     }
 
     /// Whether a peer running as `peer_uid` is accepted by a process running as `own_uid`.

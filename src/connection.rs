@@ -15,6 +15,7 @@ use futures::{Sink, Stream};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handshake::{handshake, handshake_until};
+use crate::listener::ConnectionPermit;
 use crate::protocol::{Role, Shared};
 use crate::sys;
 
@@ -146,6 +147,8 @@ pub struct Connection {
 /// for cancel safety.
 pub struct Sender {
     shared: Arc<Shared>,
+    /// Held for the listener's connection limit by both halves, given back with the last.
+    _permit: Option<Arc<ConnectionPermit>>,
 }
 
 /// The receiving half of a [`Connection`], from [`Connection::split`]. A [`Stream`] of
@@ -157,15 +160,26 @@ pub struct Sender {
 /// this side next reads the socket (any poll of the [`Sender`]).
 pub struct Receiver {
     shared: Arc<Shared>,
+    /// See [`Sender`]'s.
+    _permit: Option<Arc<ConnectionPermit>>,
 }
 
 impl Connection {
     fn from_shared(shared: Arc<Shared>) -> Connection {
+        Connection::with_permit(shared, None)
+    }
+
+    fn with_permit(shared: Arc<Shared>, permit: Option<ConnectionPermit>) -> Connection {
+        let permit = permit.map(Arc::new);
         Connection {
             sender: Sender {
                 shared: shared.clone(),
+                _permit: permit.clone(),
             },
-            receiver: Receiver { shared },
+            receiver: Receiver {
+                shared,
+                _permit: permit,
+            },
         }
     }
 
@@ -260,8 +274,10 @@ impl Connection {
         Ok((Connection::from_shared(a), Connection::from_shared(b)))
     }
 
-    pub(crate) fn accepted(shared: Arc<Shared>) -> Connection {
-        Connection::from_shared(shared)
+    /// A connection a listener accepted; `permit` counts it against the listener's
+    /// [`Config::max_connections`] until both halves are dropped.
+    pub(crate) fn accepted(shared: Arc<Shared>, permit: Option<ConnectionPermit>) -> Connection {
+        Connection::with_permit(shared, permit)
     }
 
     /// The peer's credentials, as the kernel reported them.

@@ -98,7 +98,11 @@ impl Error {
     }
 
     pub(crate) fn io(context: &str, err: io::Error) -> Error {
-        Error::with_source(ErrorKind::Io, format!("{context}: {err}"), err)
+        let message = match out_of_descriptors(&err) {
+            Some(why) => format!("{context}: {why}"),
+            None => format!("{context}: {err}"),
+        };
+        Error::with_source(ErrorKind::Io, message, err)
     }
 
     /// Classifies a failed read of the peer's memory.
@@ -138,6 +142,14 @@ impl Error {
                 "process_vm_readv is not available: the kernel was built without \
                  CONFIG_CROSS_MEMORY_ATTACH or a seccomp filter blocks it (ENOSYS)"
                     .to_string(),
+            ),
+            // Not the peer's fault: this side needed a descriptor (the peer's pidfd).
+            Some(nix::libc::EMFILE | nix::libc::ENFILE) => (
+                ErrorKind::Io,
+                format!(
+                    "taking a pidfd for peer process {pid}: {}",
+                    out_of_descriptors(&err).unwrap_or_default()
+                ),
             ),
             _ => (
                 ErrorKind::Io,
@@ -222,6 +234,22 @@ impl Error {
     }
 }
 
+/// What to say when `err` means that no file descriptor is left: the cause is this process's
+/// (or the system's) descriptor limit, whatever the call that ran into it was for.
+fn out_of_descriptors(err: &io::Error) -> Option<&'static str> {
+    match err.raw_os_error() {
+        Some(nix::libc::EMFILE) => Some(
+            "this process is out of file descriptors (EMFILE): raise `ulimit -n` or close \
+             connections",
+        ),
+        Some(nix::libc::ENFILE) => Some(
+            "the system is out of file descriptors (ENFILE): raise the fs.file-max sysctl or \
+             close connections and files",
+        ),
+        _ => None,
+    }
+}
+
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
@@ -296,5 +324,22 @@ mod tests {
         assert!(e.is_protocol() && e.to_string().contains("EFAULT"), "{e}");
         let io: io::Error = e.into();
         assert_eq!(io.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn descriptor_exhaustion_names_the_limit_not_the_peer() {
+        let emfile = || io::Error::from_raw_os_error(nix::libc::EMFILE);
+        for e in [Error::pull(42, emfile()), Error::io("accepting", emfile())] {
+            let text = e.to_string();
+            assert_eq!(e.kind(), ErrorKind::Io);
+            assert!(
+                text.contains("this process is out of file descriptors (EMFILE)")
+                    && text.contains("ulimit -n")
+                    && !text.contains("memory"),
+                "{text}"
+            );
+        }
+        let e = Error::pull(42, io::Error::from_raw_os_error(nix::libc::ENFILE));
+        assert!(e.to_string().contains("fs.file-max"), "{e}");
     }
 }

@@ -109,6 +109,17 @@ pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [MaybeUninit<u8>]) -> io::Resul
     Ok(ret.unsigned_abs())
 }
 
+/// Copies the first `buf.len()` unread bytes of a socket into `buf` without consuming them and
+/// without blocking. Returns how many there were; 0 means end of stream (or an empty `buf`).
+pub(crate) fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    socket::recv(
+        fd.as_raw_fd(),
+        buf,
+        socket::MsgFlags::MSG_PEEK | socket::MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(nix_err)
+}
+
 /// Sends without blocking and without raising `SIGPIPE` when the peer has gone.
 pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     socket::send(
@@ -700,6 +711,13 @@ fn thread_capabilities() -> io::Result<(u64, u64)> {
         join(data[0].effective, data[1].effective),
         join(data[0].permitted, data[1].permitted),
     ))
+}
+
+/// The calling thread's effective capabilities, from one `capget` call: what
+/// [`effective_capabilities`] reads from `/proc`, without opening a file (it is asked before
+/// every access to another process).
+pub(crate) fn thread_effective_capabilities() -> io::Result<u64> {
+    thread_capabilities().map(|(effective, _)| effective)
 }
 
 /// Empties the calling thread's effective, permitted and inheritable capability sets (and so
