@@ -49,8 +49,11 @@ describes them in a manifest, <pid>.json, in $TOKIO_PVM_DIR, else $XDG_RUNTIME_D
 else /tmp/tokio-pvm-<uid>. pvmctl finds those processes, reads consistent snapshots of their
 blocks straight from their memory (process_vm_readv: the process does no work for it), writes
 new values into the blocks they declared tunable, and exports everything in the Prometheus
-text format. Reading or writing another process's memory needs the same user as the process,
-or CAP_SYS_PTRACE.";
+text format. pvmctl reads and writes a process only with the credentials of its manifest's
+owner (as root, on a thread that becomes that user), so the kernel refuses a process that is
+no longer that user's alone, such as one that executed a setuid program: run pvmctl as the
+process's user, or as root. Manifest directories that are symbolic links or writable by group
+or others are refused.";
 
 /// The description in `pvmctl export --help`.
 const EXPORT_ABOUT: &str = "\
@@ -71,7 +74,8 @@ Exit status:
   0  success
   1  failure: no such process, block or field; a read failed; an I/O error
   2  usage error: the command line is wrong
-  3  permission denied reading or writing the process (same user or CAP_SYS_PTRACE needed)
+  3  permission denied: the process is not its manifest owner's alone, or pvmctl runs as
+     neither that user nor root; or the manifest directory is open to others
   4  invalid value, or the block is not tunable
   5  no consistent read: the process kept the block busy"
     };
@@ -162,8 +166,8 @@ enum Command {
     },
     /// Write a field of a tunable block: prints `BLOCK.FIELD: OLD -> NEW`.
     ///
-    /// VALUE is typed as the field is: 42, -7, 0.5, true or false, or any text for a string
-    /// field. Only blocks the process declared tunable can be written.
+    /// VALUE is typed as the field is: 42, -7, 0.5 (finite: not NaN or inf), true or false, or
+    /// any text for a string field. Only blocks the process declared tunable can be written.
     Set {
         /// The process.
         #[arg(value_parser = clap::value_parser!(i32).range(1..))]

@@ -76,7 +76,7 @@ pub(crate) fn with_remote<R: Send>(
 /// Chooses how to access process `pid`, owned by `owner`, from a process running as `me`.
 fn plan(pid: i32, owner: u32, me: u32) -> Result<Plan> {
     // Unreadable: assume the worst, and take the careful path.
-    let caps = sys::effective_capabilities().unwrap_or(u64::MAX);
+    let caps = sys::thread_effective_capabilities().unwrap_or(u64::MAX);
     let root = me == 0 && nix::unistd::geteuid().is_root();
     if caps == 0 || (owner == 0 && root) {
         return Ok(Plan::Direct);

@@ -37,10 +37,13 @@
 //!
 //! # Permissions
 //!
-//! Reading and writing another process's memory follows the kernel's ptrace access rules:
-//! the same user (and a dumpable target) or `CAP_SYS_PTRACE`, subject to Yama's
-//! `ptrace_scope`. A refused probe gets [`ErrorKind::PermissionDenied`](crate::ErrorKind)
-//! with the fix spelled out.
+//! Reading and writing another process's memory follows the kernel's ptrace access rules,
+//! subject to Yama's `ptrace_scope`, and the probe makes every access with the credentials of
+//! the manifest's owner (a root probe switches a short-lived thread to them; see
+//! [whose credentials](Probe#whose-credentials)): it reads and writes only what that user
+//! could, and a process that executed a setuid program after its manifest was loaded is
+//! refused by the kernel. Run the probe as the process's user, or as root. A refused probe
+//! gets [`ErrorKind::PermissionDenied`](crate::ErrorKind) with the fix spelled out.
 
 mod access;
 mod block;

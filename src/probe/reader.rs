@@ -27,6 +27,23 @@ pub struct Change {
 /// Every read is a few `process_vm_readv` calls made by the probe: the target makes no system
 /// call and does no I/O for it, and does not notice if the probe dies half-way.
 ///
+/// # Whose credentials
+///
+/// Every read and write of the target's memory ([`Probe::read`], [`Probe::read_all`],
+/// [`Probe::watch`], [`Probe::set`]) is made with the credentials of the manifest's owner, so
+/// that the kernel's ptrace access check, made at the moment of the access, refuses a process
+/// that has become someone else's since its manifest was loaded (by executing a setuid or
+/// setgid program: same pid, same start time). A probe without capabilities, and a root probe
+/// reading a root-owned process, access it directly; a probe that may switch users (root) does
+/// it on a short-lived thread that first takes the owner's uid and the process's real gid,
+/// without supplementary groups or capabilities; any other probe with capabilities, on a
+/// thread that drops them. One thread serves a whole batch (a block's consistent copy, all of
+/// [`Probe::read_all`], everything [`Probe::set`] does). So `CAP_SYS_PTRACE` no longer opens
+/// other users' processes (run the probe as the owner, or as root), and under Yama
+/// `ptrace_scope` 1 a root probe no longer passes by capability: the target must be its
+/// descendant or declare it with `PR_SET_PTRACER`. `docs/PROBE.md` (section 4.1) has the
+/// details.
+///
 /// ```no_run
 /// use std::time::Duration;
 /// use futures::StreamExt;
@@ -185,6 +202,12 @@ impl Probe {
     /// after a bounded number of attempts it fails with [`ErrorKind::Inconsistent`] rather
     /// than spin. The header in the target's memory (magic, version, size, layout hash) must
     /// match the manifest, or the read fails with [`ErrorKind::InvalidData`].
+    ///
+    /// The reads run with the credentials of the manifest's owner (see [whose
+    /// credentials](Probe#whose-credentials)): a process that is no longer that user's alone
+    /// (it executed a setuid or setgid program) is refused with
+    /// [`ErrorKind::PermissionDenied`], as is another user's process when the probe is
+    /// neither that user nor root.
     pub fn read(&self, block: &str) -> Result<Snapshot> {
         let info = self.block(block)?;
         self.with_remote(|remote| self.read_block(remote, info))
@@ -321,6 +344,16 @@ impl Probe {
     /// process's manifest (the process takes it too when it updates a tunable block), and
     /// the write follows the seqlock protocol with separate `process_vm_writev` calls: the
     /// sequence word made odd, the field, the sequence word made even.
+    ///
+    /// The lock is taken on the manifest file opened and checked when the probe was
+    /// attached, never on one opened again by name. With it held, `set` checks again that the
+    /// file and the process belong to the manifest's uid, that the process started when the
+    /// manifest says ([`ErrorKind::NotFound`] if not: it exited) and that the path still names
+    /// the same file ([`ErrorKind::NotFound`]: it stopped publishing or published again; attach
+    /// again). The read of the old value and the three writes then run, as one batch, with
+    /// the credentials of the manifest's owner (see [whose credentials](Probe#whose-credentials)):
+    /// a process that is no longer that user's alone is refused with
+    /// [`ErrorKind::PermissionDenied`], and nothing is read or written.
     pub fn set(&self, block: &str, field: &str, value: Value) -> Result<Change> {
         let info = self.block(block)?;
         let pid = self.info.pid;
