@@ -508,3 +508,79 @@ fn help_documents_examples_and_exit_codes() {
     let run = pvmctl(&["watch", "--interval", "0s"], None);
     assert_eq!(run.code, Some(2), "{run:#?}");
 }
+
+/// Issue 10, item 8: `dump`, `set`, `export PID` and `watch PID` refuse a manifest directory
+/// that others may write to, or that is a symbolic link, as `list` does (exit status 3,
+/// naming the directory and the fix), and write nothing.
+#[test]
+fn commands_on_a_pid_refuse_an_open_or_symlinked_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start("dir-checks");
+    let pid = server.pid.to_string();
+    let textfile = TempDir::new("dir-checks-textfile");
+    let out = textfile.path().to_str().unwrap();
+    let commands: [&[&str]; 4] = [
+        &["dump", &pid],
+        &["set", &pid, "tuning.max_players=10"],
+        &["export", "--textfile", out, "--once", &pid],
+        &["watch", &pid, "--count", "1", "--interval", "100ms"],
+    ];
+    let dir = server.dir().to_str().unwrap().to_owned();
+    let link = std::env::temp_dir().join(format!("pvmctl-test-{}-link", std::process::id()));
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(server.dir(), &link).unwrap();
+    let link_text = link.to_str().unwrap().to_owned();
+
+    fs::set_permissions(server.dir(), fs::Permissions::from_mode(0o777)).unwrap();
+    for args in commands {
+        let run = server.pvmctl(args).failure(3);
+        for w in [dir.as_str(), "writable by others", "chmod go-w"] {
+            assert!(run.stderr.contains(w), "{args:?}: {w:?} not in {run:#?}");
+        }
+    }
+    fs::set_permissions(server.dir(), fs::Permissions::from_mode(0o700)).unwrap();
+    for args in commands {
+        let mut all = vec!["--dir", link_text.as_str()];
+        all.extend_from_slice(args);
+        let run = pvmctl(&all, None).failure(3);
+        for w in [link_text.as_str(), "symbolic link"] {
+            assert!(run.stderr.contains(w), "{args:?}: {w:?} not in {run:#?}");
+        }
+    }
+    let _ = fs::remove_file(&link);
+    assert_eq!(
+        u64_at(&server.dump_json(), "/blocks/tuning/max_players"),
+        64,
+        "nothing was written"
+    );
+}
+
+/// Issue 10, item 9: `pvmctl set` refuses NaN, infinities and numbers that overflow to
+/// infinity for an `f64` field (exit status 4, naming the value), and leaves the field as it
+/// was; a finite value goes through. The target is this test process.
+#[test]
+fn set_refuses_floats_that_are_not_finite() {
+    use tokio_pvm::probe::{BlockBuilder, Publication};
+    let dir = TempDir::new("set-f64");
+    let mut b = BlockBuilder::new("tuning").tunable();
+    let ratio = b.f64("ratio");
+    let mut tuning = b.build().unwrap();
+    tuning.set(ratio, 0.5);
+    let _published = Publication::publish_in(dir.path(), &[&tuning]).unwrap();
+    let pid = std::process::id().to_string();
+    let set = |value: &str| {
+        let assignment = format!("tuning.ratio={value}");
+        pvmctl(&["set", &pid, &assignment], Some(dir.path()))
+    };
+    for value in ["NaN", "nan", "inf", "-inf", "infinity", "1e309", "-1e309"] {
+        let run = set(value).failure(4);
+        assert!(run.stderr.starts_with("pvmctl: "), "{run:#?}");
+        for w in [value, "not a finite number"] {
+            assert!(run.stderr.contains(w), "{value}: {w:?} not in {run:#?}");
+        }
+        assert_eq!(tuning.read().unwrap().get(ratio), 0.5, "{value} was written");
+    }
+    let run = set("2.5").success();
+    assert_eq!(run.stdout, "tuning.ratio: 0.5 -> 2.5\n");
+    assert_eq!(tuning.read().unwrap().get(ratio), 2.5);
+}
