@@ -56,14 +56,14 @@ const WARN_INTERVAL: Duration = Duration::from_secs(1);
 /// - A peer whose uid the [`Config`] does not accept is refused as soon as it is accepted,
 ///   from its kernel credentials (`SO_PEERCRED`), before it takes a handshake slot; its
 ///   `connect` fails with [`ErrorKind::PermissionDenied`] and the uid to allow.
-/// - At most 128 handshakes run at once. A client sends its HELLO as soon as it connects, so a
-///   connection that has not sent a whole HELLO within
-///   [`Config::hello_timeout`](crate::Config::hello_timeout) (2 s by default) is dropped, and
-///   while all 128 slots are taken, each new connection takes the slot of the oldest one still
-///   waiting for its HELLO at once. Idle or trickling connections, by the thousand, therefore
-///   delay a client by milliseconds, not by the handshake timeout. Those dropped are told why
-///   (a client in that state would fail with [`ErrorKind::PeerGone`]), and logged at `warn`
-///   at most once a second.
+/// - At most 128 handshakes run at once. A client sends its HELLO as soon as it connects, so
+///   the listener does no handshake work for a connection until its whole HELLO is in; one
+///   that has not sent it within [`Config::hello_timeout`](crate::Config::hello_timeout) (2 s
+///   by default) is dropped, and while all 128 slots are taken, each new connection takes the
+///   slot of the oldest one still without a whole HELLO at once. Idle or trickling
+///   connections, by the thousand, therefore delay a client by milliseconds, not by the
+///   handshake timeout. Those dropped are told why (such a client fails with
+///   [`ErrorKind::PeerGone`]), and logged at `warn` at most once a second.
 /// - With [`Config::max_connections`](crate::Config::max_connections), a connection beyond the
 ///   limit is refused with [`ErrorKind::LimitExceeded`] and a message naming the limit.
 /// - When the process runs out of file descriptors or kernel memory, [`accept`] says so once
@@ -186,6 +186,7 @@ pub struct Listener {
     warn_evicted: Throttle,
     warn_no_hello: Throttle,
     warn_refused: Throttle,
+    warn_limit: Throttle,
 }
 
 /// How a handshake task ended.
@@ -253,6 +254,7 @@ impl Listener {
             warn_evicted: Throttle::default(),
             warn_no_hello: Throttle::default(),
             warn_refused: Throttle::default(),
+            warn_limit: Throttle::default(),
         })
     }
 
@@ -449,7 +451,7 @@ impl Listener {
             Some(max) => match ConnectionPermit::try_new(&self.live, max) {
                 Some(permit) => Some(permit),
                 None => {
-                    if let Some(more) = self.warn_refused.check() {
+                    if let Some(more) = self.warn_limit.check() {
                         warn!(
                             path = %self.path.display(),
                             peer_pid = pid,
@@ -993,5 +995,79 @@ impl fmt::Debug for Listener {
             .field("path", &self.path)
             .field("handshakes", &self.slots_in_use())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{COOKIE_LEN, Hello, VERSION};
+
+    #[test]
+    fn hello_frame_len_is_what_the_codec_writes() {
+        let hello = Hello {
+            version: VERSION,
+            cookie_addr: 0,
+            cookie: [0; COOKIE_LEN],
+            max_message_size: 1,
+            window_messages: 1,
+            window_bytes: 1,
+            max_inline: 1,
+            max_ranges: 1,
+        };
+        let limits = Limits {
+            max_message_size: 0,
+            max_ranges: 0,
+            max_inline: 0,
+        };
+        let mut frame = BytesMut::new();
+        FrameCodec::new(limits)
+            .encode(OutFrame::Hello(&hello), &mut frame)
+            .unwrap();
+        assert_eq!(frame.len(), HELLO_FRAME_LEN);
+    }
+
+    #[tokio::test]
+    async fn accept_pauses_double_up_to_a_second_and_reset_after_a_success() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<_> = (0..9).map(|_| backoff.failed().as_millis()).collect();
+        assert_eq!(delays, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        // One episode: reported once.
+        assert_eq!(backoff.failures_in_episode, 9);
+        backoff.succeeded();
+        assert_eq!(backoff.failed(), ACCEPT_BACKOFF_MIN);
+        assert_eq!(backoff.failures_in_episode, 10, "a success does not end the episode");
+    }
+
+    #[test]
+    fn warnings_are_throttled_and_count_what_they_skipped() {
+        let mut throttle = Throttle::default();
+        assert_eq!(throttle.check(), Some(0));
+        assert_eq!(throttle.check(), None);
+        assert_eq!(throttle.check(), None);
+        throttle.last = Some(Instant::now() - WARN_INTERVAL);
+        assert_eq!(throttle.check(), Some(2));
+    }
+
+    #[test]
+    fn a_slot_goes_to_the_handshake_or_to_eviction_not_both() {
+        let (a, _b) = sys::stream_pair().unwrap();
+        let slot = HelloSlot::new(&a);
+        assert!(slot.waiting() && !slot.hello_buffered());
+        assert!(slot.evict());
+        assert!(!slot.start() && slot.evicted());
+        let slot = HelloSlot::new(&a);
+        assert!(slot.start());
+        assert!(!slot.evict() && !slot.waiting());
+    }
+
+    #[test]
+    fn a_whole_hello_in_the_socket_counts_as_arrived() {
+        let (a, b) = sys::stream_pair().unwrap();
+        let slot = HelloSlot::new(&a);
+        sys::send(b.as_fd(), &[1; HELLO_FRAME_LEN - 1]).unwrap();
+        assert!(!slot.hello_buffered());
+        sys::send(b.as_fd(), &[1]).unwrap();
+        assert!(slot.hello_buffered());
     }
 }
