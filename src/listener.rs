@@ -8,8 +8,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -485,8 +485,7 @@ impl Listener {
         let abort = self.handshakes.spawn(async move {
             // Aborted (the listener closed, or gave the slot away): `unaccepted` refuses the
             // client.
-            let sock = match wait_for_hello(sock, pid, &unaccepted, hello_deadline, &config).await
-            {
+            let sock = match wait_for_hello(sock, pid, &unaccepted, hello_deadline, &config).await {
                 Ok(sock) => sock,
                 Err(e) => {
                     unaccepted.refuse(&e.to_string());
@@ -651,6 +650,14 @@ async fn wait_for_hello(
     deadline: Instant,
     config: &Config,
 ) -> Result<OwnedFd> {
+    // Usually the HELLO is already there: no need to wait for readiness.
+    let mut buf = [0u8; HELLO_FRAME_LEN];
+    if matches!(sys::peek(sock.as_fd(), &mut buf), Ok(HELLO_FRAME_LEN)) {
+        return match unaccepted.slot.start() {
+            true => Ok(sock),
+            false => Err(evicted(unaccepted)),
+        };
+    }
     let fd = sys::register(sock).map_err(|e| Error::io("registering an accepted socket", e))?;
     let arrived = async {
         loop {
@@ -698,13 +705,15 @@ async fn wait_for_hello(
             ));
         }
     }
-    if !unaccepted.slot.start() {
-        return Err(Error::new(
-            ErrorKind::PeerGone,
-            unaccepted.reasons.evicted.clone(),
-        ));
+    match unaccepted.slot.start() {
+        true => Ok(fd.into_inner()),
+        false => Err(evicted(unaccepted)),
     }
-    Ok(fd.into_inner())
+}
+
+/// The error of a handshake whose slot was given away.
+fn evicted(unaccepted: &Unaccepted) -> Error {
+    Error::new(ErrorKind::PeerGone, unaccepted.reasons.evicted.clone())
 }
 
 /// A place under a listener's [`Config::max_connections`], held by an accepted connection
@@ -1036,7 +1045,10 @@ mod tests {
         assert_eq!(backoff.failures_in_episode, 9);
         backoff.succeeded();
         assert_eq!(backoff.failed(), ACCEPT_BACKOFF_MIN);
-        assert_eq!(backoff.failures_in_episode, 10, "a success does not end the episode");
+        assert_eq!(
+            backoff.failures_in_episode, 10,
+            "a success does not end the episode"
+        );
     }
 
     #[test]

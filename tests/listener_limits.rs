@@ -318,7 +318,9 @@ async fn a_listener_out_of_descriptors_backs_off_and_recovers() {
         let path = path.clone();
         tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + Duration::from_secs(3);
-            (0..100).map(|_| connect_by(&path, deadline).unwrap()).collect()
+            (0..100)
+                .map(|_| connect_by(&path, deadline).unwrap())
+                .collect()
         })
         .await
         .unwrap()
@@ -328,7 +330,10 @@ async fn a_listener_out_of_descriptors_backs_off_and_recovers() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (cpu1, t1) = (cpu_time(child.pid()), Instant::now());
     let share = (cpu1 - cpu0).as_secs_f64() / (t1 - t0).as_secs_f64();
-    eprintln!("listener CPU with its descriptors exhausted: {:.1}%", share * 100.0);
+    eprintln!(
+        "listener CPU with its descriptors exhausted: {:.1}%",
+        share * 100.0
+    );
 
     drop(idle);
     let start = Instant::now();
@@ -341,7 +346,11 @@ async fn a_listener_out_of_descriptors_backs_off_and_recovers() {
     conn.unwrap_or_else(|e| panic!("no client got in after the idle ones left: {e}"));
     eprintln!("a client got in {took:?} after the idle ones left");
     assert_eq!(out[0], "accepted true", "{out:?}");
-    assert!(share < 0.10, "the listener used {:.0}% of a core", share * 100.0);
+    assert!(
+        share < 0.10,
+        "the listener used {:.0}% of a core",
+        share * 100.0
+    );
     let errors: u64 = out[1].strip_prefix("errors ").unwrap().parse().unwrap();
     assert!(
         (1..=2).contains(&errors),
