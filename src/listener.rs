@@ -1,6 +1,6 @@
 //! The listening socket.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -32,6 +32,10 @@ use crate::sys;
 /// While all are taken, the oldest one still waiting for its peer's HELLO is dropped for each
 /// new connection; without such a one, new connections wait in the kernel's backlog.
 const MAX_HANDSHAKES: usize = 128;
+/// Handshakes that peers of one uid other than this process's may have under way at once: a
+/// user that stalls its handshakes after the HELLO cannot take more than a quarter of the
+/// slots. (Peers of this process's own uid are not limited: they could as well kill it.)
+const MAX_HANDSHAKES_PER_UID: usize = MAX_HANDSHAKES / 4;
 const BACKLOG: i32 = 1024;
 /// Sockets accepted in a row before finished handshakes are looked at again.
 const ACCEPT_BATCH: usize = 16;
@@ -180,6 +184,8 @@ pub struct Listener {
     evicted: HashSet<Id>,
     /// Connections counted against [`Config::max_connections`].
     live: Arc<AtomicUsize>,
+    /// Handshakes under way per peer uid (other than ours).
+    per_uid: Arc<Mutex<HashMap<u32, usize>>>,
     backoff: Backoff,
     /// What clients are told when the listener drops them unaccepted.
     reasons: Arc<Reasons>,
@@ -249,6 +255,7 @@ impl Listener {
             arrivals: VecDeque::new(),
             evicted: HashSet::new(),
             live: Arc::new(AtomicUsize::new(0)),
+            per_uid: Arc::default(),
             backoff: Backoff::default(),
             reasons: Arc::new(reasons),
             warn_evicted: Throttle::default(),
@@ -472,6 +479,32 @@ impl Listener {
                 }
             },
         };
+        let uid_slot = match uid == own_uid {
+            true => None,
+            false => match UidSlot::try_new(&self.per_uid, uid) {
+                Some(slot) => Some(slot),
+                None => {
+                    if let Some(more) = self.warn_limit.check() {
+                        warn!(
+                            path = %self.path.display(),
+                            peer_pid = pid,
+                            similar_since_last_warning = more,
+                            "refused a connection: peers of uid {uid} already have \
+                             {MAX_HANDSHAKES_PER_UID} handshakes under way"
+                        );
+                    }
+                    let reason = format!(
+                        "the listener at {} (process {}) already has {MAX_HANDSHAKES_PER_UID} \
+                         handshakes under way with peers of uid {uid}, the most one other user \
+                         may have; finish those, then connect again",
+                        self.path.display(),
+                        std::process::id()
+                    );
+                    refuse(sock.as_fd(), ErrorCode::Limit, &reason);
+                    return false;
+                }
+            },
+        };
         if self.slots_in_use() >= MAX_HANDSHAKES {
             self.evict_oldest_waiting();
         }
@@ -483,6 +516,8 @@ impl Listener {
         let config = self.config.clone();
         let hello_deadline = Instant::now() + config.hello_timeout;
         let abort = self.handshakes.spawn(async move {
+            // Counts against the peer's uid until the handshake ends, or is aborted.
+            let _uid_slot = uid_slot;
             // Aborted (the listener closed, or gave the slot away): `unaccepted` refuses the
             // client.
             let sock = match wait_for_hello(sock, pid, &unaccepted, hello_deadline, &config).await {
@@ -737,6 +772,41 @@ impl ConnectionPermit {
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One handshake under way with a peer of another uid, counted per uid until dropped.
+#[derive(Debug)]
+struct UidSlot {
+    per_uid: Arc<Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl UidSlot {
+    /// A slot for `uid`, unless its peers already have [`MAX_HANDSHAKES_PER_UID`].
+    fn try_new(per_uid: &Arc<Mutex<HashMap<u32, usize>>>, uid: u32) -> Option<UidSlot> {
+        let mut counts = per_uid.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = counts.entry(uid).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_UID {
+            return None;
+        }
+        *n += 1;
+        Some(UidSlot {
+            per_uid: per_uid.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut counts = self.per_uid.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.uid);
+            }
+        }
     }
 }
 
@@ -1010,6 +1080,27 @@ impl fmt::Debug for Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handshakes_are_counted_per_uid() {
+        let per_uid = Arc::default();
+        let slots: Vec<UidSlot> = (0..MAX_HANDSHAKES_PER_UID)
+            .map(|_| UidSlot::try_new(&per_uid, 65534).expect("room"))
+            .collect();
+        assert!(
+            UidSlot::try_new(&per_uid, 65534).is_none(),
+            "that uid is full"
+        );
+        let other = UidSlot::try_new(&per_uid, 1000).expect("another uid has its own slots");
+        drop(slots);
+        assert!(UidSlot::try_new(&per_uid, 65534).is_some(), "given back");
+        drop(other);
+        assert!(
+            per_uid.lock().unwrap().is_empty(),
+            "counts of zero are removed"
+        );
+    }
+
     use crate::codec::{COOKIE_LEN, Hello, VERSION};
 
     #[test]

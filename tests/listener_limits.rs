@@ -407,3 +407,77 @@ async fn max_connections_refuses_beyond_the_limit_until_one_is_dropped() {
     refused().await;
     server.abort();
 }
+
+/// Another user's peers that send their HELLO and then stall (so that no eviction applies)
+/// may hold at most a quarter of the handshake slots; the rest are refused at once with the
+/// reason, and clients get through. Before, 128 such connections held every slot for the 10 s
+/// handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_stalled_handshakes_hold_a_quarter_of_the_slots() {
+    if !ChildProc::can_switch_uid() {
+        eprintln!("skipped: starting a peer as uid 65534 needs root");
+        return;
+    }
+    let dir = temp_dir("uid-slots");
+    let path = dir.join("s");
+    let mut listener = Listener::bind_with(&path, Config::new().allow_any_uid()).unwrap();
+    util::open_to_all(&path);
+    let server = tokio::spawn(async move {
+        let mut accepted = Vec::new();
+        while let Ok(conn) = listener.accept().await {
+            accepted.push(conn);
+        }
+    });
+    let mut attacker = ChildProc::spawn_with(
+        "hello_then_stall",
+        &[path.to_str().unwrap(), "140", "3000"],
+        Some(65534),
+    );
+    let mut stdout = std::io::BufReader::new(attacker.child.stdout.take().unwrap());
+    let first = tokio::task::spawn_blocking(move || {
+        // The first report line (the test harness prints its own lines first).
+        let mut line = String::new();
+        while !line.starts_with("RESULT ") {
+            line.clear();
+            if std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() == 0 {
+                break;
+            }
+        }
+        (line, stdout)
+    });
+    let (line, mut stdout) = first.await.unwrap();
+    assert_eq!(line.trim(), "RESULT opened 140");
+    // Give the listener a moment to take them all in.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let config = Config::new().handshake_timeout(Duration::from_secs(6));
+        let conn = Connection::connect_with(&path, config).await;
+        let took = start.elapsed();
+        conn.unwrap_or_else(|e| panic!("a client failed after {took:?}: {e}"));
+        // The attacker holds its connections for 3 s; before, the first client got in only
+        // when it let go.
+        assert!(took < Duration::from_secs(1), "a client took {took:?}");
+    }
+    let rest = tokio::task::spawn_blocking(move || {
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest).unwrap();
+        rest
+    })
+    .await
+    .unwrap();
+    let refused = rest
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT refused "))
+        .expect("the attacker's report");
+    let (count, reason) = refused.split_once(' ').unwrap();
+    let count: usize = count.parse().unwrap();
+    assert_eq!(
+        count,
+        140 - 32,
+        "all but a quarter of the slots refused: {refused}"
+    );
+    assert!(reason.contains("uid 65534"), "{reason}");
+    attacker.kill();
+    server.abort();
+}

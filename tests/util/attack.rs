@@ -12,7 +12,7 @@ use futures::SinkExt;
 use nix::libc;
 use tokio_pvm::Connection;
 
-use super::raw::{RawPeer, T_DATA, T_ERROR, data_body, frame};
+use super::raw::{RawPeer, T_DATA, T_ERROR, T_HELLO, data_body, frame, hello_body};
 use super::{result, role_command};
 
 /// Runs `role` if it is one of these; returns the exit code.
@@ -21,6 +21,7 @@ pub async fn run(role: &str, args: &[String]) -> Option<i32> {
         "setuid_data_attack" => Some(setuid_data_attack(args)),
         "send_data_after_exec" => Some(send_data_after_exec(args)),
         "send_uffd_page" => Some(send_uffd_page(args).await),
+        "hello_then_stall" => Some(hello_then_stall(args)),
         _ => None,
     }
 }
@@ -172,4 +173,35 @@ async fn send_uffd_page(args: &[String]) -> i32 {
     loop {
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
+}
+
+/// hello_then_stall PATH N HOLD_MS: opens N connections, sends a whole HELLO on each and then
+/// nothing more, holding them for HOLD_MS. Reports `opened N` at once, then how many the
+/// listener refused and the first reason.
+fn hello_then_stall(args: &[String]) -> i32 {
+    let path = Path::new(&args[0]);
+    let n: usize = args[1].parse().unwrap();
+    let hold = Duration::from_millis(args[2].parse().unwrap());
+    let mut peers: Vec<RawPeer> = (0..n).map(|_| RawPeer::connect(path)).collect();
+    for p in &mut peers {
+        p.send(T_HELLO, &hello_body(&[7; 16]));
+    }
+    result(format!("opened {n}"));
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(hold);
+    let mut refused = Vec::new();
+    for p in &mut peers {
+        p.sock
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        if let Some((T_ERROR, body)) = p.recv() {
+            refused.push(String::from_utf8_lossy(&body[8..]).into_owned());
+        }
+    }
+    result(format!(
+        "refused {} {}",
+        refused.len(),
+        refused.first().map_or("", String::as_str)
+    ));
+    0
 }
