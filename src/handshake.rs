@@ -165,7 +165,9 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
             Ok(fd) => fd,
             Err(e) => {
                 let err = Error::pull(pid, e);
-                refuse(&mut io, ErrorCode::Other, &format!("{err}")).await;
+                // "This process" in the text is us, not the peer who reads it.
+                let reason = format!("in process {}: {err}", std::process::id());
+                refuse(&mut io, ErrorCode::Other, &reason).await;
                 return Err(err);
             }
         },
