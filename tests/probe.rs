@@ -666,7 +666,11 @@ fn unprivileged_probe_is_refused_with_the_fix() {
     assert_eq!(out[1], "attach ok");
     let read = &out[2];
     assert!(read.starts_with("read PermissionDenied: "), "{read}");
-    for w in ["belongs to uid 0", "run the probe as uid 0 or as root", &pid] {
+    for w in [
+        "belongs to uid 0",
+        "run the probe as uid 0 or as root",
+        &pid,
+    ] {
         assert!(read.contains(w), "{w:?} not in: {read}");
     }
 }
@@ -759,7 +763,11 @@ async fn watch_ends_when_the_target_is_a_zombie() {
 fn start_time(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let rest = &stat[stat.rfind(')').unwrap() + 1..];
-    rest.split_whitespace().nth(22 - 3).unwrap().parse().unwrap()
+    rest.split_whitespace()
+        .nth(22 - 3)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Reads `len` bytes of process `pid` at `addr` through `/proc/PID/mem`, as root may.
@@ -776,7 +784,8 @@ fn peek(pid: i32, addr: u64, len: usize) -> Vec<u8> {
 /// "owned by root"), as this crate publishes it, to be placed at `address` elsewhere.
 fn knobs_block(address: u64) -> (serde_json::Value, Vec<u8>) {
     use tokio_pvm::probe::{BlockBuilder, Publication};
-    let dir = util::temp_dir("knobs-template").join("m");
+    let root = util::temp_dir("knobs-template");
+    let dir = root.join("m");
     let mut b = BlockBuilder::new("knobs").tunable();
     b.u64("level");
     b.string("note", 32);
@@ -784,6 +793,7 @@ fn knobs_block(address: u64) -> (serde_json::Value, Vec<u8>) {
     let publication = Publication::publish_in(&dir, &[&block]).unwrap();
     let mut entry = read_json(publication.manifest_path())["blocks"][0].clone();
     drop(publication);
+    let _ = std::fs::remove_dir_all(&root);
     let size = entry["size"].as_u64().unwrap();
     let hash = entry["layout_hash"].as_u64().unwrap();
     entry["address"] = address.into();
@@ -825,15 +835,17 @@ fn a_process_that_execs_a_setuid_program_after_load_is_neither_read_nor_written(
     let dirs = Dirs::new("setuid-exec");
     let (entry, block) = knobs_block(helper.block_addr);
     // A shell of uid 65534 that execs the helper when told to.
-    let mut shell = Killed(std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(format!("read go; {}", helper.exec_line(&block)))
-        .uid(65534)
-        .gid(65534)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap());
+    let mut shell = Killed(
+        std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("read go; {}", helper.exec_line(&block)))
+            .uid(65534)
+            .gid(65534)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let pid = shell.0.id() as i32;
     std::fs::DirBuilder::new().create(&dirs.manifests).unwrap();
     let path = dirs.manifest(pid);
@@ -984,7 +996,7 @@ fn attach_refuses_an_open_or_symlinked_directory() {
     let link = dirs.root.join("link");
     std::os::unix::fs::symlink(&dirs.manifests, &link).unwrap();
     expect_err(
-        Probe::attach_in(&[link.clone()], pid),
+        Probe::attach_in(std::slice::from_ref(&link), pid),
         ErrorKind::PermissionDenied,
         &[&link.to_string_lossy(), "symbolic link"],
     );
@@ -1006,8 +1018,15 @@ fn another_users_process_is_read_and_written_with_its_credentials() {
     let path = dirs.manifest(child.pid());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
-        assert!(child.child.try_wait().unwrap().is_none(), "the child exited");
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        assert!(
+            child.child.try_wait().unwrap().is_none(),
+            "the child exited"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     let probe = Probe::attach_in(&dirs.search(), child.pid()).unwrap();

@@ -578,7 +578,11 @@ fn set_refuses_floats_that_are_not_finite() {
         for w in [value, "not a finite number"] {
             assert!(run.stderr.contains(w), "{value}: {w:?} not in {run:#?}");
         }
-        assert_eq!(tuning.read().unwrap().get(ratio), 0.5, "{value} was written");
+        assert_eq!(
+            tuning.read().unwrap().get(ratio),
+            0.5,
+            "{value} was written"
+        );
     }
     let run = set("2.5").success();
     assert_eq!(run.stdout, "tuning.ratio: 0.5 -> 2.5\n");

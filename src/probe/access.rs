@@ -326,6 +326,9 @@ mod tests {
         };
         let e = sys::run_with_credentials(bad, || ran.store(true, Ordering::SeqCst)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
-        assert!(!ran.load(Ordering::SeqCst), "the access ran without its credentials");
+        assert!(
+            !ran.load(Ordering::SeqCst),
+            "the access ran without its credentials"
+        );
     }
 }

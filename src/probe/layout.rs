@@ -106,14 +106,23 @@ impl FieldKind {
                     // a process reading a tunable expects a setting, not a poison value.
                     let why = if v.is_nan() {
                         "it is not a number (NaN)".to_owned()
-                    } else if text.trim().trim_start_matches(['+', '-']).starts_with(['i', 'I']) {
+                    } else if text
+                        .trim()
+                        .trim_start_matches(['+', '-'])
+                        .starts_with(['i', 'I'])
+                    {
                         "it is infinite".to_owned()
                     } else {
-                        format!("it is beyond the largest f64 ({:e}) and would become infinite", f64::MAX)
+                        format!(
+                            "it is beyond the largest f64 ({:e}) and would become infinite",
+                            f64::MAX
+                        )
                     };
                     return Err(Error::new(
                         ErrorKind::InvalidInput,
-                        format!("{text:?} is not a finite number: {why}; f64 fields take finite values only"),
+                        format!(
+                            "{text:?} is not a finite number: {why}; f64 fields take finite values only"
+                        ),
                     ));
                 }
                 Value::F64(v)

@@ -332,6 +332,10 @@ pub(crate) fn lock_exclusive_within(file: &File, timeout: Duration) -> Result<sy
 }
 
 /// A publishing process, as its manifest describes it.
+///
+/// It keeps the manifest file it was read from open (one descriptor, shared by its clones):
+/// [`Probe::set`](super::Probe::set) locks that very file rather than whatever the path names
+/// by then.
 #[derive(Debug, Clone)]
 pub struct ProcessInfo {
     pub(crate) pid: i32,
