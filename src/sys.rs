@@ -813,6 +813,7 @@ pub(crate) fn run_with_credentials<R: Send>(
     creds: ThreadCredentials,
     f: impl FnOnce() -> R + Send,
 ) -> io::Result<R> {
+    let _running = CredentialThreads::enter();
     std::thread::scope(|scope| {
         let thread = std::thread::Builder::new()
             .name("pvm-access".into())
@@ -825,6 +826,51 @@ pub(crate) fn run_with_credentials<R: Send>(
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })
+}
+
+/// Threads of [`run_with_credentials`] under way, and whether the process was dumpable
+/// before the first of them started.
+static CREDENTIAL_THREADS: std::sync::Mutex<(usize, bool)> = std::sync::Mutex::new((0, false));
+
+/// Counts a thread of [`run_with_credentials`] while it runs.
+///
+/// A thread that changes its credentials makes the kernel mark the whole process not dumpable
+/// (so that the other user cannot trace that thread and, through it, the process). Once the
+/// last such thread has ended, a process that was dumpable before is made dumpable again:
+/// otherwise using the probe would leave it without core dumps and unreadable by its own
+/// user's tools and transport peers.
+struct CredentialThreads;
+
+impl CredentialThreads {
+    fn enter() -> CredentialThreads {
+        let mut state = CREDENTIAL_THREADS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.0 == 0 {
+            state.1 = dumpable();
+        }
+        state.0 += 1;
+        CredentialThreads
+    }
+}
+
+impl Drop for CredentialThreads {
+    fn drop(&mut self) {
+        let mut state = CREDENTIAL_THREADS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.0 -= 1;
+        if state.0 == 0 && state.1 && !dumpable() {
+            // SAFETY: PR_SET_DUMPABLE takes an integer argument; no memory is passed.
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+        }
+    }
+}
+
+/// Whether this process is dumpable (`PR_GET_DUMPABLE` is 1).
+pub(crate) fn dumpable() -> bool {
+    // SAFETY: PR_GET_DUMPABLE takes no argument and returns the flag.
+    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) == 1 }
 }
 
 /// `CAP_SETGID`'s and `CAP_SETUID`'s bits in a capability set.

@@ -37,16 +37,12 @@ fn set_nofile_soft(soft: u64) {
         rlim_max: 0,
     };
     // SAFETY: `lim` is a valid rlimit for the kernel to fill.
-    assert_eq!(
-        unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut lim) },
-        0
-    );
+    let got = unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut lim) };
+    assert_eq!(got, 0);
     lim.rlim_cur = soft.min(lim.rlim_max);
     // SAFETY: `lim` is a valid, initialised rlimit.
-    assert_eq!(
-        unsafe { nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &lim) },
-        0
-    );
+    let set = unsafe { nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &lim) };
+    assert_eq!(set, 0);
 }
 
 /// A raw connection to `path` that does not wait: `None` while the listener's backlog is

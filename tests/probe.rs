@@ -1051,4 +1051,14 @@ fn another_users_process_is_read_and_written_with_its_credentials() {
         "Probe::read of \"stats\": {owner_thread:?} on a thread with uid 65534's credentials, \
          {own:?} directly (root target)"
     );
+    // Switching a thread's credentials made the kernel mark this process not dumpable; once
+    // no such thread runs (other tests may be using one), it is dumpable again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !nix::sys::prctl::get_dumpable().unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "the probe left this process not dumpable"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
