@@ -1062,3 +1062,35 @@ fn another_users_process_is_read_and_written_with_its_credentials() {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A process of uid 65534 that runs in group 0, which uid 65534 is not a member of (someone
+/// privileged put it there), is not read with group 0's credentials on its owner's behalf.
+#[test]
+fn a_process_in_a_group_its_owner_is_not_in_is_refused() {
+    if !ChildProc::can_switch_uid() {
+        eprintln!("skipped: running children as uid 65534 needs root");
+        return;
+    }
+    let dirs = Dirs::new("foreign-group");
+    let mut child = ChildProc::spawn_as("probe_target", &[dirs.arg(), "60000"], Some((65534, 0)));
+    let path = dirs.manifest(child.pid());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(
+            child.child.try_wait().unwrap().is_none(),
+            "the child exited"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let probe = Probe::attach_in(&dirs.search(), child.pid()).unwrap();
+    let err = probe.read("stats").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("not a member"), "{err}");
+    let err = probe.set("knobs", "level", Value::U64(5)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+}

@@ -99,7 +99,36 @@ fn plan(pid: i32, owner: u32, me: u32) -> Result<Plan> {
             )
         }
     })?;
+    if !member_of(owner, gid) {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "process {pid} runs with group {gid}, which its owner, uid {owner}, is not a \
+                 member of (per the user database): a probe taking that group to read it would \
+                 give uid {owner} access it does not have; refused (run the probe as uid \
+                 {owner} and group {gid} if this is intended)"
+            ),
+        ));
+    }
     Ok(Plan::Thread(ThreadCredentials::Switch { uid: owner, gid }))
+}
+
+/// Whether `uid` may run with group `gid`: its primary group or one of its supplementary
+/// groups in the user database. The thread takes the target's gid so that the kernel can
+/// compare it; without this check a user owning a process that someone else put into a group
+/// would have the probe read it with that group's credentials.
+fn member_of(uid: u32, gid: u32) -> bool {
+    use nix::unistd::{Gid, Uid, User, getgrouplist};
+    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
+        return false;
+    };
+    if user.gid.as_raw() == gid {
+        return true;
+    }
+    let Ok(name) = std::ffi::CString::new(user.name) else {
+        return false;
+    };
+    getgrouplist(&name, user.gid).is_ok_and(|groups| groups.contains(&Gid::from_raw(gid)))
 }
 
 impl Remote {
@@ -208,6 +237,15 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn membership_comes_from_the_user_database() {
+        // root's primary group, and nobody's (uid 65534, group 65534 on Debian).
+        assert!(member_of(0, 0));
+        assert!(member_of(65534, 65534));
+        assert!(!member_of(65534, 0), "nobody is not in root's group");
+        assert!(!member_of(4_000_000, 0), "no such user");
+    }
+
     use std::os::unix::process::CommandExt;
     use std::process::{Child, Command, Stdio};
     use std::sync::atomic::{AtomicBool, Ordering};

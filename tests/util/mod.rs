@@ -156,6 +156,12 @@ impl ChildProc {
 
     /// Spawns the child, optionally as another uid (and that uid as gid).
     pub fn spawn_with(role: &str, args: &[&str], uid: Option<u32>) -> ChildProc {
+        ChildProc::spawn_as(role, args, uid.map(|uid| (uid, uid)))
+    }
+
+    /// Spawns the child, optionally as another `(uid, gid)`.
+    pub fn spawn_as(role: &str, args: &[&str], ids: Option<(u32, u32)>) -> ChildProc {
+        let uid = ids.map(|(uid, _)| uid);
         let exe = match uid {
             None => std::env::current_exe().unwrap(),
             Some(_) => world_executable_copy(),
@@ -164,9 +170,9 @@ impl ChildProc {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if let Some(uid) = uid {
+        if let Some((uid, gid)) = ids {
             use std::os::unix::process::CommandExt;
-            cmd.uid(uid).gid(uid);
+            cmd.uid(uid).gid(gid);
         }
         ChildProc {
             child: cmd.spawn().expect("spawn child"),
