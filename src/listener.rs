@@ -32,9 +32,10 @@ use crate::sys;
 /// While all are taken, the oldest one still waiting for its peer's HELLO is dropped for each
 /// new connection; without such a one, new connections wait in the kernel's backlog.
 const MAX_HANDSHAKES: usize = 128;
-/// Handshakes that peers of one uid other than this process's may have under way at once: a
-/// user that stalls its handshakes after the HELLO cannot take more than a quarter of the
-/// slots. (Peers of this process's own uid are not limited: they could as well kill it.)
+/// Handshakes that peers of one uid other than this process's may have under way once half
+/// of the slots are taken: a user that stalls its handshakes after the HELLO cannot take more
+/// than half of them, while a burst of one user's clients on a quiet listener is not refused.
+/// (Peers of this process's own uid are not limited: they could as well kill it.)
 const MAX_HANDSHAKES_PER_UID: usize = MAX_HANDSHAKES / 4;
 const BACKLOG: i32 = 1024;
 /// Sockets accepted in a row before finished handshakes are looked at again.
@@ -479,9 +480,10 @@ impl Listener {
                 }
             },
         };
+        let crowded = self.slots_in_use() >= MAX_HANDSHAKES / 2;
         let uid_slot = match uid == own_uid {
             true => None,
-            false => match UidSlot::try_new(&self.per_uid, uid) {
+            false => match UidSlot::try_new(&self.per_uid, uid, crowded) {
                 Some(slot) => Some(slot),
                 None => {
                     if let Some(more) = self.warn_limit.check() {
@@ -494,9 +496,9 @@ impl Listener {
                         );
                     }
                     let reason = format!(
-                        "the listener at {} (process {}) already has {MAX_HANDSHAKES_PER_UID} \
-                         handshakes under way with peers of uid {uid}, the most one other user \
-                         may have; finish those, then connect again",
+                        "the listener at {} (process {}) is busy and already has at least \
+                         {MAX_HANDSHAKES_PER_UID} handshakes under way with peers of uid {uid}, \
+                         the most one other user may have then; finish those, then connect again",
                         self.path.display(),
                         std::process::id()
                     );
@@ -514,7 +516,9 @@ impl Listener {
             reasons: self.reasons.clone(),
         };
         let config = self.config.clone();
-        let hello_deadline = Instant::now() + config.hello_timeout;
+        let hello_deadline = Instant::now()
+            .checked_add(config.hello_timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
         let abort = self.handshakes.spawn(async move {
             // Counts against the peer's uid until the handshake ends, or is aborted.
             let _uid_slot = uid_slot;
@@ -783,11 +787,16 @@ struct UidSlot {
 }
 
 impl UidSlot {
-    /// A slot for `uid`, unless its peers already have [`MAX_HANDSHAKES_PER_UID`].
-    fn try_new(per_uid: &Arc<Mutex<HashMap<u32, usize>>>, uid: u32) -> Option<UidSlot> {
+    /// A slot for `uid`, unless the listener is `crowded` and its peers already have
+    /// [`MAX_HANDSHAKES_PER_UID`].
+    fn try_new(
+        per_uid: &Arc<Mutex<HashMap<u32, usize>>>,
+        uid: u32,
+        crowded: bool,
+    ) -> Option<UidSlot> {
         let mut counts = per_uid.lock().unwrap_or_else(PoisonError::into_inner);
         let n = counts.entry(uid).or_insert(0);
-        if *n >= MAX_HANDSHAKES_PER_UID {
+        if crowded && *n >= MAX_HANDSHAKES_PER_UID {
             return None;
         }
         *n += 1;
@@ -1085,15 +1094,19 @@ mod tests {
     fn handshakes_are_counted_per_uid() {
         let per_uid = Arc::default();
         let slots: Vec<UidSlot> = (0..MAX_HANDSHAKES_PER_UID)
-            .map(|_| UidSlot::try_new(&per_uid, 65534).expect("room"))
+            .map(|_| UidSlot::try_new(&per_uid, 65534, true).expect("room"))
             .collect();
         assert!(
-            UidSlot::try_new(&per_uid, 65534).is_none(),
+            UidSlot::try_new(&per_uid, 65534, true).is_none(),
             "that uid is full"
         );
-        let other = UidSlot::try_new(&per_uid, 1000).expect("another uid has its own slots");
-        drop(slots);
-        assert!(UidSlot::try_new(&per_uid, 65534).is_some(), "given back");
+        let burst = UidSlot::try_new(&per_uid, 65534, false).expect("not while quiet");
+        let other = UidSlot::try_new(&per_uid, 1000, true).expect("another uid has its own");
+        drop((slots, burst));
+        assert!(
+            UidSlot::try_new(&per_uid, 65534, true).is_some(),
+            "given back"
+        );
         drop(other);
         assert!(
             per_uid.lock().unwrap().is_empty(),

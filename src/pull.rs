@@ -177,9 +177,14 @@ impl Drop for Settle {
 
 impl Drop for BlockingPull {
     fn drop(&mut self) {
-        // Still running: it holds its thread until the kernel lets go.
-        if !self.settled.swap(true, Ordering::AcqRel) {
-            STUCK.fetch_add(1, Ordering::AcqRel);
+        // Not started yet: it never will (its `Settle` is dropped, and settles the count).
+        self.handle.abort();
+        // Still running: it holds its thread until the kernel lets go. Counted before it is
+        // marked, so that a `Settle` racing with this never takes the count below zero (it
+        // may read one too high for a moment, the safe side).
+        STUCK.fetch_add(1, Ordering::AcqRel);
+        if self.settled.swap(true, Ordering::AcqRel) {
+            STUCK.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }

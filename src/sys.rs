@@ -641,9 +641,11 @@ pub(crate) fn system_uptime() -> Option<std::time::Duration> {
 /// someone else's behalf (see [`run_with_credentials`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ThreadCredentials {
-    /// Become `uid` and `gid` (real, effective and saved), with no supplementary groups. From
-    /// uid 0 to another uid the kernel clears the thread's capabilities; any left over (a
-    /// process that has `CAP_SETUID` without being root) are cleared as well, unless `uid` is 0.
+    /// Check file and process access as `uid` and `gid` (the filesystem ids, `setfsuid` and
+    /// `setfsgid`), with no supplementary groups and no capabilities. The real, effective and
+    /// saved ids stay: the user the thread acts for is not allowed to signal, trace or limit
+    /// it (the kernel checks those against the real and saved ids), which it would be if the
+    /// thread became that user outright.
     Switch {
         /// The user to become.
         uid: u32,
@@ -658,15 +660,15 @@ pub(crate) enum ThreadCredentials {
 #[cfg(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc"))]
 const SYS_SETGROUPS: libc::c_long = libc::SYS_setgroups32;
 #[cfg(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc"))]
-const SYS_SETRESGID: libc::c_long = libc::SYS_setresgid32;
+const SYS_SETFSGID: libc::c_long = libc::SYS_setfsgid32;
 #[cfg(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc"))]
-const SYS_SETRESUID: libc::c_long = libc::SYS_setresuid32;
+const SYS_SETFSUID: libc::c_long = libc::SYS_setfsuid32;
 #[cfg(not(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc")))]
 const SYS_SETGROUPS: libc::c_long = libc::SYS_setgroups;
 #[cfg(not(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc")))]
-const SYS_SETRESGID: libc::c_long = libc::SYS_setresgid;
+const SYS_SETFSGID: libc::c_long = libc::SYS_setfsgid;
 #[cfg(not(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc")))]
-const SYS_SETRESUID: libc::c_long = libc::SYS_setresuid;
+const SYS_SETFSUID: libc::c_long = libc::SYS_setfsuid;
 
 /// `_LINUX_CAPABILITY_VERSION_3`: 64-bit capability sets, as two 32-bit halves.
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
@@ -767,13 +769,29 @@ fn set_thread_credentials(creds: ThreadCredentials) -> io::Result<()> {
             // SAFETY: setgroups with a count of 0 reads no memory; the null list is allowed.
             let ret = unsafe { libc::syscall(SYS_SETGROUPS, 0, std::ptr::null::<libc::gid_t>()) };
             check("dropping the supplementary groups", ret)?;
-            // SAFETY: setresgid takes three ids by value; no memory is passed.
-            let ret = unsafe { libc::syscall(SYS_SETRESGID, gid, gid, gid) };
-            check(&format!("switching to gid {gid}"), ret)?;
-            // SAFETY: setresuid takes three ids by value; no memory is passed.
-            let ret = unsafe { libc::syscall(SYS_SETRESUID, uid, uid, uid) };
-            check(&format!("switching to uid {uid}"), ret)?;
-            uid == 0
+            // setfsgid and setfsuid report no error: each returns the previous id, and a call
+            // with -1 changes nothing and returns the current one, which is checked.
+            // SAFETY: setfsgid takes an id by value; no memory is passed.
+            unsafe { libc::syscall(SYS_SETFSGID, gid) };
+            // SAFETY: as above; -1 only asks for the current id.
+            let now = unsafe { libc::syscall(SYS_SETFSGID, u32::MAX) };
+            if now != libc::c_long::from(gid) {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("switching the filesystem gid to {gid} left it at {now}"),
+                ));
+            }
+            // SAFETY: setfsuid takes an id by value; no memory is passed.
+            unsafe { libc::syscall(SYS_SETFSUID, uid) };
+            // SAFETY: as above; -1 only asks for the current id.
+            let now = unsafe { libc::syscall(SYS_SETFSUID, u32::MAX) };
+            if now != libc::c_long::from(uid) {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("switching the filesystem uid to {uid} left it at {now}"),
+                ));
+            }
+            false
         }
         ThreadCredentials::DropCapabilities => false,
     };
@@ -806,9 +824,9 @@ fn set_thread_credentials(creds: ThreadCredentials) -> io::Result<()> {
 /// thread cannot take `creds` it fails with an error and never runs `f`. A panic in `f` is
 /// passed on to the caller.
 ///
-/// Changing a thread's uid or gid makes the kernel mark the whole process not dumpable (it
-/// stays so): other processes of the same user then need `CAP_SYS_PTRACE` to read it, which
-/// also keeps the uid the thread takes from reading this process through the thread.
+/// Changing a thread's ids makes the kernel mark the whole process not dumpable while the
+/// thread runs; a process that was dumpable is made so again once the last such thread has
+/// ended (see [`CredentialThreads`]).
 pub(crate) fn run_with_credentials<R: Send>(
     creds: ThreadCredentials,
     f: impl FnOnce() -> R + Send,
@@ -830,7 +848,21 @@ pub(crate) fn run_with_credentials<R: Send>(
 
 /// Threads of [`run_with_credentials`] under way, and whether the process was dumpable
 /// before the first of them started.
-static CREDENTIAL_THREADS: std::sync::Mutex<(usize, bool)> = std::sync::Mutex::new((0, false));
+static CREDENTIAL_THREADS: std::sync::Mutex<(usize, Option<ProcessIds>)> =
+    std::sync::Mutex::new((0, None));
+
+/// The process's real, effective and saved uids and gids.
+type ProcessIds = ((u32, u32, u32), (u32, u32, u32));
+
+/// This thread's ids, as the process's (the crate changes only threads it owns).
+fn process_ids() -> Option<ProcessIds> {
+    let u = nix::unistd::getresuid().ok()?;
+    let g = nix::unistd::getresgid().ok()?;
+    Some((
+        (u.real.as_raw(), u.effective.as_raw(), u.saved.as_raw()),
+        (g.real.as_raw(), g.effective.as_raw(), g.saved.as_raw()),
+    ))
+}
 
 /// Counts a thread of [`run_with_credentials`] while it runs.
 ///
@@ -838,7 +870,8 @@ static CREDENTIAL_THREADS: std::sync::Mutex<(usize, bool)> = std::sync::Mutex::n
 /// (so that the other user cannot trace that thread and, through it, the process). Once the
 /// last such thread has ended, a process that was dumpable before is made dumpable again:
 /// otherwise using the probe would leave it without core dumps and unreadable by its own
-/// user's tools and transport peers.
+/// user's tools and transport peers. Not if the process's own ids changed meanwhile (it
+/// dropped privileges, say): the kernel's not-dumpable then protects what it held before.
 struct CredentialThreads;
 
 impl CredentialThreads {
@@ -847,7 +880,7 @@ impl CredentialThreads {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if state.0 == 0 {
-            state.1 = dumpable();
+            state.1 = if dumpable() { process_ids() } else { None };
         }
         state.0 += 1;
         CredentialThreads
@@ -860,7 +893,7 @@ impl Drop for CredentialThreads {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         state.0 -= 1;
-        if state.0 == 0 && state.1 && !dumpable() {
+        if state.0 == 0 && state.1.is_some() && state.1 == process_ids() && !dumpable() {
             // SAFETY: PR_SET_DUMPABLE takes an integer argument; no memory is passed.
             unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
         }
@@ -871,6 +904,40 @@ impl Drop for CredentialThreads {
 pub(crate) fn dumpable() -> bool {
     // SAFETY: PR_GET_DUMPABLE takes no argument and returns the flag.
     unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) == 1 }
+}
+
+/// Opens `/proc/PID/mem` for reading and writing with the calling thread's filesystem
+/// credentials. The kernel checks, at the open, that those credentials may trace the process
+/// (`PTRACE_MODE_ATTACH_FSCREDS`); the descriptor then reaches only the address space the
+/// process had at that moment: after an `execve` it reads and writes nothing.
+pub(crate) fn open_memory(pid: i32) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(format!("/proc/{pid}/mem"))
+}
+
+/// Copies `buf.len()` bytes at `addr` out of an address space opened with [`open_memory`].
+/// An unmapped address is `EIO`; an address space that is gone (the process exec'd or exited)
+/// reads as an early end, reported as `ESRCH`.
+pub(crate) fn read_memory(mem: &std::fs::File, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    mem.read_exact_at(buf, addr).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => io::Error::from_raw_os_error(libc::ESRCH),
+        _ => e,
+    })
+}
+
+/// Writes `data` at `addr` into an address space opened with [`open_memory`]; errors as
+/// [`read_memory`].
+pub(crate) fn write_memory(mem: &std::fs::File, addr: u64, data: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    mem.write_all_at(data, addr).map_err(|e| match e.kind() {
+        io::ErrorKind::WriteZero => io::Error::from_raw_os_error(libc::ESRCH),
+        _ => e,
+    })
 }
 
 /// `CAP_SETGID`'s and `CAP_SETUID`'s bits in a capability set.

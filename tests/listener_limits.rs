@@ -405,11 +405,11 @@ async fn max_connections_refuses_beyond_the_limit_until_one_is_dropped() {
 }
 
 /// Another user's peers that send their HELLO and then stall (so that no eviction applies)
-/// may hold at most a quarter of the handshake slots; the rest are refused at once with the
+/// may hold at most half of the handshake slots; the rest are refused at once with the
 /// reason, and clients get through. Before, 128 such connections held every slot for the 10 s
 /// handshake timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_users_stalled_handshakes_hold_a_quarter_of_the_slots() {
+async fn another_users_stalled_handshakes_hold_at_most_half_of_the_slots() {
     if !ChildProc::can_switch_uid() {
         eprintln!("skipped: starting a peer as uid 65534 needs root");
         return;
@@ -468,10 +468,11 @@ async fn another_users_stalled_handshakes_hold_a_quarter_of_the_slots() {
         .expect("the attacker's report");
     let (count, reason) = refused.split_once(' ').unwrap();
     let count: usize = count.parse().unwrap();
+    // Half of the slots fill freely; past that, that uid may have no more.
     assert_eq!(
         count,
-        140 - 32,
-        "all but a quarter of the slots refused: {refused}"
+        140 - 64,
+        "all but half of the slots refused: {refused}"
     );
     assert!(reason.contains("uid 65534"), "{reason}");
     attacker.kill();

@@ -11,12 +11,15 @@
 //!   credentials, which give nothing beyond its uid.
 //! - A root probe reading a root-owned process accesses it directly too: the owner's
 //!   credentials are its own.
-//! - A probe that may switch users (`CAP_SETUID` and `CAP_SETGID`, as root has) makes the
-//!   accesses on a short-lived thread that first becomes the owner's uid, with the process's
-//!   real gid and no supplementary groups, and so without capabilities.
+//! - A probe that may switch users (`CAP_SETUID` and `CAP_SETGID`, as root has) opens the
+//!   process's `/proc/PID/mem` on a short-lived thread that first takes the owner's
+//!   filesystem uid and the process's real gid as its filesystem gid, with no supplementary
+//!   groups and no capabilities; the kernel checks those at the open, and the descriptor
+//!   reaches only the address space the process had then. The thread keeps our real and saved
+//!   uid, so the owner can neither signal it nor change its limits.
 //! - Any other probe with capabilities makes them on a thread that drops every capability.
 //!
-//! One thread runs a whole batch (a block's three reads, a write's reads and three writes).
+//! One thread serves a whole batch (a block's three reads, a write's reads and three writes).
 
 use std::io;
 
@@ -43,6 +46,9 @@ pub(crate) struct Remote {
     plan: Plan,
     /// The uid the calling process runs as (real).
     me: u32,
+    /// The process's address space, opened with the owner's credentials
+    /// ([`Plan::Thread`] with [`ThreadCredentials::Switch`]).
+    mem: Option<std::fs::File>,
 }
 
 /// Runs `f`, which reads and writes process `pid` through the [`Remote`] it is given, with the
@@ -57,14 +63,25 @@ pub(crate) fn with_remote<R: Send>(
 ) -> Result<R> {
     let me = nix::unistd::getuid().as_raw();
     let plan = plan(pid, owner, me)?;
-    let remote = Remote {
+    let mut remote = Remote {
         pid,
         owner,
         plan,
         me,
+        mem: None,
     };
     match plan {
         Plan::Direct => f(&remote),
+        // Only the open runs with the owner's credentials: the kernel checks them then, and
+        // the descriptor reaches only the address space it was opened on.
+        Plan::Thread(creds @ ThreadCredentials::Switch { .. }) => {
+            let opened = sys::run_with_credentials(creds, || sys::open_memory(pid))
+                .map_err(|e| remote.credentials_error(e))?;
+            remote.mem = Some(
+                opened.map_err(|e| remote.access_error(&format!("opening /proc/{pid}/mem"), e))?,
+            );
+            f(&remote)
+        }
         Plan::Thread(creds) => {
             let remote = &remote;
             sys::run_with_credentials(creds, move || f(remote))
@@ -134,7 +151,11 @@ fn member_of(uid: u32, gid: u32) -> bool {
 impl Remote {
     /// Copies `buf.len()` bytes of the process's memory at `addr` into `buf`.
     pub(crate) fn read(&self, addr: u64, buf: &mut [u8], what: &str) -> Result<()> {
-        sys::read_remote_at(self.pid, addr, buf).map_err(|e| self.access_error(what, e))
+        match &self.mem {
+            Some(mem) => sys::read_memory(mem, addr, buf),
+            None => sys::read_remote_at(self.pid, addr, buf),
+        }
+        .map_err(|e| self.access_error(what, e))
     }
 
     /// The little-endian word at `addr`.
@@ -146,13 +167,18 @@ impl Remote {
 
     /// Writes `data` into the process's memory at `addr`.
     pub(crate) fn write(&self, addr: u64, data: &[u8], what: &str) -> Result<()> {
-        sys::write_remote(self.pid, addr, data).map_err(|e| self.access_error(what, e))
+        match &self.mem {
+            Some(mem) => sys::write_memory(mem, addr, data),
+            None => sys::write_remote(self.pid, addr, data),
+        }
+        .map_err(|e| self.access_error(what, e))
     }
 
-    /// Whether the accesses run on a thread with the owner's credentials (for tests and logs).
+    /// Whether the accesses go through an address space opened with the owner's credentials
+    /// (for tests).
     #[cfg(test)]
     pub(crate) fn on_owner_thread(&self) -> bool {
-        matches!(self.plan, Plan::Thread(ThreadCredentials::Switch { .. }))
+        self.mem.is_some()
     }
 
     fn access_error(&self, what: &str, e: io::Error) -> Error {
@@ -367,6 +393,52 @@ mod tests {
         assert!(
             !ran.load(Ordering::SeqCst),
             "the access ran without its credentials"
+        );
+    }
+
+    /// The thread that acts for another user checks access with that user's filesystem ids
+    /// only: its real and saved uid stay ours, so that user cannot signal it (a signal to one
+    /// thread reaches the whole process) or change its limits.
+    #[test]
+    fn the_owner_cannot_signal_the_thread_that_acts_for_it() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: switching a thread to uid 65534 needs root");
+            return;
+        }
+        let (inside_tx, inside) = std::sync::mpsc::channel();
+        let (done, done_rx) = std::sync::mpsc::channel::<()>();
+        let acting = std::thread::spawn(move || {
+            let as_nobody = ThreadCredentials::Switch {
+                uid: 65534,
+                gid: 65534,
+            };
+            sys::run_with_credentials(as_nobody, move || {
+                let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+                inside_tx.send((nix::unistd::gettid(), status)).unwrap();
+                done_rx.recv().unwrap();
+            })
+            .unwrap();
+        });
+        let (tid, status) = inside.recv().unwrap();
+        // Uid: real effective saved filesystem
+        let uids = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+        assert_eq!(
+            uids.split_whitespace().collect::<Vec<_>>(),
+            ["0", "0", "0", "65534"]
+        );
+        let signalled = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -0 {tid}"))
+            .uid(65534)
+            .gid(65534)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        done.send(()).unwrap();
+        acting.join().unwrap();
+        assert!(
+            !signalled.success(),
+            "uid 65534 may signal the thread acting for it, and so this process"
         );
     }
 }

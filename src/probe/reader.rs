@@ -35,8 +35,9 @@ pub struct Change {
 /// that has become someone else's since its manifest was loaded (by executing a setuid or
 /// setgid program: same pid, same start time). A probe without capabilities, and a root probe
 /// reading a root-owned process, access it directly; a probe that may switch users (root) does
-/// it on a short-lived thread that first takes the owner's uid and the process's real gid,
-/// without supplementary groups or capabilities; any other probe with capabilities, on a
+/// it through `/proc/PID/mem` opened on a short-lived thread that first takes the owner's
+/// filesystem uid and the process's real gid, without supplementary groups or capabilities
+/// (the kernel checks them at the open, and the descriptor reaches only that address space); any other probe with capabilities, on a
 /// thread that drops them. One thread serves a whole batch (a block's consistent copy, all of
 /// [`Probe::read_all`], everything [`Probe::set`] does). So `CAP_SYS_PTRACE` no longer opens
 /// other users' processes (run the probe as the owner, or as root), and under Yama
