@@ -309,6 +309,7 @@ pub(crate) fn set_ptracer(pid: Option<i32>) -> io::Result<()> {
 const CAP_SYS_PTRACE: u32 = 19;
 
 /// The calling thread's effective capabilities (`CapEff` in `/proc/thread-self/status`).
+#[cfg(test)]
 pub(crate) fn effective_capabilities() -> io::Result<u64> {
     let status = std::fs::read_to_string("/proc/thread-self/status")?;
     status
@@ -318,11 +319,14 @@ pub(crate) fn effective_capabilities() -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapEff in status"))
 }
 
-/// Whether the calling thread may read and write any process's memory whatever its owner
-/// (`CAP_SYS_PTRACE` in its effective set). An unreadable status counts as privileged: the
-/// caller then takes the careful path.
+/// Whether the calling thread may read and write any process's memory whatever its owner:
+/// `CAP_SYS_PTRACE` in its effective set, or in its permitted set, from which it can raise
+/// it at any time. A failed `capget` counts as privileged: the caller then takes the careful
+/// path.
 pub(crate) fn can_ptrace_any() -> bool {
-    effective_capabilities().map_or(true, |caps| caps & (1 << CAP_SYS_PTRACE) != 0)
+    thread_capabilities().map_or(true, |(effective, permitted)| {
+        (effective | permitted) & (1 << CAP_SYS_PTRACE) != 0
+    })
 }
 
 /// Registers a socket with the current Tokio runtime's reactor.
