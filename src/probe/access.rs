@@ -22,6 +22,7 @@
 //! One thread serves a whole batch (a block's three reads, a write's reads and three writes).
 
 use std::io;
+use std::sync::Arc;
 
 use nix::libc;
 
@@ -48,8 +49,18 @@ pub(crate) struct Remote {
     me: u32,
     /// The process's address space, opened with the owner's credentials
     /// ([`Plan::Thread`] with [`ThreadCredentials::Switch`]).
-    mem: Option<std::fs::File>,
+    mem: Option<Arc<std::fs::File>>,
 }
+
+/// An address space opened with an owner's credentials, kept between batches by a
+/// [`Probe`](super::Probe) and its clones, with the gid it was opened with.
+///
+/// Keeping it is sound: the kernel checked the owner's credentials at the open, and the
+/// descriptor reaches only the address space the process had then; a process of that user
+/// without capabilities can only become someone else by `exec`, after which the descriptor
+/// reads and writes nothing. Any failed batch forgets it, so the next one opens (and is
+/// checked) anew.
+pub(crate) type OpenedMemory = std::sync::Mutex<Option<(Arc<std::fs::File>, u32)>>;
 
 /// Runs `f`, which reads and writes process `pid` through the [`Remote`] it is given, with the
 /// credentials of `owner` (the uid that owns the process's manifest): on a thread of its own
@@ -59,10 +70,15 @@ pub(crate) struct Remote {
 pub(crate) fn with_remote<R: Send>(
     pid: i32,
     owner: u32,
+    opened: &OpenedMemory,
     f: impl FnOnce(&Remote) -> Result<R> + Send,
 ) -> Result<R> {
     let me = nix::unistd::getuid().as_raw();
-    let plan = plan(pid, owner, me)?;
+    let kept = opened
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let plan = plan(pid, owner, me, kept.as_ref().map(|(_, gid)| *gid))?;
     let mut remote = Remote {
         pid,
         owner,
@@ -74,13 +90,29 @@ pub(crate) fn with_remote<R: Send>(
         Plan::Direct => f(&remote),
         // Only the open runs with the owner's credentials: the kernel checks them then, and
         // the descriptor reaches only the address space it was opened on.
-        Plan::Thread(creds @ ThreadCredentials::Switch { .. }) => {
-            let opened = sys::run_with_credentials(creds, || sys::open_memory(pid))
-                .map_err(|e| remote.credentials_error(e))?;
-            remote.mem = Some(
-                opened.map_err(|e| remote.access_error(&format!("opening /proc/{pid}/mem"), e))?,
-            );
-            f(&remote)
+        Plan::Thread(creds @ ThreadCredentials::Switch { gid, .. }) => {
+            let mem = match kept {
+                Some((mem, _)) => mem,
+                None => {
+                    let mem = sys::run_with_credentials(creds, || sys::open_memory(pid))
+                        .map_err(|e| remote.credentials_error(e))?
+                        .map_err(|e| remote.access_error(&format!("opening /proc/{pid}/mem"), e))?;
+                    let mem = Arc::new(mem);
+                    *opened
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some((mem.clone(), gid));
+                    mem
+                }
+            };
+            remote.mem = Some(mem);
+            let result = f(&remote);
+            if result.is_err() {
+                *opened
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            }
+            result
         }
         Plan::Thread(creds) => {
             let remote = &remote;
@@ -90,8 +122,9 @@ pub(crate) fn with_remote<R: Send>(
     }
 }
 
-/// Chooses how to access process `pid`, owned by `owner`, from a process running as `me`.
-fn plan(pid: i32, owner: u32, me: u32) -> Result<Plan> {
+/// Chooses how to access process `pid`, owned by `owner`, from a process running as `me`;
+/// `kept_gid` is the gid of an address space already opened for it, if any.
+fn plan(pid: i32, owner: u32, me: u32, kept_gid: Option<u32>) -> Result<Plan> {
     // Unreadable: assume the worst, and take the careful path.
     let caps = sys::thread_effective_capabilities().unwrap_or(u64::MAX);
     let root = me == 0 && nix::unistd::geteuid().is_root();
@@ -100,6 +133,9 @@ fn plan(pid: i32, owner: u32, me: u32) -> Result<Plan> {
     }
     if !sys::can_switch_credentials(caps) {
         return Ok(Plan::Thread(ThreadCredentials::DropCapabilities));
+    }
+    if let Some(gid) = kept_gid {
+        return Ok(Plan::Thread(ThreadCredentials::Switch { uid: owner, gid }));
     }
     let gid = sys::process_real_gid(pid).map_err(|e| {
         if sys::process_gone(&e) {
@@ -183,6 +219,18 @@ impl Remote {
 
     fn access_error(&self, what: &str, e: io::Error) -> Error {
         let (pid, owner) = (self.pid, self.owner);
+        if self.mem.is_some() && e.raw_os_error() == Some(libc::ESRCH) {
+            // The address space the descriptor reaches is gone, the process may not be.
+            return Error::with_source(
+                ErrorKind::Io,
+                format!(
+                    "{what} of process {pid}: the process replaced its program (exec) or exited \
+                     since the probe opened its memory; nothing was read or written, and the \
+                     next access opens it anew, checked again"
+                ),
+                e,
+            );
+        }
         if !matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
             return Error::remote_access(pid, what, e);
         }
@@ -341,7 +389,7 @@ mod tests {
         assert!(buf.iter().all(|&b| b == 0), "nothing was copied");
 
         // The same through the probe's door, for a manifest owned by 65534.
-        let e = with_remote(pid, 65534, |remote| {
+        let e = with_remote(pid, 65534, &OpenedMemory::default(), |remote| {
             assert!(remote.on_owner_thread());
             remote.read(helper.secret_addr, &mut buf, "reading the secret")
         })
@@ -373,7 +421,7 @@ mod tests {
         let addr = u64::from_str_radix(start, 16).unwrap();
         let before = creds();
 
-        let header = with_remote(pid, 65534, |remote| {
+        let header = with_remote(pid, 65534, &OpenedMemory::default(), |remote| {
             assert!(remote.on_owner_thread());
             let mut buf = [0u8; 4];
             remote.read(addr, &mut buf, "reading the header")?;
@@ -440,5 +488,55 @@ mod tests {
             !signalled.success(),
             "uid 65534 may signal the thread acting for it, and so this process"
         );
+    }
+
+    /// A kept address space reaches only the program it was opened on: once the process has
+    /// exec'd a setuid-root program, the kept descriptor reads nothing (and is forgotten), and
+    /// the next open is refused by the kernel.
+    #[test]
+    fn a_kept_address_space_ends_with_its_program() {
+        let Some(helper) = setuid::setuid_helper() else {
+            return;
+        };
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!("read go; {}", helper.exec_line(&[])))
+            .uid(65534)
+            .gid(65534)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut shell = Running(cmd.spawn().unwrap());
+        let pid = shell.0.id() as i32;
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let addr = u64::from_str_radix(maps.split('-').next().unwrap(), 16).unwrap();
+        let kept = OpenedMemory::default();
+        let header = with_remote(pid, 65534, &kept, |remote| {
+            assert!(remote.on_owner_thread());
+            let mut buf = [0u8; 4];
+            remote.read(addr, &mut buf, "reading the header")?;
+            Ok(buf)
+        })
+        .unwrap();
+        assert_eq!(&header, b"\x7fELF");
+        assert!(kept.lock().unwrap().is_some(), "the address space is kept");
+
+        use std::io::Write;
+        writeln!(shell.0.stdin.as_mut().unwrap(), "go").unwrap();
+        ready(&mut shell.0);
+        let secret = setuid::SETUID_SECRET.as_bytes();
+        let mut buf = vec![0u8; secret.len()];
+        let e = with_remote(pid, 65534, &kept, |remote| {
+            remote.read(helper.secret_addr, &mut buf, "reading the secret")
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("exec"), "{e}");
+        assert!(buf.iter().all(|&b| b == 0), "nothing was copied");
+        assert!(kept.lock().unwrap().is_none(), "a failed batch forgets it");
+        let e = with_remote(pid, 65534, &kept, |remote| {
+            remote.read(helper.secret_addr, &mut buf, "reading the secret")
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+        assert!(buf.iter().all(|&b| b == 0), "nothing was copied");
     }
 }

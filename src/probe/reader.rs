@@ -69,6 +69,9 @@ pub struct Change {
 #[derive(Debug, Clone)]
 pub struct Probe {
     info: Arc<ProcessInfo>,
+    /// The process's address space opened with its owner's credentials, kept between reads
+    /// (root probes of other users' processes; see the `access` module).
+    opened: Arc<access::OpenedMemory>,
 }
 
 impl Probe {
@@ -148,6 +151,7 @@ impl Probe {
     pub fn from_info(info: ProcessInfo) -> Probe {
         Probe {
             info: Arc::new(info),
+            opened: Arc::default(),
         }
     }
 
@@ -182,7 +186,7 @@ impl Probe {
     /// Runs `f`, which reads and writes the process's memory, with the credentials of the
     /// manifest's owner (see the `access` module).
     fn with_remote<R: Send>(&self, f: impl FnOnce(&Remote) -> Result<R> + Send) -> Result<R> {
-        access::with_remote(self.info.pid, self.info.uid, f)
+        access::with_remote(self.info.pid, self.info.uid, &self.opened, f)
     }
 
     /// Checks that the process is still the one the manifest describes.
