@@ -66,6 +66,12 @@ pub struct Change {
 /// }
 /// # Ok(()) }
 /// ```
+///
+/// # Descriptors
+/// A `Probe` keeps its manifest open (the one descriptor that was checked, see
+/// [`Probe::set`]) and, for a root probe of another user's process, that process's memory;
+/// its clones share them. A program that watches many processes needs as many descriptors:
+/// raise the soft `RLIMIT_NOFILE` to the hard limit (`pvmctl` does).
 #[derive(Debug, Clone)]
 pub struct Probe {
     info: Arc<ProcessInfo>,
