@@ -978,6 +978,15 @@ fn refuse(sock: BorrowedFd<'_>, code: ErrorCode, reason: &str) {
     if FrameCodec::new(limits).encode(error, &mut frame).is_ok() {
         let _ = sys::send(sock, &frame);
     }
+    // Take what the client sent and nobody read (a partial HELLO, say), a little of it at
+    // most: a Unix socket closed with unread data resets the peer (ECONNRESET), which could
+    // then lose our ERROR frame instead of reading it and the end of the stream.
+    let mut sink = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    for _ in 0..16 {
+        if !matches!(sys::recv(sock, &mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
     let _ = sys::shutdown(sock, Shutdown::Both);
 }
 
