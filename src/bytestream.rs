@@ -11,6 +11,7 @@ use tokio_util::io::{CopyToBytes, SinkWriter, StreamReader};
 
 use crate::connection::{Connection, Receiver, Sender};
 use crate::error::Error;
+use crate::{Mode, PeerInfo};
 
 /// How many written bytes [`ByteStream`] gathers into one message by default.
 pub const DEFAULT_GATHER: usize = 64 << 10;
@@ -88,6 +89,21 @@ impl Sink<Bytes> for WriteOut {
 }
 
 impl ByteStream {
+    /// The peer's credentials, as the kernel reported them.
+    pub fn peer(&self) -> &PeerInfo {
+        self.reader.get_ref().peer()
+    }
+
+    /// How this side receives (see [`Connection::mode`]).
+    pub fn mode(&self) -> &Mode {
+        self.reader.get_ref().mode()
+    }
+
+    /// How what this side writes reaches the peer (see [`Connection::send_mode`]).
+    pub fn send_mode(&self) -> &Mode {
+        self.writer.get_ref().get_ref().get_ref().0.mode()
+    }
+
     /// Wraps `conn`, gathering writes into messages of up to [`DEFAULT_GATHER`] bytes.
     pub fn new(conn: Connection) -> ByteStream {
         ByteStream::with_gather(conn, DEFAULT_GATHER)

@@ -141,6 +141,25 @@ pub struct Connection {
     receiver: Receiver,
 }
 
+/// The halves given to [`Connection::reunite`], handed back because they belong to different
+/// connections.
+#[derive(Debug)]
+pub struct ReuniteError(pub Sender, pub Receiver);
+
+impl std::fmt::Display for ReuniteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the sending half (peer process {}) and the receiving half (peer process {}) are \
+             not from the same connection",
+            self.0.peer().pid(),
+            self.1.peer().pid()
+        )
+    }
+}
+
+impl std::error::Error for ReuniteError {}
+
 /// The sending half of a [`Connection`], from [`Connection::split`]. A [`Sink`] of [`Bytes`].
 ///
 /// See [`Connection`] for the meaning of `poll_ready`, `poll_flush` and `poll_close`, and
@@ -299,6 +318,25 @@ impl Connection {
     /// Splits the connection into halves that can be used from different tasks.
     pub fn split(self) -> (Sender, Receiver) {
         (self.sender, self.receiver)
+    }
+
+    /// Splits the connection into owned halves, as [`split`](Connection::split) does (the
+    /// name tokio's sockets use); [`Connection::reunite`] puts them back together.
+    pub fn into_split(self) -> (Sender, Receiver) {
+        self.split()
+    }
+
+    /// Puts the two halves of one connection back together. Fails, handing both back, if
+    /// they come from different connections.
+    pub fn reunite(
+        sender: Sender,
+        receiver: Receiver,
+    ) -> std::result::Result<Connection, ReuniteError> {
+        if Arc::ptr_eq(&sender.shared, &receiver.shared) {
+            Ok(Connection { sender, receiver })
+        } else {
+            Err(ReuniteError(sender, receiver))
+        }
     }
 
     /// Messages sent and not yet acknowledged by the peer, and their total size in bytes.

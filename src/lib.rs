@@ -75,7 +75,7 @@ pub use config::{
     Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PULL_TIMEOUT,
     DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, SlowSubscriber,
 };
-pub use connection::{Connection, Mode, PeerInfo, Receiver, Sender};
+pub use connection::{Connection, Mode, PeerInfo, Receiver, ReuniteError, Sender};
 pub use error::{Error, ErrorKind, Result};
 pub use fanout::{Fanout, SubscriberId};
 pub use listener::Listener;

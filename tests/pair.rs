@@ -231,3 +231,41 @@ async fn a_vanished_peer_is_reported_with_the_messages_lost() {
     assert!(err.is_peer_gone(), "{err}");
     assert!(err.to_string().contains("(5 of its messages"), "{err}");
 }
+
+/// `into_split` and `reunite`: halves of one connection come back together and keep working;
+/// halves of two connections are handed back with an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn halves_reunite_only_with_their_own() {
+    let (a, mut b) = Connection::pair().await.unwrap();
+    let (c, d) = Connection::pair().await.unwrap();
+    let (tx, rx) = a.into_split();
+    let (other_tx, other_rx) = c.into_split();
+    let err = Connection::reunite(tx, other_rx).unwrap_err();
+    assert!(
+        err.to_string().contains("not from the same connection"),
+        "{err}"
+    );
+    let tokio_pvm::ReuniteError(tx, other_rx) = err;
+    let mut a = Connection::reunite(tx, rx).expect("the same connection");
+    // (A send returns once the peer has the message, so the peer reads meanwhile.)
+    let (sent, got) = tokio::join!(a.send(Bytes::from_static(b"again")), b.next());
+    sent.unwrap();
+    assert_eq!(&got.unwrap().unwrap()[..], b"again");
+    let (sent, got) = tokio::join!(b.send(Bytes::from_static(b"back")), a.next());
+    sent.unwrap();
+    assert_eq!(&got.unwrap().unwrap()[..], b"back");
+    drop((other_tx, other_rx, d));
+}
+
+/// A `ByteStream` tells who the peer is and how bytes travel each way.
+#[tokio::test]
+async fn a_byte_stream_names_its_peer_and_modes() {
+    let (a, b) = Connection::pair().await.unwrap();
+    let (mode, send_mode) = (a.mode().clone(), a.send_mode().clone());
+    let stream = tokio_pvm::ByteStream::new(a);
+    assert_eq!(stream.peer().pid(), std::process::id() as i32);
+    assert_eq!(stream.mode(), &mode);
+    assert_eq!(stream.send_mode(), &send_mode);
+    assert!(stream.mode().is_pull(), "a pair pulls from itself");
+    drop(b);
+}
