@@ -1014,21 +1014,7 @@ fn another_users_process_is_read_and_written_with_its_credentials() {
         return;
     }
     let dirs = Dirs::new("owner-creds");
-    let mut child = ChildProc::spawn_with("probe_target", &[dirs.arg(), "60000"], Some(65534));
-    let path = dirs.manifest(child.pid());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(
-            child.child.try_wait().unwrap().is_none(),
-            "the child exited"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let child = target_as(&dirs, (65534, 65534));
     let probe = Probe::attach_in(&dirs.search(), child.pid()).unwrap();
     assert_eq!(probe.info().uid(), 65534);
     assert_eq!(u64_of(&probe.read("stats").unwrap(), "n"), 7);
@@ -1072,7 +1058,18 @@ fn a_process_in_a_group_its_owner_is_not_in_is_refused() {
         return;
     }
     let dirs = Dirs::new("foreign-group");
-    let mut child = ChildProc::spawn_as("probe_target", &[dirs.arg(), "60000"], Some((65534, 0)));
+    let child = target_as(&dirs, (65534, 0));
+    let probe = Probe::attach_in(&dirs.search(), child.pid()).unwrap();
+    let err = probe.read("stats").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("not a member"), "{err}");
+    let err = probe.set("knobs", "level", Value::U64(5)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+}
+
+/// A `probe_target` child running as `(uid, gid)`, once its manifest is in `dirs`.
+fn target_as(dirs: &Dirs, ids: (u32, u32)) -> ChildProc {
+    let mut child = ChildProc::spawn_as("probe_target", &[dirs.arg(), "60000"], Some(ids));
     let path = dirs.manifest(child.pid());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
@@ -1087,10 +1084,5 @@ fn a_process_in_a_group_its_owner_is_not_in_is_refused() {
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    let probe = Probe::attach_in(&dirs.search(), child.pid()).unwrap();
-    let err = probe.read("stats").unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
-    assert!(err.to_string().contains("not a member"), "{err}");
-    let err = probe.set("knobs", "level", Value::U64(5)).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    child
 }
