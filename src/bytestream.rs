@@ -2,43 +2,55 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::Sink;
-use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, BufWriter, ReadBuf};
-use tokio_util::io::{CopyToBytes, SinkWriter, StreamReader};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::io::StreamReader;
 
 use crate::connection::{Connection, Receiver, Sender};
-use crate::error::Error;
 use crate::{Mode, PeerInfo};
 
 /// How many written bytes [`ByteStream`] gathers into one message by default.
 pub const DEFAULT_GATHER: usize = 64 << 10;
 
 /// A [`Connection`] as `tokio::io::AsyncRead + AsyncWrite + AsyncBufRead`, to run protocols
-/// written for sockets (HTTP, line protocols, …) over the transport.
-///
-/// Built from tokio-util's [`StreamReader`] and [`SinkWriter`], with a `BufWriter` in front:
+/// written for sockets (HTTP/1.1 and HTTP/2, gRPC, WebSocket, line protocols, …) over the
+/// transport. It behaves as a Unix socket does at every stage of its life:
 ///
 /// - **Writes are gathered** into one message until `gather` bytes (default
 ///   [`DEFAULT_GATHER`], 64 KiB) are waiting; a single write at least that large becomes a
 ///   message of its own (copied once, since the caller keeps its buffer).
 /// - **`flush`** sends the gathered bytes as a message even if it is short and writes its
 ///   descriptor into the socket, as flushing a socket hands bytes to the kernel: it does not
-///   wait for the peer to pull them. (Waiting there would make protocols that flush a
-///   response and then watch for the peer's end of file, such as HTTP/1.1 servers, see the
-///   peer's close in the middle of their own flush.)
-/// - **`shutdown`** flushes, waits until the peer has received everything written, then closes
-///   the sending direction: the peer reads end of file. This is where delivery is confirmed.
-///   Unlike a socket's, flushed bytes still live in this process until the peer pulls them:
-///   dropping the stream (or exiting) before `shutdown` completes loses them, and the peer
-///   gets an error.
+///   wait for the peer.
 /// - **Reads** return the peer's messages as one continuous stream of bytes; message
-///   boundaries are not visible.
+///   boundaries are not visible. The peer's messages are received (pulled into this side's
+///   receive buffer, bounded by the window) whether or not anything reads, as a socket's
+///   receive buffer fills; when it is full, the peer's writes wait.
+/// - **`shutdown`** flushes, waits until the peer's transport has pulled everything written
+///   (not until its application has read it), then closes the sending direction: the peer
+///   reads end of file after the last byte. If the peer has closed its reading side, it
+///   completes at once, and later writes fail with `BrokenPipe`, as on a socket.
+/// - **Dropping** the stream (or its [`ByteWriter`]) loses nothing written, flushed or not:
+///   the connection's driver task sends what was buffered, keeps the bytes alive until the
+///   peer has pulled them, then closes the direction, within
+///   [`Config::linger`](crate::Config::linger). Unlike a socket's kernel buffer, those bytes
+///   live in this process: exiting the process (or shutting down its Tokio runtime) before
+///   the peer pulled them loses them, and the peer then reads an error, not a clean end of
+///   file. Dropping the reading side tells the peer, whose writes then fail with
+///   `BrokenPipe`.
 ///
-/// Reading and writing need the same `&mut self`; progress in one direction (acknowledgements,
-/// pulls) happens while either is polled, as for [`Connection`].
+/// [`into_split`](ByteStream::into_split) gives a reader and a writer to use from different
+/// tasks, as `UnixStream::into_split` does.
+///
+/// # Cancel safety
+/// As for a socket: `read`, `read_buf`, `fill_buf`, `write`, `flush` and `shutdown` are
+/// cancel safe (a cancelled `read` consumed nothing; a cancelled `write` accepted nothing;
+/// `flush` and `shutdown` may be called again). Composite operations such as `read_exact`,
+/// `read_to_end` and `write_all` are not: cancelled half-way, part of the data was read or
+/// written.
 ///
 /// ```
 /// use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -48,62 +60,38 @@ pub const DEFAULT_GATHER: usize = 64 << 10;
 /// # async fn main() -> std::io::Result<()> {
 /// let (a, b) = Connection::pair().await?;
 /// let (mut a, mut b) = (ByteStream::new(a), ByteStream::new(b));
-/// let reader = tokio::spawn(async move {
-///     let mut line = String::new();
-///     b.read_line(&mut line).await?;
-///     Ok::<_, std::io::Error>(line)
-/// });
 /// a.write_all(b"hello\n").await?;
-/// a.shutdown().await?;
-/// assert_eq!(reader.await.unwrap()?, "hello\n");
+/// a.shutdown().await?; // completes without anyone reading: b's transport pulled the bytes
+/// let mut line = String::new();
+/// b.read_line(&mut line).await?;
+/// assert_eq!(line, "hello\n");
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
 pub struct ByteStream {
-    reader: StreamReader<Receiver, Bytes>,
-    writer: BufWriter<SinkWriter<CopyToBytes<WriteOut>>>,
+    reader: ByteReader,
+    writer: ByteWriter,
 }
 
-/// A [`Sender`] whose flush only writes the descriptors out (see [`ByteStream`]).
+/// The reading half of a [`ByteStream`], from [`ByteStream::into_split`]:
+/// `AsyncRead + AsyncBufRead`. Dropping it closes the reading direction (see [`ByteStream`]).
 #[derive(Debug)]
-struct WriteOut(Sender);
+pub struct ByteReader {
+    inner: StreamReader<Receiver, Bytes>,
+}
 
-impl Sink<Bytes> for WriteOut {
-    type Error = Error;
-
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Pin::new(&mut self.0).poll_ready(cx)
-    }
-
-    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<(), Error> {
-        Pin::new(&mut self.0).start_send(item)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.0.poll_write_out(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Pin::new(&mut self.0).poll_close(cx)
-    }
+/// The writing half of a [`ByteStream`], from [`ByteStream::into_split`]: `AsyncWrite`.
+/// Dropping it sends what it had gathered and closes the writing direction once the peer has
+/// everything (see [`ByteStream`]).
+#[derive(Debug)]
+pub struct ByteWriter {
+    sender: Sender,
+    /// Bytes written and not yet sent as a message.
+    buf: BytesMut,
+    gather: usize,
 }
 
 impl ByteStream {
-    /// The peer's credentials, as the kernel reported them.
-    pub fn peer(&self) -> &PeerInfo {
-        self.reader.get_ref().peer()
-    }
-
-    /// How this side receives (see [`Connection::mode`]).
-    pub fn mode(&self) -> &Mode {
-        self.reader.get_ref().mode()
-    }
-
-    /// How what this side writes reaches the peer (see [`Connection::send_mode`]).
-    pub fn send_mode(&self) -> &Mode {
-        self.writer.get_ref().get_ref().get_ref().0.mode()
-    }
-
     /// Wraps `conn`, gathering writes into messages of up to [`DEFAULT_GATHER`] bytes.
     pub fn new(conn: Connection) -> ByteStream {
         ByteStream::with_gather(conn, DEFAULT_GATHER)
@@ -113,12 +101,140 @@ impl ByteStream {
     pub fn with_gather(conn: Connection, gather: usize) -> ByteStream {
         let (tx, rx) = conn.split();
         ByteStream {
-            reader: StreamReader::new(rx),
-            writer: BufWriter::with_capacity(
-                gather.max(1),
-                SinkWriter::new(CopyToBytes::new(WriteOut(tx))),
-            ),
+            reader: ByteReader {
+                inner: StreamReader::new(rx),
+            },
+            writer: ByteWriter {
+                sender: tx,
+                buf: BytesMut::new(),
+                gather: gather.max(1),
+            },
         }
+    }
+
+    /// The peer's credentials, as the kernel reported them.
+    pub fn peer(&self) -> &PeerInfo {
+        self.writer.sender.peer()
+    }
+
+    /// How this side receives (see [`Connection::mode`]).
+    pub fn mode(&self) -> &Mode {
+        self.reader.get_ref().mode()
+    }
+
+    /// How what this side writes reaches the peer (see [`Connection::send_mode`]).
+    pub fn send_mode(&self) -> &Mode {
+        self.writer.sender.mode()
+    }
+
+    /// The connection's two halves underneath, for what they tell (peer, modes, messages in
+    /// flight, the control socket's descriptor). Reading or writing through them directly
+    /// would bypass bytes buffered here.
+    pub fn get_ref(&self) -> (&Sender, &Receiver) {
+        (&self.writer.sender, self.reader.get_ref())
+    }
+
+    /// Splits the stream into a reader and a writer that can be used from different tasks.
+    pub fn into_split(self) -> (ByteReader, ByteWriter) {
+        (self.reader, self.writer)
+    }
+}
+
+impl ByteReader {
+    /// The receiving half underneath.
+    pub fn get_ref(&self) -> &Receiver {
+        self.inner.get_ref()
+    }
+
+    /// The peer's credentials, as the kernel reported them.
+    pub fn peer(&self) -> &PeerInfo {
+        self.get_ref().peer()
+    }
+}
+
+impl ByteWriter {
+    /// The sending half underneath.
+    pub fn get_ref(&self) -> &Sender {
+        &self.sender
+    }
+
+    /// The peer's credentials, as the kernel reported them.
+    pub fn peer(&self) -> &PeerInfo {
+        self.sender.peer()
+    }
+
+    /// Sends the gathered bytes as one message, once the window has room.
+    fn poll_send_buffered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.buf.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(Pin::new(&mut self.sender).poll_ready(cx))?;
+        let message = self.buf.split().freeze();
+        Pin::new(&mut self.sender).start_send(message)?;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for ByteWriter {
+    fn drop(&mut self) {
+        // Written bytes are the application's data as much as flushed ones: hand them to the
+        // driver, which sends them before closing (the sender's own drop, right after).
+        if !self.buf.is_empty() {
+            self.sender.send_on_drop(self.buf.split().freeze());
+        }
+    }
+}
+
+impl AsyncRead for ByteReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncBufRead for ByteReader {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        Pin::new(&mut self.get_mut().inner).poll_fill_buf(cx)
+    }
+
+    fn consume(mut self: Pin<&mut Self>, amt: usize) {
+        Pin::new(&mut self.inner).consume(amt)
+    }
+}
+
+impl AsyncWrite for ByteWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.buf.len() + data.len() > this.gather {
+            ready!(this.poll_send_buffered(cx))?;
+        }
+        if data.len() >= this.gather {
+            // Large enough to be a message of its own.
+            ready!(Pin::new(&mut this.sender).poll_ready(cx))?;
+            Pin::new(&mut this.sender).start_send(Bytes::copy_from_slice(data))?;
+        } else {
+            this.buf.extend_from_slice(data);
+        }
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_buffered(cx))?;
+        Poll::Ready(ready!(this.sender.poll_write_out(cx)).map_err(io::Error::from))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_buffered(cx))?;
+        Poll::Ready(ready!(Pin::new(&mut this.sender).poll_close(cx)).map_err(io::Error::from))
     }
 }
 

@@ -31,7 +31,7 @@ use crate::error::Error;
 use crate::sys::RemoteRange;
 
 /// Protocol version spoken by this crate.
-pub(crate) const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 2;
 /// First bytes of every HELLO body.
 pub(crate) const MAGIC: [u8; 8] = *b"TOKIOPVM";
 /// Size of the handshake cookie.
@@ -58,6 +58,7 @@ const T_INLINE: u8 = 5;
 const T_ACK: u8 = 6;
 const T_CLOSE: u8 = 7;
 const T_ERROR: u8 = 8;
+const T_STOP: u8 = 9;
 
 /// Codes carried by an ERROR frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +166,11 @@ pub(crate) enum Frame {
     Close {
         sent: u64,
     },
+    /// The peer's application closed its receiving side; it acknowledges and discards every
+    /// message from now on. `delivered` is how many it had handed to the application.
+    Stop {
+        delivered: u64,
+    },
     Error {
         code: ErrorCode,
         reason: String,
@@ -200,6 +206,7 @@ pub(crate) enum OutFrame<'a> {
     Inline { seq: u64, payload: &'a [u8] },
     Ack { count: u64 },
     Close { sent: u64 },
+    Stop { delivered: u64 },
     Error { code: ErrorCode, reason: &'a str },
 }
 
@@ -252,7 +259,7 @@ impl FrameCodec {
                 let max = u64::from(l.max_inline).min(l.max_message_size);
                 (BATCH_FIXED + BATCH_ENTRY, BATCH_FIXED + max as usize)
             }
-            T_ACK | T_CLOSE => (8, 8),
+            T_ACK | T_CLOSE | T_STOP => (8, 8),
             T_ERROR => (8, 8 + MAX_ERROR_TEXT),
             other => return Err(Error::protocol(format!("unknown frame type {other}"))),
         })
@@ -375,6 +382,9 @@ impl FrameCodec {
             },
             T_CLOSE => Frame::Close {
                 sent: body.get_u64_le(),
+            },
+            T_STOP => Frame::Stop {
+                delivered: body.get_u64_le(),
             },
             T_ERROR => {
                 let code = ErrorCode::from_u32(body.get_u32_le());
@@ -558,6 +568,10 @@ impl Encoder<OutFrame<'_>> for FrameCodec {
                 put_header(dst, T_CLOSE, 8);
                 dst.put_u64_le(sent);
             }
+            OutFrame::Stop { delivered } => {
+                put_header(dst, T_STOP, 8);
+                dst.put_u64_le(delivered);
+            }
             OutFrame::Error { code, reason } => {
                 let mut end = reason.len().min(MAX_ERROR_TEXT);
                 while !reason.is_char_boundary(end) {
@@ -665,6 +679,10 @@ mod tests {
         assert_eq!(
             roundtrip(OutFrame::Close { sent: 2 }),
             Frame::Close { sent: 2 }
+        );
+        assert_eq!(
+            roundtrip(OutFrame::Stop { delivered: 5 }),
+            Frame::Stop { delivered: 5 }
         );
         assert_eq!(
             roundtrip(OutFrame::Error {

@@ -44,6 +44,7 @@ pub struct Config {
     pub(crate) blocking_threshold: u64,
     pub(crate) max_pulls_in_flight: usize,
     pub(crate) pull_timeout: Duration,
+    pub(crate) linger: Duration,
     pub(crate) max_ranges: u32,
     pub(crate) pool_bytes: usize,
     pub(crate) require_pull: bool,
@@ -78,6 +79,9 @@ pub const DEFAULT_WINDOW_MESSAGES: u32 = 1024;
 pub const DEFAULT_WINDOW_BYTES: u64 = 16 << 20;
 /// Default limit on one blocking-pool pull: 10 seconds.
 pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default for [`Config::linger`]: how long a dropped sending side keeps serving the peer.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
 /// Default handshake timeout: 10 seconds.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a listener gives a new connection to send its HELLO: 2 seconds.
@@ -97,6 +101,7 @@ impl Default for Config {
             blocking_threshold: 2 << 20,
             max_pulls_in_flight: 4,
             pull_timeout: DEFAULT_PULL_TIMEOUT,
+            linger: DEFAULT_LINGER,
             max_ranges: IOV_MAX as u32,
             pool_bytes: 32 << 20,
             require_pull: false,
@@ -227,6 +232,24 @@ impl Config {
     /// or trace this process. Set `blocking_threshold(0)` to move every pull off the runtime.
     pub fn pull_timeout(mut self, timeout: Duration) -> Config {
         self.pull_timeout = timeout;
+        self
+    }
+
+    /// How long a sending side dropped with messages the peer has not pulled yet keeps them
+    /// alive for the peer (default [`DEFAULT_LINGER`], 30 s).
+    ///
+    /// Dropping a [`Connection`](crate::Connection), [`Sender`](crate::Sender) or
+    /// [`ByteStream`](crate::ByteStream) does not lose what was written: the connection's
+    /// driver task keeps the buffers, writes out what was not flushed, serves the peer's pulls
+    /// and then closes the sending direction, so the peer reads every message and then the end
+    /// of the stream, as after dropping a socket. It stops early if the peer goes away or
+    /// closes its receiving side. If the peer has not pulled everything within `linger`, the
+    /// connection ends with an error on the peer's side (it does not see a clean end of
+    /// stream over lost messages) and the buffers are released. `Duration::ZERO` releases
+    /// them at once. Only the end of the process (or of its Tokio runtime, which owns the
+    /// driver task) loses them sooner.
+    pub fn linger(mut self, linger: Duration) -> Config {
+        self.linger = linger;
         self
     }
 

@@ -426,6 +426,12 @@ impl Sender {
     pub(crate) fn poll_write_out(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         self.shared.poll_write_out(cx)
     }
+
+    /// Hands `data` to the connection to be sent after this half is dropped, as the window
+    /// allows, within the linger time (what a dropped `ByteStream` had not flushed).
+    pub(crate) fn send_on_drop(&self, data: Bytes) {
+        self.shared.send_on_drop(data);
+    }
 }
 
 impl Sink<Bytes> for Sender {

@@ -206,6 +206,7 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
         max_pulls_in_flight: config.max_pulls_in_flight,
         pool_bytes: config.pool_bytes,
         pull_timeout: config.pull_timeout,
+        linger: config.linger,
     };
     debug!(?negotiated, uid, gid, "handshake complete");
     let span = debug_span!("tokio_pvm::connection", peer_pid = pid, peer_uid = uid);
@@ -411,6 +412,7 @@ fn unexpected(frame: Frame, wanted: &str) -> Error {
         Frame::Batch(_) => "BATCH",
         Frame::Ack { .. } => "ACK",
         Frame::Close { .. } => "CLOSE",
+        Frame::Stop { .. } => "STOP",
         Frame::Error { .. } => "ERROR",
     };
     Error::protocol(format!("expected {wanted} during the handshake, got {got}"))

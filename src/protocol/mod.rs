@@ -1,0 +1,622 @@
+//! Protocol state of an established connection: the send window, acknowledgements, pulls and
+//! in-order delivery, and the task that keeps a connection moving.
+//!
+//! The state machines of the two directions are in [`send`] and [`recv`]: they take frames,
+//! acknowledgements and pull completions and say what to write, what to pull and what to
+//! deliver, without touching the socket (the property tests in `model` drive them alone).
+//! This module owns the I/O around them: the control socket, the pulls and the wakers.
+//!
+//! ## Who does the work
+//! Both halves of a connection ([`Sender`](crate::Sender) and [`Receiver`](crate::Receiver))
+//! and the connection's driver task ([`driver`]) share one [`Shared`]. Whoever holds its lock
+//! reads frames from the control socket and files them where they belong: acknowledgements
+//! release the sender's buffers, messages are pulled into the receive buffer (bounded by the
+//! window) and acknowledged. A half that is polled does this work itself, on its own thread,
+//! with no hand-off; the driver task does it whenever nobody else does, so a connection makes
+//! progress while the application is busy elsewhere, never reads, or has dropped it, as a
+//! socket does in the kernel.
+//!
+//! Readiness of the socket is registered with a waker that wakes the two halves and the driver
+//! (an `AsyncFd` only keeps the waker of the last task that polled it), so that none misses a
+//! frame meant for it.
+//!
+//! ## Why the receiver checks for hang-up (and the peer's pidfd) after a pull
+//! A sender releases a buffer when it is acknowledged, or when the connection ends; in the
+//! second case it shuts the socket down *before* releasing anything. The receiver checks that
+//! the socket has not been shut down *after* each batch of pulls and before acknowledging or
+//! delivering them. If it has not, the buffers were alive for the whole pull; if it has, the
+//! pulled bytes are discarded and the stream reports that the peer went away. The same `poll`
+//! call looks at the peer's pidfd: a process that died (and whose pid may be reused) never has
+//! its last reads delivered, even if a forked child still holds the socket.
+
+mod driver;
+#[cfg(test)]
+mod model;
+mod recv;
+mod send;
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::task::AtomicWaker;
+use futures::{Sink, Stream};
+use nix::sys::socket::Shutdown;
+use tokio_util::codec::Framed;
+use tracing::debug;
+
+use crate::codec::{ErrorCode, Frame, FrameCodec, OutFrame};
+use crate::error::{Error, ErrorKind, Result};
+use crate::pool::BufferPool;
+use crate::socket::ControlSocket;
+use crate::{Mode, PeerInfo};
+
+use recv::RecvState;
+use send::SendState;
+
+/// Who is working on the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Send = 0,
+    Recv = 1,
+    Driver = 2,
+}
+
+/// Wakers of the two halves and of the driver task. Registered with the socket's readiness so
+/// that one readiness event wakes all three. Lock-free: registering the same waker again costs
+/// a few atomic operations.
+#[derive(Debug, Default)]
+struct Wakers {
+    slots: [AtomicWaker; 3],
+}
+
+impl Wakers {
+    fn register(&self, role: Role, waker: &Waker) {
+        self.slots[role as usize].register(waker);
+    }
+
+    fn wake_one(&self, role: Role) {
+        self.slots[role as usize].wake();
+    }
+
+    fn clear(&self, role: Role) {
+        drop(self.slots[role as usize].take());
+    }
+}
+
+impl Wake for Wakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.slots.iter().for_each(AtomicWaker::wake);
+    }
+}
+
+/// Limits negotiated in the handshake.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Negotiated {
+    /// Window for what this side sends: the smaller of both sides' windows.
+    pub(crate) send_window_messages: u32,
+    pub(crate) send_window_bytes: u64,
+    /// Largest message the peer accepts.
+    pub(crate) send_max_message: u64,
+    /// Messages up to this size are sent inline.
+    pub(crate) inline_threshold: u32,
+    /// Largest BATCH body the peer accepts.
+    pub(crate) batch_body_max: usize,
+    /// Window this side announced for what it receives.
+    pub(crate) recv_window_messages: u32,
+    pub(crate) recv_window_bytes: u64,
+    /// Pulls of at least this size go to the blocking pool.
+    pub(crate) blocking_threshold: u64,
+    pub(crate) max_pulls_in_flight: usize,
+    /// Idle receive buffers kept for reuse, in bytes.
+    pub(crate) pool_bytes: usize,
+    /// Longest a blocking-pool pull may take.
+    pub(crate) pull_timeout: Duration,
+    /// How long a dropped sender keeps serving the peer.
+    pub(crate) linger: Duration,
+}
+
+/// How each direction of a connection moves payloads.
+#[derive(Debug, Clone)]
+pub(crate) struct Modes {
+    /// How this side receives.
+    pub(crate) recv: Mode,
+    /// How this side's messages reach the peer.
+    pub(crate) send: Mode,
+}
+
+/// State shared by the two halves of one connection and its driver task.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    wakers: Arc<Wakers>,
+    io_waker: Waker,
+    pub(crate) peer: PeerInfo,
+    pub(crate) modes: Modes,
+    pub(crate) span: tracing::Span,
+    /// The control socket's descriptor number; the socket itself is in `state`, open for as
+    /// long as this value lives.
+    socket_fd: RawFd,
+    /// Set (under the lock) when the next `poll_ready` would return `Ready` at once, so that
+    /// it can, without taking the lock: the common case of a sender inside its window.
+    /// Cleared by anything that may stop sending.
+    send_ready: AtomicBool,
+    /// The driver found the lock taken and left the work to its holder, who wakes the driver
+    /// after unlocking (see [`Shared::unlocked`]).
+    driver_wanted: AtomicBool,
+}
+
+#[derive(Debug)]
+struct State {
+    io: Framed<ControlSocket, FrameCodec>,
+    peer_pid: i32,
+    /// The peer process, to confirm after each batch of pulls that it is still the process
+    /// that announced the buffers.
+    pidfd: Option<OwnedFd>,
+    limits: Negotiated,
+    /// Recycled receive buffers.
+    pool: BufferPool,
+    /// The error that ended the connection, handed to both halves.
+    fatal: Option<Error>,
+    /// The control socket reached end of stream.
+    eof: bool,
+    /// Writing failed because the peer closed its end: nothing more can be written.
+    write_closed: bool,
+    send: SendState,
+    recv: RecvState,
+}
+
+impl Shared {
+    /// Wraps an established connection and spawns its driver task on the current runtime.
+    pub(crate) fn new(
+        io: Framed<ControlSocket, FrameCodec>,
+        peer: PeerInfo,
+        pidfd: Option<OwnedFd>,
+        limits: Negotiated,
+        modes: Modes,
+        span: tracing::Span,
+    ) -> Arc<Shared> {
+        let wakers = Arc::new(Wakers::default());
+        let socket_fd = io.get_ref().as_fd().as_raw_fd();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                io,
+                peer_pid: peer.pid(),
+                pidfd,
+                limits,
+                pool: BufferPool::new(limits.pool_bytes),
+                fatal: None,
+                eof: false,
+                write_closed: false,
+                send: SendState::default(),
+                recv: RecvState::default(),
+            }),
+            io_waker: Waker::from(wakers.clone()),
+            wakers,
+            peer,
+            modes,
+            span,
+            socket_fd,
+            send_ready: AtomicBool::new(false),
+            driver_wanted: AtomicBool::new(false),
+        });
+        driver::spawn(shared.clone());
+        shared
+    }
+
+    /// The control socket, open for as long as `self` lives.
+    pub(crate) fn socket(&self) -> BorrowedFd<'_> {
+        // SAFETY: `socket_fd` is the descriptor of the `ControlSocket` inside `state`, which
+        // is dropped (and the descriptor closed) only when `self` is; shutting the socket
+        // down does not close it. The borrow cannot outlive `self`.
+        unsafe { BorrowedFd::borrow_raw(self.socket_fd) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Locks the state for `role`. The caller registers its waker with [`Guard::register`]
+    /// before it looks at anything that may make it return `Pending`, and calls
+    /// [`Shared::unlocked`] after dropping the guard.
+    fn enter(&self, role: Role) -> Guard<'_> {
+        self.guard(self.lock(), role)
+    }
+
+    fn guard<'a>(&'a self, state: MutexGuard<'a, State>, role: Role) -> Guard<'a> {
+        Guard {
+            _span: self.span.enter(),
+            state,
+            shared: self,
+            role,
+        }
+    }
+
+    /// Runs `f` on the locked state as `role`, then hands pending work to the driver.
+    fn with<R>(&self, role: Role, f: impl FnOnce(Guard<'_>) -> R) -> R {
+        let r = f(self.enter(role));
+        self.unlocked();
+        r
+    }
+
+    /// Called after a half released the lock: if the driver found it taken meanwhile, wake
+    /// it to do what it could not. (The driver sets `driver_wanted` before it tries the lock;
+    /// a holder looks at it after unlocking; the fences make sure one of them sees the other.)
+    fn unlocked(&self) {
+        fence(Ordering::SeqCst);
+        if self.driver_wanted.load(Ordering::Relaxed) {
+            self.driver_wanted.store(false, Ordering::Relaxed);
+            self.wakers.wake_one(Role::Driver);
+        }
+    }
+
+    /// Locks the state for the driver if nobody holds it; otherwise leaves a note for the
+    /// holder to wake the driver when it is done.
+    fn try_enter_driver(&self) -> Option<Guard<'_>> {
+        self.driver_wanted.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        self.driver_wanted.store(false, Ordering::Relaxed);
+        Some(self.guard(state, Role::Driver))
+    }
+
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        // What the locked fast path below would find; a stale `true` is harmless, because
+        // `start_send` checks again under the lock.
+        if self.send_ready.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(()));
+        }
+        self.with(Role::Send, |g| g.poll_ready(cx))
+    }
+
+    pub(crate) fn start_send(&self, item: Bytes) -> Result<()> {
+        self.with(Role::Send, |g| g.start_send(item))
+    }
+
+    pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.with(Role::Send, |g| g.poll_flush(cx))
+    }
+
+    pub(crate) fn poll_close(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.with(Role::Send, |g| g.poll_close(cx))
+    }
+
+    /// Writes the frames queued so far into the socket, without waiting for the peer.
+    pub(crate) fn poll_write_out(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.with(Role::Send, |mut g| {
+            g.register(cx);
+            g.check_fatal()?;
+            g.flush_writes()
+        })
+    }
+
+    pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        self.with(Role::Recv, |g| g.poll_next(cx))
+    }
+
+    /// Queues `data` to be sent after the sending half is dropped, as the window allows (what
+    /// a dropped [`ByteStream`](crate::ByteStream) had not flushed).
+    pub(crate) fn send_on_drop(&self, data: Bytes) {
+        self.with(Role::Send, |mut g| g.state.send.backlog.push_back(data));
+    }
+
+    /// Called when a half is dropped: the driver takes over what it leaves behind.
+    pub(crate) fn drop_half(&self, role: Role) {
+        self.wakers.clear(role);
+        self.with(role, |mut g| match role {
+            Role::Send => g.sender_dropped(),
+            Role::Recv => g.receiver_dropped(),
+            Role::Driver => {}
+        });
+        self.wakers.wake_one(Role::Driver);
+    }
+
+    /// Ends the connection with `err`, telling the peer why. In-flight buffers are released
+    /// after the socket is shut down.
+    pub(crate) fn abort(&self, err: Error) {
+        self.with(Role::Send, |mut g| g.fail(err, true));
+    }
+
+    /// Number of messages sent and not yet acknowledged, and their bytes.
+    pub(crate) fn in_flight(&self) -> (usize, u64) {
+        let st = self.lock();
+        st.send.in_flight()
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // Shut the socket down before the in-flight buffers are released (they are dropped
+        // after this body): a peer still pulling from them will see the hang-up when it
+        // checks after its pull, and discard what it read.
+        let _ = self.io.get_ref().shutdown(Shutdown::Both);
+    }
+}
+
+/// The locked state, with who is working.
+struct Guard<'a> {
+    state: MutexGuard<'a, State>,
+    shared: &'a Shared,
+    role: Role,
+    _span: tracing::span::Entered<'a>,
+}
+
+impl Guard<'_> {
+    /// Registers the polling task's waker, before anything that may return `Pending`.
+    fn register(&self, cx: &Context<'_>) {
+        self.shared.wakers.register(self.role, cx.waker());
+    }
+
+    /// Wakes `role` if it is not the one working.
+    fn notify(&self, role: Role) {
+        if role != self.role {
+            self.shared.wakers.wake_one(role);
+        }
+    }
+
+    // ----- reading and dispatching frames ---------------------------------------------------
+
+    /// Reads and dispatches every frame available now. Returns whether anything happened.
+    fn drive_read(&mut self) -> bool {
+        let mut progressed = false;
+        while self.state.fatal.is_none() && !self.state.eof {
+            let shared = self.shared;
+            let mut cx = Context::from_waker(&shared.io_waker);
+            match Pin::new(&mut self.state.io).poll_next(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    progressed = true;
+                    if let Err(e) = self.dispatch(frame) {
+                        self.fail(e, true);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    progressed = true;
+                    if is_reset(&e) {
+                        // The peer closed its end with our messages unread: like an end of
+                        // stream, which says whether anything was lost.
+                        self.on_eof();
+                    } else {
+                        let tell_peer = !e.is_peer_gone() && e.kind() != ErrorKind::Io;
+                        self.fail(e, tell_peer);
+                    }
+                }
+                Poll::Ready(None) => {
+                    progressed = true;
+                    self.on_eof();
+                }
+                Poll::Pending => break,
+            }
+        }
+        if progressed {
+            self.send_ack();
+        }
+        progressed
+    }
+
+    fn dispatch(&mut self, frame: Frame) -> Result<()> {
+        match frame {
+            Frame::Ack { count } => {
+                self.state.send.on_ack(count)?;
+                self.close_if_dropped();
+                self.notify(Role::Send);
+                Ok(())
+            }
+            Frame::Stop { delivered } => {
+                self.state.send.on_stop()?;
+                debug!(delivered, "peer closed its receiving side");
+                self.shared.send_ready.store(false, Ordering::Release);
+                self.notify(Role::Send);
+                Ok(())
+            }
+            Frame::Data(desc) => {
+                if let Mode::Inline(_) = self.shared.modes.recv {
+                    return Err(Error::protocol(
+                        "DATA descriptor received, but this side asked for inline messages",
+                    ));
+                }
+                let len = desc.len;
+                self.on_message(desc.seq, len, recv::Incoming::Pull(desc))
+            }
+            Frame::Inline { seq, payload } => {
+                let len = payload.len() as u64;
+                self.on_message(seq, len, recv::Incoming::Inline(payload))
+            }
+            Frame::Batch(mut batch) => {
+                let mut seq = batch.seq;
+                while let Some(payload) = batch.next_message() {
+                    let len = payload.len() as u64;
+                    self.on_message(seq, len, recv::Incoming::Inline(payload))?;
+                    seq = seq.wrapping_add(1);
+                }
+                Ok(())
+            }
+            Frame::Close { sent } => {
+                self.state.recv.on_close(sent)?;
+                debug!(sent, "peer closed its sending side");
+                self.notify(Role::Recv);
+                Ok(())
+            }
+            Frame::Error { code, reason } => {
+                let kind = code.kind();
+                let pid = self.state.peer_pid;
+                self.fail(
+                    Error::new(
+                        kind,
+                        format!("peer process {pid} ended the connection: {reason}"),
+                    ),
+                    false,
+                );
+                Ok(())
+            }
+            Frame::Hello(_) | Frame::Ready { .. } => Err(Error::protocol(
+                "handshake frame received after the handshake",
+            )),
+        }
+    }
+
+    fn on_eof(&mut self) {
+        self.shared.send_ready.store(false, Ordering::Release);
+        self.state.eof = true;
+        let pid = self.state.peer_pid;
+        let st = &mut *self.state;
+        if st.send.stopped() {
+            // The peer said it discards what we send: what it did not acknowledge is not lost.
+            st.send.discard_in_flight();
+        }
+        // Messages whose ACK was not queued are discarded by `fail`: they count as lost.
+        let lost = st.recv.unacknowledged();
+        let ours = st.send.in_flight().0;
+        if !st.recv.ended_cleanly() {
+            self.fail(
+                Error::new(
+                    ErrorKind::PeerGone,
+                    format!(
+                        "peer process {pid} closed the connection without closing its sending \
+                         side ({lost} of its messages and {ours} of ours in flight were not \
+                         received): it exited, was killed, or its unsent messages were \
+                         abandoned (Config::linger)"
+                    ),
+                ),
+                false,
+            );
+        } else if ours > 0 {
+            self.fail(
+                Error::new(
+                    ErrorKind::PeerGone,
+                    format!(
+                        "peer process {pid} closed the connection with {ours} of our messages \
+                         not yet received"
+                    ),
+                ),
+                false,
+            );
+        } else {
+            self.notify(Role::Send);
+            self.notify(Role::Recv);
+        }
+    }
+
+    /// Ends the connection with `err`. With `tell_peer`, an ERROR frame carries the reason to
+    /// the peer first. Messages whose acknowledgement was queued are still delivered before
+    /// the error; the rest are discarded.
+    fn fail(&mut self, err: Error, tell_peer: bool) {
+        self.shared.send_ready.store(false, Ordering::Release);
+        if self.state.fatal.is_some() {
+            return;
+        }
+        debug!(error = %err, "connection failed");
+        if tell_peer && !self.state.write_closed {
+            let code = match err.kind() {
+                ErrorKind::Protocol => ErrorCode::Protocol,
+                ErrorKind::LimitExceeded => ErrorCode::Limit,
+                ErrorKind::PermissionDenied | ErrorKind::Unsupported => ErrorCode::PullFailed,
+                _ => ErrorCode::Other,
+            };
+            let reason = format!("the other side reports: {err}");
+            let io = &mut self.state.io;
+            let _ = Pin::new(&mut *io).start_send(OutFrame::Error {
+                code,
+                reason: &reason,
+            });
+            let shared = self.shared;
+            let _ = Pin::new(io).poll_flush(&mut Context::from_waker(&shared.io_waker));
+        }
+        let _ = self.state.io.get_ref().shutdown(Shutdown::Both);
+        self.state.fatal = Some(err);
+        let st = &mut *self.state;
+        st.send.on_fail();
+        st.recv.on_fail();
+        self.notify(Role::Send);
+        self.notify(Role::Recv);
+        self.notify(Role::Driver);
+    }
+
+    // ----- writing -------------------------------------------------------------------------
+
+    fn queue_frame(&mut self, frame: OutFrame<'_>) -> Result<()> {
+        self.state.send.end_batch();
+        Pin::new(&mut self.state.io).start_send(frame)
+    }
+
+    /// Writes buffered frames. `Ready(Ok)` once the buffer is empty.
+    fn flush_writes(&mut self) -> Poll<Result<()>> {
+        if self.state.io.write_buffer().is_empty() {
+            self.state.send.written();
+            return Poll::Ready(Ok(()));
+        }
+        // Writing may consume part of the buffer: nothing more joins the open batch.
+        self.state.send.end_batch();
+        let shared = self.shared;
+        let mut cx = Context::from_waker(&shared.io_waker);
+        match Pin::new(&mut self.state.io).poll_flush(&mut cx) {
+            Poll::Ready(Ok(())) => {
+                self.state.send.written();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) if is_reset(&e) => {
+                // The peer closed its end. What it left unread says whether anything of ours
+                // was lost: read on to its end of stream.
+                self.state.write_closed = true;
+                self.state.io.write_buffer_mut().clear();
+                self.state.send.written();
+                self.shared.send_ready.store(false, Ordering::Release);
+                self.drive_read();
+                match self.check_fatal() {
+                    Ok(()) => Poll::Ready(Ok(())),
+                    Err(e) => Poll::Ready(Err(e)),
+                }
+            }
+            Poll::Ready(Err(e)) => {
+                self.fail(e.clone(), false);
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn check_fatal(&self) -> Result<()> {
+        match &self.state.fatal {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// One round of everything that needs no application: read frames, start and collect
+    /// pulls, acknowledge, send what dropped halves left, write out. Returns whether anything
+    /// happened.
+    fn make_progress(&mut self) -> bool {
+        let mut progressed = self.drive_read();
+        if self.state.fatal.is_none() {
+            progressed |= self.start_pulls();
+            let shared = self.shared;
+            progressed |= self.collect_pulls(&mut Context::from_waker(&shared.io_waker));
+        }
+        progressed |= self.send_backlog();
+        self.close_if_dropped();
+        if self.state.fatal.is_none() {
+            let _ = self.flush_writes();
+        }
+        self.maybe_shutdown_write();
+        progressed
+    }
+}
+
+/// A reset or broken connection: the peer closed its end.
+fn is_reset(e: &Error) -> bool {
+    matches!(
+        e.source_kind(),
+        Some(std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset)
+    )
+}

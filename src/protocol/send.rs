@@ -1,0 +1,420 @@
+//! The sending direction: the window, acknowledgements, close, and what a dropped sender
+//! leaves behind.
+//!
+//! [`SendState`] is the bookkeeping alone (no I/O), driven by the property tests in `model`;
+//! the `Guard` methods below put frames into the socket's write buffer around it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use nix::sys::socket::Shutdown;
+use tracing::{debug, trace};
+
+use super::{Guard, Negotiated};
+use crate::codec::{self, OutFrame};
+use crate::error::{Error, ErrorKind, Result};
+use crate::sys::RemoteRange;
+
+/// Queued frames are written out once the write buffer holds this much.
+const WRITE_BATCH_BYTES: usize = 256 << 10;
+
+/// What this side has sent and the peer has not acknowledged yet.
+#[derive(Debug, Default)]
+pub(super) struct SendState {
+    /// Sequence number of the next message.
+    next_seq: u64,
+    /// Messages sent but not acknowledged, oldest first, with their lengths; the first has
+    /// sequence number `next_seq - in_flight.len()`. Inline messages hold an empty `Bytes`.
+    in_flight: VecDeque<(u64, Bytes)>,
+    in_flight_bytes: u64,
+    /// Messages queued in the write buffer since it was last written out.
+    unflushed: usize,
+    /// The BATCH frame at the end of the write buffer that more inline messages may join:
+    /// where it starts and its body length so far.
+    open_batch: Option<(usize, usize)>,
+    /// CLOSE has been queued (or there is nobody left to tell).
+    closed: bool,
+    /// Our write side has been shut down.
+    shut: bool,
+    /// The application dropped the sending half.
+    dropped: bool,
+    /// The peer closed its receiving side (STOP): it acknowledges and discards.
+    stopped: bool,
+    /// Bytes a dropped [`ByteStream`](crate::ByteStream) had not flushed, sent as the window
+    /// opens.
+    pub(super) backlog: VecDeque<Bytes>,
+    /// When a dropped sender stops waiting for the peer to pull what it left.
+    pub(super) linger_until: Option<Instant>,
+}
+
+impl SendState {
+    /// Messages in flight and their bytes.
+    pub(super) fn in_flight(&self) -> (usize, u64) {
+        (self.in_flight.len(), self.in_flight_bytes)
+    }
+
+    /// Messages sent so far.
+    pub(super) fn sent(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Whether another message fits into the window.
+    pub(super) fn window_open(&self, l: &Negotiated) -> bool {
+        self.in_flight.len() < l.send_window_messages as usize
+            && self.in_flight_bytes < l.send_window_bytes
+    }
+
+    /// Records a message of `len` bytes (holding `held` until it is acknowledged); returns
+    /// its sequence number.
+    pub(super) fn push(&mut self, len: u64, held: Bytes) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.unflushed += 1;
+        self.in_flight.push_back((len, held));
+        self.in_flight_bytes += len;
+        seq
+    }
+
+    /// Applies a cumulative acknowledgement of the first `count` messages.
+    pub(super) fn on_ack(&mut self, count: u64) -> Result<()> {
+        let acked = self.next_seq - self.in_flight.len() as u64;
+        if count <= acked || count > self.next_seq {
+            return Err(Error::protocol(format!(
+                "ACK for {count} messages, but {acked} were already acknowledged and {} sent",
+                self.next_seq
+            )));
+        }
+        for _ in acked..count {
+            if let Some((len, _buf)) = self.in_flight.pop_front() {
+                self.in_flight_bytes -= len;
+            }
+        }
+        trace!(count, in_flight = self.in_flight.len(), "ack received");
+        Ok(())
+    }
+
+    /// The peer closed its receiving side.
+    pub(super) fn on_stop(&mut self) -> Result<()> {
+        if self.stopped {
+            return Err(Error::protocol("STOP received twice"));
+        }
+        self.stopped = true;
+        self.backlog.clear();
+        Ok(())
+    }
+
+    pub(super) fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Forgets what is in flight: the peer will never pull it.
+    pub(super) fn discard_in_flight(&mut self) {
+        self.in_flight.clear();
+        self.in_flight_bytes = 0;
+        self.backlog.clear();
+    }
+
+    /// Nothing more joins the BATCH frame at the end of the write buffer.
+    pub(super) fn end_batch(&mut self) {
+        self.open_batch = None;
+    }
+
+    /// The write buffer was written out.
+    pub(super) fn written(&mut self) {
+        self.unflushed = 0;
+    }
+
+    /// Whether everything sent (and left behind by a dropped sender) was acknowledged.
+    pub(super) fn all_acknowledged(&self) -> bool {
+        self.in_flight.is_empty() && self.backlog.is_empty()
+    }
+
+    /// Whether the sending direction has nothing more to do: closed and shut down, or ended.
+    pub(super) fn finished(&self) -> bool {
+        self.shut
+    }
+
+    pub(super) fn dropped(&self) -> bool {
+        self.dropped
+    }
+
+    /// The connection failed: everything in flight is released.
+    pub(super) fn on_fail(&mut self) {
+        self.open_batch = None;
+        self.discard_in_flight();
+        self.linger_until = None;
+    }
+}
+
+impl Guard<'_> {
+    /// Whether a new message may be sent: no fatal error, not closed, peer still there and
+    /// still receiving.
+    fn check_can_send(&self) -> Result<()> {
+        self.check_fatal()?;
+        let pid = self.state.peer_pid;
+        if self.state.send.closed {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                "the sending side was already closed",
+            ));
+        }
+        if self.state.send.stopped {
+            return Err(Error::new(
+                ErrorKind::PeerGone,
+                format!(
+                    "peer process {pid} closed its receiving side (dropped its Receiver or \
+                     ByteStream): nothing more can be sent, as a socket whose peer closed \
+                     reports a broken pipe"
+                ),
+            ));
+        }
+        if self.state.eof || self.state.write_closed {
+            return Err(Error::new(
+                ErrorKind::PeerGone,
+                format!("peer process {pid} closed the connection; nothing more can be sent"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `poll_ready` can return `Ready` without writing or waiting: room in the window,
+    /// no batch due to be written, and nothing that stops sending.
+    fn ready_at_once(&self) -> bool {
+        let batch = (self.state.limits.send_window_messages as usize).div_ceil(4);
+        self.state.send.window_open(&self.state.limits)
+            && self.state.send.unflushed < batch
+            && self.state.io.write_buffer().len() < WRITE_BATCH_BYTES
+            && self.check_can_send().is_ok()
+    }
+
+    pub(super) fn poll_ready(mut self, cx: &Context<'_>) -> Poll<Result<()>> {
+        let batch = (self.state.limits.send_window_messages as usize).div_ceil(4);
+        // Fast path: room in the window and nothing to write yet. Returning Ready needs no
+        // registered waker.
+        if self.ready_at_once() {
+            return Poll::Ready(Ok(()));
+        }
+        self.register(cx);
+        loop {
+            self.check_can_send()?;
+            let window_open = self.state.send.window_open(&self.state.limits);
+            // Write queued frames out in batches: when a quarter of the window is queued, when
+            // the buffer is large, or when the window is full. The peer pulls one batch while
+            // the next one fills, and small messages cost a fraction of a write each.
+            if (self.state.send.unflushed >= batch
+                || self.state.io.write_buffer().len() >= WRITE_BATCH_BYTES
+                || !window_open)
+                && let Poll::Ready(Err(e)) = self.flush_writes()
+            {
+                return Poll::Ready(Err(e));
+            }
+            if self.state.send.window_open(&self.state.limits) {
+                self.check_can_send()?;
+                return Poll::Ready(Ok(()));
+            }
+            if !self.drive_read() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    pub(super) fn start_send(mut self, item: Bytes) -> Result<()> {
+        self.check_can_send()?;
+        self.send_message(item)?;
+        let ready = self.ready_at_once();
+        self.shared.send_ready.store(ready, Ordering::Release);
+        Ok(())
+    }
+
+    /// Queues one message: inline into the write buffer, or as a descriptor of `item`, which
+    /// is then held until the peer acknowledges it.
+    fn send_message(&mut self, item: Bytes) -> Result<()> {
+        let limits = self.state.limits;
+        let len = item.len() as u64;
+        if len > limits.send_max_message {
+            return Err(Error::limit(format!(
+                "a {len}-byte message is larger than the peer accepts ({} bytes); the message \
+                 was not sent, raise Config::max_message_size on the receiving side",
+                limits.send_max_message
+            )));
+        }
+        let seq = self.state.send.sent();
+        let held = if len <= u64::from(limits.inline_threshold) {
+            self.queue_inline(seq, &item)?;
+            Bytes::new()
+        } else {
+            let range = [RemoteRange {
+                addr: item.as_ptr() as usize as u64,
+                len,
+            }];
+            let ranges = if len == 0 { &range[..0] } else { &range[..] };
+            self.queue_frame(OutFrame::Data { seq, ranges })?;
+            item
+        };
+        self.state.send.push(len, held);
+        trace!(seq, len, "message queued");
+        Ok(())
+    }
+
+    /// Queues an inline message: it joins the BATCH frame at the end of the write buffer if
+    /// there is one with room, starts one if it fits into a batch, and travels in an INLINE
+    /// frame of its own otherwise.
+    fn queue_inline(&mut self, seq: u64, payload: &[u8]) -> Result<()> {
+        let max = self.state.limits.batch_body_max;
+        let st = &mut *self.state;
+        match st.send.open_batch {
+            Some((at, body)) if body + codec::batch_entry_len(payload.len()) <= max => {
+                codec::append_to_batch(st.io.write_buffer_mut(), at, payload);
+                st.send.open_batch = Some((at, body + codec::batch_entry_len(payload.len())));
+            }
+            _ if codec::batch_body_len(payload.len()) <= max => {
+                let at = codec::start_batch(st.io.write_buffer_mut(), seq, payload);
+                st.send.open_batch = Some((at, codec::batch_body_len(payload.len())));
+            }
+            _ => self.queue_frame(OutFrame::Inline { seq, payload })?,
+        }
+        Ok(())
+    }
+
+    /// Sends what a dropped sender left unsent, as far as the window allows. Returns whether
+    /// anything was sent.
+    pub(super) fn send_backlog(&mut self) -> bool {
+        let mut sent = false;
+        while !self.state.send.backlog.is_empty()
+            && self.state.send.window_open(&self.state.limits)
+            && self.check_can_send().is_ok()
+        {
+            let Some(item) = self.state.send.backlog.pop_front() else {
+                break;
+            };
+            if let Err(e) = self.send_message(item) {
+                self.fail(e, true);
+                return true;
+            }
+            sent = true;
+        }
+        sent
+    }
+
+    pub(super) fn poll_flush(mut self, cx: &Context<'_>) -> Poll<Result<()>> {
+        self.register(cx);
+        loop {
+            self.check_fatal()?;
+            if let Poll::Ready(Err(e)) = self.flush_writes() {
+                return Poll::Ready(Err(e));
+            }
+            if self.state.send.all_acknowledged() && self.state.io.write_buffer().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            if !self.drive_read() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    pub(super) fn poll_close(mut self, cx: &Context<'_>) -> Poll<Result<()>> {
+        self.register(cx);
+        if !self.state.send.closed {
+            // Every message must have been pulled by the peer's transport before CLOSE (its
+            // application need not have read them).
+            loop {
+                self.check_fatal()?;
+                if let Poll::Ready(Err(e)) = self.flush_writes() {
+                    return Poll::Ready(Err(e));
+                }
+                if self.state.send.all_acknowledged() {
+                    break;
+                }
+                if !self.drive_read() {
+                    return Poll::Pending;
+                }
+            }
+            self.queue_close()?;
+        }
+        self.check_fatal()?;
+        match self.flush_writes() {
+            Poll::Ready(r) => r?,
+            Poll::Pending => return Poll::Pending,
+        }
+        self.maybe_shutdown_write();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Marks the sending direction closed and queues CLOSE, unless nobody is left to tell.
+    fn queue_close(&mut self) -> Result<()> {
+        let sent = self.state.send.sent();
+        self.shared.send_ready.store(false, Ordering::Release);
+        self.state.send.closed = true;
+        if self.state.eof || self.state.write_closed {
+            return Ok(());
+        }
+        debug!(sent, "closing sending side");
+        self.queue_frame(OutFrame::Close { sent })
+    }
+
+    /// The application dropped the sending half: what it sent (and, from a `ByteStream`,
+    /// what it wrote) is still delivered, then the direction is closed, within the linger
+    /// time.
+    pub(super) fn sender_dropped(&mut self) {
+        self.state.send.dropped = true;
+        self.shared.send_ready.store(false, Ordering::Release);
+        if !self.state.send.shut && self.state.fatal.is_none() {
+            self.state.send.linger_until = Some(Instant::now() + self.state.limits.linger);
+        }
+        self.send_backlog();
+        self.close_if_dropped();
+        if self.state.fatal.is_none() {
+            let _ = self.flush_writes();
+        }
+    }
+
+    /// A dropped sender closes its direction once everything it sent is acknowledged, so that
+    /// the peer's stream ends with `None`.
+    pub(super) fn close_if_dropped(&mut self) {
+        let send = &self.state.send;
+        if send.dropped && !send.closed && send.all_acknowledged() && self.state.fatal.is_none() {
+            if let Err(e) = self.queue_close() {
+                self.fail(e, false);
+                return;
+            }
+            let _ = self.flush_writes();
+            self.maybe_shutdown_write();
+        }
+    }
+
+    /// The linger time of a dropped sender ran out before the peer had pulled everything
+    /// and read the end of the stream.
+    pub(super) fn linger_expired(&mut self) {
+        let (n, bytes) = self.state.send.in_flight();
+        let left = self.state.send.backlog.len();
+        let linger = self.state.limits.linger;
+        self.fail(
+            Error::new(
+                ErrorKind::PeerGone,
+                format!(
+                    "the sending side was dropped and the peer did not receive its last {} \
+                     messages ({bytes} bytes) and the end of the stream within the linger time \
+                     of {linger:?}; they were discarded (raise Config::linger, or close() \
+                     before dropping to wait for the peer)",
+                    n + left
+                ),
+            ),
+            true,
+        );
+    }
+
+    /// Shuts down our write side once nothing more will be written: CLOSE was sent and the
+    /// receiving direction no longer needs to send acknowledgements.
+    pub(super) fn maybe_shutdown_write(&mut self) {
+        let st = &mut *self.state;
+        let recv_finished = st.recv.finished() || st.fatal.is_some();
+        if st.send.closed && !st.send.shut && recv_finished && st.io.write_buffer().is_empty() {
+            st.send.shut = true;
+            st.send.linger_until = None;
+            let _ = st.io.get_ref().shutdown(Shutdown::Write);
+        }
+    }
+}
