@@ -61,6 +61,8 @@ pub(super) struct RecvState {
     pub(super) pulls: VecDeque<Pull>,
     /// Blocking-pool pulls among `pulls`.
     pub(super) running: usize,
+    /// Bytes of the messages in `pulls`.
+    pulling_bytes: u64,
     /// Pulled, verified and acknowledged messages waiting for the application: the receive
     /// buffer.
     ready: VecDeque<Bytes>,
@@ -181,12 +183,19 @@ impl RecvState {
     }
 
     /// How many more pulls may start: the receive buffer and the pulls under way together
-    /// stay within the window.
+    /// stay within the window (a message that starts below its byte limit may end above it,
+    /// as on the sending side).
     pub(super) fn room(&self, limits: &Negotiated) -> usize {
-        if self.ready_bytes >= limits.recv_window_bytes || self.dropped {
+        if self.ready_bytes + self.pulling_bytes >= limits.recv_window_bytes || self.dropped {
             return 0;
         }
         (limits.recv_window_messages as usize).saturating_sub(self.ready.len() + self.pulls.len())
+    }
+
+    /// Records a started pull of `len` bytes.
+    pub(super) fn pull_started(&mut self, pull: Pull, len: u64) {
+        self.pulling_bytes += len;
+        self.pulls.push_back(pull);
     }
 
     /// The first `n` pulls are finished and checked: they enter the receive buffer and are
@@ -195,6 +204,7 @@ impl RecvState {
         for pull in self.pulls.drain(..n) {
             if let Pull::Done { data, .. } = pull {
                 let len = data.len() as u64;
+                self.pulling_bytes -= len;
                 self.acked += 1;
                 self.ack_due_bytes += len;
                 self.ready_bytes += len;
@@ -209,6 +219,12 @@ impl RecvState {
         self.ready_bytes -= data.len() as u64;
         self.delivered += 1;
         Some(data)
+    }
+
+    /// Messages in the receive buffer, and the bytes in it or being pulled into it.
+    #[cfg(test)]
+    pub(super) fn buffered(&self) -> (usize, u64) {
+        (self.ready.len(), self.ready_bytes + self.pulling_bytes)
     }
 
     pub(super) fn has_ready(&self) -> bool {
@@ -226,6 +242,7 @@ impl RecvState {
         self.dropped = true;
         self.queue.clear();
         self.pulls.clear();
+        self.pulling_bytes = 0;
         self.running = 0;
         self.ready.clear();
         self.ready_bytes = 0;
@@ -238,6 +255,7 @@ impl RecvState {
     pub(super) fn on_fail(&mut self) {
         self.queue.clear();
         self.pulls.clear();
+        self.pulling_bytes = 0;
         self.running = 0;
         let unsent = usize::try_from(self.acked - self.ack_sent).unwrap_or(usize::MAX);
         let keep = self.ready.len().saturating_sub(unsent);
@@ -315,7 +333,8 @@ impl Guard<'_> {
                 None => break,
                 Some(Incoming::Inline(_)) => {
                     if let Some(Incoming::Inline(data)) = recv.queue.pop_front() {
-                        recv.pulls.push_back(Pull::Done { data, check: false });
+                        let len = data.len() as u64;
+                        recv.pull_started(Pull::Done { data, check: false }, len);
                     }
                 }
                 Some(Incoming::Pull(d)) if d.len >= limits.blocking_threshold => {
@@ -330,7 +349,7 @@ impl Guard<'_> {
                     match BlockingPull::start(pid, desc.len, ranges, pool, limits.pull_timeout) {
                         Ok(pull) => {
                             recv.running += 1;
-                            recv.pulls.push_back(Pull::Running(pull));
+                            recv.pull_started(Pull::Running(pull), desc.len);
                         }
                         Err(e) => {
                             self.fail(e, true);
@@ -366,7 +385,10 @@ impl Guard<'_> {
         while let Some(Incoming::Pull(d)) = recv.queue.front() {
             let fits = lens.len() < room
                 && d.len < limits.blocking_threshold
-                && (lens.is_empty() || budget_used + total + d.len <= limits.blocking_threshold);
+                && (lens.is_empty()
+                    || (budget_used + total + d.len <= limits.blocking_threshold
+                        && recv.ready_bytes + recv.pulling_bytes + total
+                            < limits.recv_window_bytes));
             if !fits {
                 break;
             }
@@ -379,7 +401,8 @@ impl Guard<'_> {
         let msgs = pull_messages(pid, &lens, &ranges, &st.pool)?;
         trace!(messages = lens.len(), bytes = total, elapsed = ?started.elapsed(), "pulled in place");
         for data in msgs {
-            recv.pulls.push_back(Pull::Done { data, check: true });
+            let len = data.len() as u64;
+            recv.pull_started(Pull::Done { data, check: true }, len);
         }
         Ok(total)
     }
