@@ -73,25 +73,27 @@ impl Mode {
 ///
 /// # Sending
 /// [`Sink::poll_ready`] waits while the window (see [`Config::window`]) is full.
-/// [`Sink::poll_flush`] completes once every message sent so far has been copied by the peer
-/// and acknowledged: after `flush().await` the data may be dropped, or the process may exit,
-/// and nothing is lost. [`Sink::poll_close`] flushes, tells the peer that nothing more will
-/// come, and shuts the socket's write side down once this side's receiving is finished too.
+/// [`Sink::poll_flush`] completes once every message sent so far has been copied by the peer's
+/// transport into its receive buffer and acknowledged (its application need not have read
+/// them): after `flush().await` the data may be dropped, or the process may exit, and nothing
+/// is lost. [`Sink::poll_close`] flushes, tells the peer that nothing more will come, and
+/// shuts the socket's write side down once this side's receiving is finished too. If the
+/// peer has dropped its receiving side, both complete at once and later sends fail with
+/// [`PeerGone`](ErrorKind::PeerGone), as writes to a closed socket fail.
 ///
 /// # Receiving
 /// The stream yields each message, then `None` after the peer closed its sending side. If the
 /// peer goes away without closing, or a pull fails, it yields one error naming the cause, then
 /// `None`. Messages this side acknowledged before the failure are still yielded first; the
 /// acknowledgement of the last ones may have been lost with the connection, so a sender that
-/// resends what it saw unacknowledged after a failure gets at-least-once delivery. Pulls run while the stream is polled: a receiver that stops polling holds the peer
-/// at its window, and memory stays bounded.
+/// resends what it saw unacknowledged after a failure gets at-least-once delivery.
 ///
-/// # Progress needs polling
-/// There is no background task: the receiving side pulls and acknowledges only while its
-/// stream is polled. `flush()` (and so `send()`) waits for the peer's acknowledgements, so two
-/// sides that each `send().await` without polling their own stream at the same time wait on
-/// each other. Poll the stream in another task (see [`split`](Connection::split)) or in the
-/// same `select!`.
+/// # Progress without polling
+/// Like a socket's kernel, the connection's driver task (spawned on the runtime that made the
+/// connection) pulls the peer's messages into a receive buffer of one window
+/// ([`Config::window`]) and acknowledges them whether or not the stream is polled; when the
+/// buffer is full the peer stops one window later, so memory stays bounded. A half that is
+/// polled does the same work itself, so there is no hand-off while the application keeps up.
 ///
 /// # Traits
 /// Besides `Sink` and `Stream` (so `futures::SinkExt`/`StreamExt`, `tokio_stream` wrappers and
@@ -109,13 +111,15 @@ impl Mode {
 /// and not sent; once `start_send` took it, it is in flight and the next `flush()` covers it.
 ///
 /// # Dropping
-/// Dropping the sending side (the [`Sender`] or the whole connection) with nothing in flight
-/// closes that direction as `close()` would, and the peer's stream ends with `None`; a
-/// [`Sender`] dropped with messages in flight does so once they are acknowledged (which needs
-/// this side's [`Receiver`] to be polled, as it reads the acknowledgements). Dropping the
-/// whole connection with messages in flight shuts the socket down first and releases the
-/// buffers after: the peer discards what it had not acknowledged and its stream ends with a
-/// [`PeerGone`](ErrorKind::PeerGone) error.
+/// Dropping the sending side (the [`Sender`] or the whole connection) loses nothing sent: the
+/// driver task keeps the messages in flight alive and writes out what was not flushed until
+/// the peer has pulled them, then closes the direction as `close()` would, and the peer's
+/// stream ends with `None`. If the peer has not taken everything within
+/// [`Config::linger`](crate::Config::linger) (default 30 s), the buffers are released and the
+/// peer's stream ends with a [`PeerGone`](ErrorKind::PeerGone) error instead. Exiting the
+/// process (or shutting down its runtime) before then loses them: call `close()` first to
+/// know they arrived. Dropping the receiving side acknowledges and discards what the peer
+/// sends from then on, and tells the peer, whose later sends fail.
 ///
 /// # Example
 /// ```
@@ -126,13 +130,11 @@ impl Mode {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), tokio_pvm::Error> {
 /// let (mut a, mut b) = Connection::pair().await?;
-/// // `send` returns once the peer has pulled the message, so the peer must be receiving.
-/// let (sent, got) = tokio::join!(a.send(Bytes::from(vec![7u8; 1 << 20])), b.next());
-/// sent?;
-/// assert_eq!(got.unwrap()?.len(), 1 << 20);
-/// let (closed, end) = tokio::join!(a.close(), b.next());
-/// closed?;
-/// assert!(end.is_none());
+/// // `send` returns once the peer's transport has pulled the message (no read needed).
+/// a.send(Bytes::from(vec![7u8; 1 << 20])).await?;
+/// a.close().await?;
+/// assert_eq!(b.next().await.unwrap()?.len(), 1 << 20);
+/// assert!(b.next().await.is_none());
 /// # Ok(())
 /// # }
 /// ```
@@ -173,10 +175,9 @@ pub struct Sender {
 /// The receiving half of a [`Connection`], from [`Connection::split`]. A [`Stream`] of
 /// [`Bytes`].
 ///
-/// See [`Connection`] for how the stream ends, and for cancel safety. Drop the receiver only
-/// when the peer sends no more: messages it announced and this side had not received end the
-/// connection with an error on both sides, at once if they were already here, otherwise when
-/// this side next reads the socket (any poll of the [`Sender`]).
+/// See [`Connection`] for how the stream ends, and for cancel safety. Dropping the receiver
+/// closes the receiving direction: what the peer sends from then on is acknowledged and
+/// discarded, and the peer's later sends fail, as writes to a socket whose reader closed do.
 pub struct Receiver {
     shared: Arc<Shared>,
     /// See [`Sender`]'s.

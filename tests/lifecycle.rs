@@ -369,3 +369,29 @@ async fn a_dropped_sender_waits_for_a_slow_reader() {
     assert_eq!(got, 20);
     writer.await.unwrap();
 }
+
+/// A `Fanout` dropped right after publishing: every subscriber still gets every message, then
+/// the end of its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_fanout_still_delivers_to_every_subscriber() {
+    let mut fanout = tokio_pvm::Fanout::new(&Config::default());
+    let mut subscribers = Vec::new();
+    for _ in 0..3 {
+        let (a, b) = Connection::pair().await.unwrap();
+        fanout.subscribe(a);
+        subscribers.push(b);
+    }
+    for seq in 0..10 {
+        within("publishing", fanout.feed(msg(seq, 5000)))
+            .await
+            .unwrap();
+    }
+    drop(fanout);
+    for mut b in subscribers {
+        for seq in 0..10 {
+            let m = within("reading", b.next()).await.unwrap().unwrap();
+            assert_eq!(m, msg(seq, 5000));
+        }
+        assert!(within("the end", b.next()).await.is_none());
+    }
+}
