@@ -86,7 +86,7 @@ async fn run(args: Args) -> Result<String, String> {
         connect::connect(&args.path, config).await
     } else {
         match Listener::bind_with(&args.path, config) {
-            Ok(mut listener) => listener.accept().await,
+            Ok(listener) => listener.accept().await,
             Err(e) => Err(e),
         }
     }

@@ -180,7 +180,7 @@ async fn serve(path: &Path) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|e| format!("watching for SIGTERM: {e}"))?;
-    let mut listener = tokio_pvm::Listener::bind(path)
+    let listener = tokio_pvm::Listener::bind(path)
         .map_err(|e| format!("listening at {}: {e}", path.display()))?;
     eprintln!(
         "http server (pid {}): serving HTTP/1.1 at {}; stop with Ctrl-C or SIGTERM",

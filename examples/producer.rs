@@ -76,7 +76,7 @@ fn parse_args() -> Result<Args, String> {
 async fn run(args: Args) -> Result<(), Error> {
     let mut pool = Pool::new(args.size);
     let mut conn = if args.listen {
-        let mut listener = Listener::bind(&args.path)?;
+        let listener = Listener::bind(&args.path)?;
         listener.accept().await?
     } else {
         connect::connect(&args.path, Config::new()).await?

@@ -74,7 +74,7 @@ async fn run_child(role: &str, args: &[&str]) -> Vec<String> {
 /// The server of the `Listener` documentation's shutdown example, counting and checking what
 /// each connection delivers. `first` hears of the first message.
 async fn serve(
-    mut listener: Listener,
+    listener: Listener,
     shutdown: CancellationToken,
     first: tokio::sync::mpsc::Sender<()>,
 ) -> Vec<Result<u64, tokio_pvm::Error>> {
@@ -304,7 +304,7 @@ async fn accept_in_select_with_a_1ms_timer_loses_no_connection() {
     within(async {
         let dir = TempDir::new("select-accept");
         let path = dir.sock();
-        let mut listener = Listener::bind(&path).unwrap();
+        let listener = Listener::bind(&path).unwrap();
         const CLIENTS: u64 = 20;
         let mut clients = JoinSet::new();
         for id in 0..CLIENTS {

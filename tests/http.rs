@@ -137,7 +137,7 @@ async fn lines_codec_across_two_processes() {
     const PIPELINED: usize = 1000;
     let dir = temp_dir("lines");
     let path = dir.join("s");
-    let mut listener = Listener::bind(&path).unwrap();
+    let listener = Listener::bind(&path).unwrap();
     let child = ChildProc::spawn("lines_upper", &[path.to_str().unwrap()]);
     timeout(LIMIT, async {
         let conn = listener.accept().await.expect("accept");

@@ -188,7 +188,7 @@ async fn clients_get_through_a_thousand_idle_and_trickling_connections() {
     set_nofile_soft(8192);
     let dir = temp_dir("slowloris");
     let path = dir.join("s");
-    let mut listener = Listener::bind(&path).unwrap();
+    let listener = Listener::bind(&path).unwrap();
     let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
     let server = tokio::spawn(async move {
         loop {
@@ -259,7 +259,7 @@ fn fd_starved_listener(args: &[&str]) -> i32 {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut listener = Listener::bind(&path).unwrap();
+        let listener = Listener::bind(&path).unwrap();
         let lifetime = tokio::time::sleep(Duration::from_secs(20));
         tokio::pin!(lifetime);
         let mut errors = 0u64;
@@ -364,7 +364,7 @@ async fn a_listener_out_of_descriptors_backs_off_and_recovers() {
 async fn max_connections_refuses_beyond_the_limit_until_one_is_dropped() {
     let dir = temp_dir("maxconn");
     let path = dir.join("s");
-    let mut listener = Listener::bind_with(&path, Config::new().max_connections(2)).unwrap();
+    let listener = Listener::bind_with(&path, Config::new().max_connections(2)).unwrap();
     let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
     let server = tokio::spawn(async move {
         loop {
@@ -416,7 +416,7 @@ async fn another_users_stalled_handshakes_hold_at_most_half_of_the_slots() {
     }
     let dir = temp_dir("uid-slots");
     let path = dir.join("s");
-    let mut listener = Listener::bind_with(&path, Config::new().allow_any_uid()).unwrap();
+    let listener = Listener::bind_with(&path, Config::new().allow_any_uid()).unwrap();
     util::open_to_all(&path);
     let server = tokio::spawn(async move {
         let mut accepted = Vec::new();

@@ -29,7 +29,7 @@ async fn a_peer_that_turns_setuid_root_is_never_read() {
     };
     let dir = temp_dir("setuid-pull");
     let path = dir.join("s.sock");
-    let mut listener = Listener::bind_with(&path, Config::new().allow_any_uid()).unwrap();
+    let listener = Listener::bind_with(&path, Config::new().allow_any_uid()).unwrap();
     open_to_all(&path);
     let peer = ChildProc::spawn_with(
         "setuid_data_attack",

@@ -56,7 +56,7 @@ async fn stuck_pull_scenario() {
     let config = Config::new()
         .blocking_threshold(0)
         .pull_timeout(Duration::from_millis(500));
-    let mut listener = Listener::bind_with(&path, config).unwrap();
+    let listener = Listener::bind_with(&path, config).unwrap();
     let p = path.to_str().unwrap();
     let mut stuck_peer = ChildProc::spawn("send_uffd_page", &[p]);
     let mut stuck = timeout(Duration::from_secs(10), listener.accept())
@@ -109,7 +109,7 @@ async fn idle_connections_keep_at_most_the_process_wide_pool() {
     assert_eq!(cap, tokio_pvm::DEFAULT_PROCESS_BUFFER_POOL);
     let dir = temp_dir("pool-cap");
     let path = dir.join("s.sock");
-    let mut listener = Listener::bind(&path).unwrap();
+    let listener = Listener::bind(&path).unwrap();
     let p = path.to_str().unwrap();
     // One message of each pooled size class, 64 KiB to 16 MiB: 32 MiB per connection, as
     // much as a connection's own pool keeps.

@@ -27,7 +27,7 @@ struct Seen {
 async fn soak(producers: u64, messages: u64, kills: usize, duration: Duration) {
     let dir = temp_dir(&format!("soak-{producers}-{messages}"));
     let path = dir.join("s");
-    let mut listener = Listener::bind(&path).unwrap();
+    let listener = Listener::bind(&path).unwrap();
     let mut children: Vec<(u64, ChildProc)> = (0..producers)
         .map(|seed| {
             let args = [

@@ -430,7 +430,7 @@ async fn a_listener_full_of_stalled_handshakes_still_accepts() {
     let dir = temp_dir("stalled");
     let path = dir.join("s");
     let cfg = Config::new().handshake_timeout(Duration::from_millis(300));
-    let mut listener = Listener::bind_with(&path, cfg).unwrap();
+    let listener = Listener::bind_with(&path, cfg).unwrap();
     // More clients than the listener runs handshakes for at once; none of them speaks.
     let stalled: Vec<_> = (0..200)
         .map(|_| std::os::unix::net::UnixStream::connect(&path).unwrap())

@@ -248,7 +248,7 @@ impl Clock {
 // ----- throughput: tokio-pvm ---------------------------------------------------------------
 
 async fn pvm_recv(path: String, size: usize, count: u64) -> Result<(), String> {
-    let mut listener =
+    let listener =
         Listener::bind_with(&path, pvm_config(size)).map_err(|e| format!("binding {path}: {e}"))?;
     ready();
     let mut conn = listener
@@ -420,7 +420,7 @@ fn report_latency(mut one_way_ns: Vec<u64>) -> Result<(), String> {
 /// Echoes every message back with `send` (feed + flush: returns once the pinger has pulled
 /// the reply), then closes when the pinger closes.
 async fn pvm_echo(path: String, size: usize) -> Result<(), String> {
-    let mut listener =
+    let listener =
         Listener::bind_with(&path, pvm_config(size)).map_err(|e| format!("binding {path}: {e}"))?;
     ready();
     let mut conn = listener

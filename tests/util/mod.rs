@@ -441,7 +441,7 @@ async fn child_main(role: &str, args: &[String]) -> i32 {
         }
         // listen_once PATH: bind, accept one connection (any outcome), print it.
         "listen_once" => {
-            let mut listener = Listener::bind(&path).unwrap();
+            let listener = Listener::bind(&path).unwrap();
             open_to_all(&path);
             match tokio::time::timeout(Duration::from_secs(3), listener.accept()).await {
                 Ok(Ok(_)) => result("accepted"),
@@ -855,7 +855,7 @@ pub mod http_roles {
     }
 
     async fn http_server(path: &Path) -> i32 {
-        let mut listener = match Listener::bind(path) {
+        let listener = match Listener::bind(path) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("http_server: binding {}: {e}", path.display());
