@@ -395,3 +395,37 @@ async fn a_dropped_fanout_still_delivers_to_every_subscriber() {
         assert!(within("the end", b.next()).await.is_none());
     }
 }
+
+/// An application that reads a little and then stops: the room its reads made is filled
+/// (and acknowledged) without it, as a socket's receive buffer refills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_made_by_reads_is_refilled_after_the_application_stops_reading() {
+    let config = Config::default().window(4, 1 << 20);
+    let (a, mut b) = Connection::pair_with(config).await.unwrap();
+    let (mut tx, _arx) = a.split();
+    for seq in 0..8 {
+        within("sending", tx.feed(msg(seq, 20_000))).await.unwrap();
+    }
+    // Write the frames out; 4 fill b's buffer, 4 wait in the window.
+    let _ = tokio::time::timeout(Duration::from_millis(100), tx.flush()).await;
+    assert_eq!(tx.in_flight().0, 4);
+    for seq in 0..2 {
+        assert_eq!(
+            within("reading", b.next()).await.unwrap().unwrap(),
+            msg(seq, 20_000)
+        );
+    }
+    // b stops reading; its transport takes two more.
+    within("refilling", async {
+        while tx.in_flight().0 != 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    for seq in 2..8 {
+        assert_eq!(
+            within("reading", b.next()).await.unwrap().unwrap(),
+            msg(seq, 20_000)
+        );
+    }
+}

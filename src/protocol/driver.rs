@@ -8,14 +8,21 @@
 //! nobody holds it (a half that holds it is doing the same work, and wakes the driver after
 //! unlocking, see [`Shared::unlocked`]), so it never blocks a runtime thread.
 //!
+//! While the application reads (it polled its receiving half since the driver last looked),
+//! the driver leaves the pulls to those polls, which copy on the application's own thread
+//! and hand the message over with a warm cache; it still reads frames, sends what a dropped
+//! sender left and writes out. It looks again after [`RECHECK`], and takes the pulls over
+//! once the application has stopped polling.
+//!
 //! It ends when the connection has failed, when both halves are dropped and the sending
 //! direction is closed, or when the peer's end of stream leaves nothing more to receive.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::time::Sleep;
 
@@ -24,11 +31,16 @@ use super::{Guard, Role, Shared};
 /// Rounds of work in one poll before the driver yields to other tasks.
 const ROUNDS_PER_POLL: usize = 16;
 
+/// How soon the driver looks again whether the application still reads, when it left the
+/// pulls to it.
+const RECHECK: Duration = Duration::from_millis(2);
+
 /// Spawns the driver of `shared` on the current runtime.
 pub(super) fn spawn(shared: Arc<Shared>) {
     let driver = Driver {
         shared,
         linger: None,
+        recheck: None,
     };
     // Connections are only made inside a runtime (connect, accept and pair are async); the
     // check keeps a misuse from panicking: without a driver, the halves still do all the
@@ -42,6 +54,8 @@ struct Driver {
     shared: Arc<Shared>,
     /// The timer of a dropped sender's linger time, and the deadline it was set for.
     linger: Option<(Instant, Pin<Box<Sleep>>)>,
+    /// The timer to look again whether the application still reads.
+    recheck: Option<Pin<Box<Sleep>>>,
 }
 
 impl Guard<'_> {
@@ -65,8 +79,9 @@ impl Future for Driver {
             // A half holds the lock; it wakes the driver when it lets go.
             return Poll::Pending;
         };
+        let reading = shared.recv_polled.swap(false, Ordering::Relaxed);
         let mut rounds = 0;
-        while g.make_progress() {
+        while g.make_progress(!reading) {
             rounds += 1;
             if rounds == ROUNDS_PER_POLL {
                 cx.waker().wake_by_ref();
@@ -77,6 +92,20 @@ impl Future for Driver {
             drop(g);
             shared.wakers.clear(Role::Driver);
             return Poll::Ready(());
+        }
+        if reading && !g.state.recv.idle() {
+            // Pulls were left to the application: look again soon in case it stopped.
+            let recheck = this
+                .recheck
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(RECHECK)));
+            if recheck.is_elapsed() {
+                recheck
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + RECHECK);
+            }
+            if recheck.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
         }
         let Some(deadline) = g.state.send.linger_until else {
             this.linger = None;

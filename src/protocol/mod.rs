@@ -152,6 +152,9 @@ pub(crate) struct Shared {
     /// The driver found the lock taken and left the work to its holder, who wakes the driver
     /// after unlocking (see [`Shared::unlocked`]).
     driver_wanted: AtomicBool,
+    /// The application polled the receiving half since the driver last looked: it is reading,
+    /// and its polls pull (see [`driver`]).
+    recv_polled: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -207,6 +210,7 @@ impl Shared {
             socket_fd,
             send_ready: AtomicBool::new(false),
             driver_wanted: AtomicBool::new(false),
+            recv_polled: AtomicBool::new(false),
         });
         driver::spawn(shared.clone());
         shared
@@ -303,6 +307,7 @@ impl Shared {
     }
 
     pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        self.recv_polled.store(true, Ordering::Relaxed);
         self.with(Role::Recv, |g| g.poll_next(cx))
     }
 
@@ -594,11 +599,11 @@ impl Guard<'_> {
     }
 
     /// One round of everything that needs no application: read frames, start and collect
-    /// pulls, acknowledge, send what dropped halves left, write out. Returns whether anything
-    /// happened.
-    fn make_progress(&mut self) -> bool {
+    /// pulls (if `pull`), acknowledge, send what dropped halves left, write out. Returns
+    /// whether anything happened.
+    fn make_progress(&mut self, pull: bool) -> bool {
         let mut progressed = self.drive_read();
-        if self.state.fatal.is_none() {
+        if pull && self.state.fatal.is_none() {
             progressed |= self.start_pulls();
             let shared = self.shared;
             progressed |= self.collect_pulls(&mut Context::from_waker(&shared.io_waker));
