@@ -65,7 +65,7 @@ struct Subscriber {
 /// use tokio_pvm::{Config, Fanout, Listener, SlowSubscriber};
 ///
 /// # async fn run() -> tokio_pvm::Result<()> {
-/// let mut listener = Listener::bind("/tmp/prices.sock")?;
+/// let listener = Listener::bind("/tmp/prices.sock")?;
 /// let mut fanout = Fanout::new(&Config::new().slow_subscriber(SlowSubscriber::Drop));
 /// for _ in 0..4 {
 ///     fanout.subscribe(listener.accept().await?);

@@ -15,7 +15,7 @@
 //!
 //! # async fn demo() -> Result<(), tokio_pvm::Error> {
 //! // In one process:
-//! let mut listener = Listener::bind("/tmp/app.sock")?;
+//! let listener = Listener::bind("/tmp/app.sock")?;
 //! let mut conn = listener.accept().await?;
 //! while let Some(msg) = conn.next().await {
 //!     println!("got {} bytes", msg?.len());
