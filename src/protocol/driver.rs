@@ -68,6 +68,21 @@ impl Guard<'_> {
     }
 }
 
+impl Driver {
+    /// Makes sure the driver is polled again within [`RECHECK`].
+    fn recheck(timer: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) {
+        let recheck = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(RECHECK)));
+        if recheck.is_elapsed() {
+            recheck
+                .as_mut()
+                .reset(tokio::time::Instant::now() + RECHECK);
+        }
+        if recheck.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
+    }
+}
+
 impl Future for Driver {
     type Output = ();
 
@@ -75,11 +90,17 @@ impl Future for Driver {
         let this = self.get_mut();
         let shared = &*this.shared;
         shared.wakers.register(Role::Driver, cx.waker());
+        let reading = shared.recv_polled.swap(false, Ordering::Relaxed);
+        if reading && shared.recv_parked.load(Ordering::Relaxed) {
+            // The application waits on its stream: whatever woke the driver woke it too, and
+            // it does the work on its own thread. Look again soon in case it went away.
+            Driver::recheck(&mut this.recheck, cx);
+            return Poll::Pending;
+        }
         let Some(mut g) = shared.try_enter_driver() else {
             // A half holds the lock; it wakes the driver when it lets go.
             return Poll::Pending;
         };
-        let reading = shared.recv_polled.swap(false, Ordering::Relaxed);
         let mut rounds = 0;
         while g.make_progress(!reading) {
             rounds += 1;
@@ -95,17 +116,7 @@ impl Future for Driver {
         }
         if reading && !g.state.recv.idle() {
             // Pulls were left to the application: look again soon in case it stopped.
-            let recheck = this
-                .recheck
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(RECHECK)));
-            if recheck.is_elapsed() {
-                recheck
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + RECHECK);
-            }
-            if recheck.as_mut().poll(cx).is_ready() {
-                cx.waker().wake_by_ref();
-            }
+            Driver::recheck(&mut this.recheck, cx);
         }
         let Some(deadline) = g.state.send.linger_until else {
             this.linger = None;

@@ -158,6 +158,9 @@ pub(crate) struct Shared {
     /// The application polled the receiving half since the driver last looked: it is reading,
     /// and its polls pull (see [`driver`]).
     recv_polled: AtomicBool,
+    /// The receiving half's last poll returned `Pending`: the next event wakes it, and it
+    /// does the work itself.
+    recv_parked: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -214,6 +217,7 @@ impl Shared {
             send_ready: AtomicBool::new(false),
             driver_wanted: AtomicBool::new(false),
             recv_polled: AtomicBool::new(false),
+            recv_parked: AtomicBool::new(false),
         });
         driver::spawn(shared.clone());
         shared
@@ -311,7 +315,9 @@ impl Shared {
 
     pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
         self.recv_polled.store(true, Ordering::Relaxed);
-        self.with(Role::Recv, |g| g.poll_next(cx))
+        let next = self.with(Role::Recv, |g| g.poll_next(cx));
+        self.recv_parked.store(next.is_pending(), Ordering::Relaxed);
+        next
     }
 
     /// Queues `data` to be sent after the sending half is dropped, as the window allows (what
