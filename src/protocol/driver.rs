@@ -31,9 +31,9 @@ use super::{Guard, Role, Shared};
 /// Rounds of work in one poll before the driver yields to other tasks.
 const ROUNDS_PER_POLL: usize = 16;
 
-/// How soon the driver looks again whether the application still reads, when it left the
-/// pulls to it.
-const RECHECK: Duration = Duration::from_millis(2);
+/// How soon the driver looks again, while the application uses the connection (see
+/// [`Wakers`](super::Wakers)).
+pub(super) const RECHECK: Duration = Duration::from_millis(2);
 
 /// Spawns the driver of `shared` on the current runtime.
 pub(super) fn spawn(shared: Arc<Shared>) {
@@ -89,12 +89,21 @@ impl Future for Driver {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         let shared = &*this.shared;
-        shared.wakers.register(Role::Driver, cx.waker());
-        let reading = shared.recv_polled.swap(false, Ordering::Relaxed);
-        if reading && shared.recv_parked.load(Ordering::Relaxed) {
-            // The application waits on its stream: whatever woke the driver woke it too, and
-            // it does the work on its own thread. Look again soon in case it went away.
+        let wakers = &*shared.wakers;
+        wakers.register(Role::Driver, cx.waker());
+        if this.recheck.as_ref().is_some_and(|t| t.is_elapsed()) {
+            wakers.driver_timer.store(false, Ordering::Relaxed);
+        }
+        let reading = wakers.recv_polled.swap(false, Ordering::Relaxed);
+        if wakers.polled.swap(false, Ordering::Relaxed) {
+            // The application uses the connection, and its polls do most of the work: look
+            // again soon, whether or not an event wakes the driver.
             Driver::recheck(&mut this.recheck, cx);
+            wakers.driver_timer.store(true, Ordering::Relaxed);
+        }
+        if reading && wakers.parked[Role::Recv as usize].load(Ordering::Relaxed) {
+            // The application waits on its stream: whatever woke the driver woke it too, and
+            // it does the work on its own thread.
             return Poll::Pending;
         }
         let Some(mut g) = shared.try_enter_driver() else {
@@ -113,10 +122,6 @@ impl Future for Driver {
             drop(g);
             shared.wakers.clear(Role::Driver);
             return Poll::Ready(());
-        }
-        if reading && !g.state.recv.idle() {
-            // Pulls were left to the application: look again soon in case it stopped.
-            Driver::recheck(&mut this.recheck, cx);
         }
         let Some(deadline) = g.state.send.linger_until else {
             this.linger = None;

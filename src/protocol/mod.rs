@@ -69,12 +69,27 @@ pub(crate) enum Role {
     Driver = 2,
 }
 
-/// Wakers of the two halves and of the driver task. Registered with the socket's readiness so
-/// that one readiness event wakes all three. Lock-free: registering the same waker again costs
-/// a few atomic operations.
+/// Wakers of the two halves and of the driver task, registered with the socket's readiness
+/// and with pulls. Lock-free: registering the same waker again costs a few atomic operations.
+///
+/// An event wakes both halves, and the driver unless a half is sure to do the work itself: a
+/// half *parked* on the socket (its last poll read until the socket had nothing more and
+/// returned `Pending`) reads again when woken. Such a half may never be polled again (its
+/// future was dropped in a `select!`), so the driver is left out only while it has a timer
+/// pending that makes it look within [`driver::RECHECK`] anyway. So a connection whose
+/// application waits on it pays no wake-up of a second task per event.
 #[derive(Debug, Default)]
 struct Wakers {
     slots: [AtomicWaker; 3],
+    /// Per half: parked on the socket, see above. Cleared by the wake.
+    parked: [AtomicBool; 2],
+    /// The driver has its look-again timer pending.
+    driver_timer: AtomicBool,
+    /// Either half was polled since the driver last looked.
+    polled: AtomicBool,
+    /// The receiving half was polled since the driver last looked: the application reads, and
+    /// its polls pull.
+    recv_polled: AtomicBool,
 }
 
 impl Wakers {
@@ -97,7 +112,14 @@ impl Wake for Wakers {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.slots.iter().for_each(AtomicWaker::wake);
+        let mut covered = false;
+        for half in [Role::Send, Role::Recv] {
+            covered |= self.parked[half as usize].swap(false, Ordering::Relaxed);
+            self.wake_one(half);
+        }
+        if !(covered && self.driver_timer.load(Ordering::Relaxed)) {
+            self.wake_one(Role::Driver);
+        }
     }
 }
 
@@ -155,12 +177,6 @@ pub(crate) struct Shared {
     /// The driver found the lock taken and left the work to its holder, who wakes the driver
     /// after unlocking (see [`Shared::unlocked`]).
     driver_wanted: AtomicBool,
-    /// The application polled the receiving half since the driver last looked: it is reading,
-    /// and its polls pull (see [`driver`]).
-    recv_polled: AtomicBool,
-    /// The receiving half's last poll returned `Pending`: the next event wakes it, and it
-    /// does the work itself.
-    recv_parked: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -216,8 +232,6 @@ impl Shared {
             socket_fd,
             send_ready: AtomicBool::new(false),
             driver_wanted: AtomicBool::new(false),
-            recv_polled: AtomicBool::new(false),
-            recv_parked: AtomicBool::new(false),
         });
         driver::spawn(shared.clone());
         shared
@@ -253,8 +267,17 @@ impl Shared {
 
     /// Runs `f` on the locked state as `role`, then hands pending work to the driver.
     fn with<R>(&self, role: Role, f: impl FnOnce(Guard<'_>) -> R) -> R {
+        self.wakers.polled.store(true, Ordering::Relaxed);
         let r = f(self.enter(role));
         self.unlocked();
+        r
+    }
+
+    /// Like [`with`](Shared::with) for a poll that reads the socket until it has nothing more
+    /// before it returns `Pending`: the half is then parked on the socket (see [`Wakers`]).
+    fn poll_parking<T>(&self, role: Role, f: impl FnOnce(Guard<'_>) -> Poll<T>) -> Poll<T> {
+        let r = self.with(role, f);
+        self.wakers.parked[role as usize].store(r.is_pending(), Ordering::Relaxed);
         r
     }
 
@@ -289,7 +312,7 @@ impl Shared {
         if self.send_ready.load(Ordering::Acquire) {
             return Poll::Ready(Ok(()));
         }
-        self.with(Role::Send, |g| g.poll_ready(cx))
+        self.poll_parking(Role::Send, |g| g.poll_ready(cx))
     }
 
     pub(crate) fn start_send(&self, item: Bytes) -> Result<()> {
@@ -297,7 +320,7 @@ impl Shared {
     }
 
     pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.with(Role::Send, |g| g.poll_flush(cx))
+        self.poll_parking(Role::Send, |g| g.poll_flush(cx))
     }
 
     pub(crate) fn poll_close(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
@@ -314,10 +337,8 @@ impl Shared {
     }
 
     pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
-        self.recv_polled.store(true, Ordering::Relaxed);
-        let next = self.with(Role::Recv, |g| g.poll_next(cx));
-        self.recv_parked.store(next.is_pending(), Ordering::Relaxed);
-        next
+        self.wakers.recv_polled.store(true, Ordering::Relaxed);
+        self.poll_parking(Role::Recv, |g| g.poll_next(cx))
     }
 
     /// Queues `data` to be sent after the sending half is dropped, as the window allows (what

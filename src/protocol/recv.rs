@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -491,9 +492,12 @@ impl Guard<'_> {
                         // message over, so that they overlap with the application's work.
                         self.drive_read();
                         self.start_pulls();
-                    } else if !self.state.recv.queue.is_empty() {
+                    } else if !self.state.recv.queue.is_empty()
+                        && !self.shared.wakers.driver_timer.load(Ordering::Relaxed)
+                    {
                         // Room opened for messages the peer announced: the driver pulls them
-                        // while the application works.
+                        // if the application stops reading (with its timer pending, it looks
+                        // anyway).
                         self.notify(Role::Driver);
                     }
                 }
