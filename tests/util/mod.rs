@@ -21,13 +21,21 @@ pub mod setuid;
 
 const ROLE_VAR: &str = "TOKIO_PVM_TEST_ROLE";
 
-/// Defines the `child_entry` test that child processes run.
+/// Defines the `child_entry` test that child processes run. `child_entry!(roles::run)` gives
+/// a test file roles of its own: `roles::run(role, args)` runs the role and returns its exit
+/// code, or returns `None` for a role it does not know (then the shared roles below run).
 #[macro_export]
 macro_rules! child_entry {
     () => {
         #[test]
         fn child_entry() {
             util::run_child_role();
+        }
+    };
+    ($roles:path) => {
+        #[test]
+        fn child_entry() {
+            util::run_child_role_with($roles);
         }
     };
 }
@@ -242,12 +250,22 @@ pub async fn wait_for(path: &Path) {
 
 /// Entry point of a child process: runs the role named in the environment, if any.
 pub fn run_child_role() {
+    run_child_role_with(|_, _| None);
+}
+
+/// Entry point of a child process of a test file with roles of its own: `roles` runs the role
+/// named in the environment and returns its exit code, or returns `None` for a role it does
+/// not know, which then runs as in [`run_child_role`].
+pub fn run_child_role_with(roles: impl FnOnce(&str, &[String]) -> Option<i32>) {
     let Ok(spec) = std::env::var(ROLE_VAR) else {
         return;
     };
     let mut parts = spec.split('\x1f');
     let role = parts.next().unwrap().to_owned();
     let args: Vec<String> = parts.map(str::to_owned).collect();
+    if let Some(code) = roles(&role, &args) {
+        std::process::exit(code);
+    }
     if let Some(code) = probe_roles::run(&role, &args) {
         std::process::exit(code);
     }
