@@ -72,12 +72,14 @@ pub(crate) enum Role {
 /// Wakers of the two halves and of the driver task, registered with the socket's readiness
 /// and with pulls. Lock-free: registering the same waker again costs a few atomic operations.
 ///
-/// An event wakes both halves, and the driver unless a half is sure to do the work itself: a
+/// An event wakes both halves, and the driver unless a half is about to do the work itself: a
 /// half *parked* on the socket (its last poll read until the socket had nothing more and
-/// returned `Pending`) reads again when woken. Such a half may never be polled again (its
-/// future was dropped in a `select!`), so the driver is left out only while it has a timer
-/// pending that makes it look within [`driver::RECHECK`] anyway. So a connection whose
-/// application waits on it pays no wake-up of a second task per event.
+/// returned `Pending`) reads again when woken, and a half polled since the driver last looked
+/// is in use and reads at its next poll. Such a half may never be polled again (its future
+/// was dropped in a `select!`, or the application stopped reading), so the driver is left out
+/// only while it has a timer pending that makes it look within [`driver::RECHECK`] anyway.
+/// So a connection in use pays no wake-up of a second task per event, and one left alone is
+/// served by the driver within a few milliseconds.
 #[derive(Debug, Default)]
 struct Wakers {
     slots: [AtomicWaker; 3],
@@ -112,7 +114,8 @@ impl Wake for Wakers {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let mut covered = false;
+        // A half polled since the driver last looked is in use: its next poll does the work.
+        let mut covered = self.polled.load(Ordering::Relaxed);
         for half in [Role::Send, Role::Recv] {
             covered |= self.parked[half as usize].swap(false, Ordering::Relaxed);
             self.wake_one(half);
