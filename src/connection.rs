@@ -93,7 +93,8 @@ impl Mode {
 /// connection) pulls the peer's messages into a receive buffer of one window
 /// ([`Config::window`]) and acknowledges them whether or not the stream is polled; when the
 /// buffer is full the peer stops one window later, so memory stays bounded. A half that is
-/// polled does the same work itself, so there is no hand-off while the application keeps up.
+/// polled does the same work itself, so there is no hand-off while the application keeps up;
+/// when the application stops polling, the driver takes over within about 40 ms.
 ///
 /// # Traits
 /// Besides `Sink` and `Stream` (so `futures::SinkExt`/`StreamExt`, `tokio_stream` wrappers and

@@ -5,8 +5,8 @@
 //! pull, a dropped half, or room opening in the receive buffer. So acknowledgements and pulls
 //! happen while the application does something else, and a dropped sending side keeps serving
 //! the peer for up to [`Config::linger`](crate::Config::linger). It takes the lock only if
-//! nobody holds it (a half that holds it is doing the same work, and wakes the driver after
-//! unlocking, see [`Shared::unlocked`]), so it never blocks a runtime thread.
+//! nobody holds it (a half that holds it is doing the same work; the driver looks again after
+//! [`RECHECK`]), so it never blocks a runtime thread.
 //!
 //! While the application reads (it polled its receiving half since the driver last looked),
 //! the driver leaves the pulls to those polls, which copy on the application's own thread
@@ -33,7 +33,7 @@ const ROUNDS_PER_POLL: usize = 16;
 
 /// How soon the driver looks again, while the application uses the connection (see
 /// [`Wakers`](super::Wakers)).
-pub(super) const RECHECK: Duration = Duration::from_millis(2);
+pub(super) const RECHECK: Duration = Duration::from_millis(20);
 
 /// Spawns the driver of `shared` on the current runtime.
 pub(super) fn spawn(shared: Arc<Shared>) {
@@ -107,7 +107,9 @@ impl Future for Driver {
             return Poll::Pending;
         }
         let Some(mut g) = shared.try_enter_driver() else {
-            // A half holds the lock; it wakes the driver when it lets go.
+            // A half holds the lock and is doing this work; look again after the timer.
+            Driver::recheck(&mut this.recheck, cx);
+            wakers.driver_timer.store(true, Ordering::Relaxed);
             return Poll::Pending;
         };
         let mut rounds = 0;
@@ -144,7 +146,6 @@ impl Future for Driver {
             g.linger_expired();
         }
         drop(g);
-        shared.unlocked();
         shared.wakers.clear(Role::Driver);
         Poll::Ready(())
     }
