@@ -91,13 +91,22 @@ impl Future for Driver {
         let shared = &*this.shared;
         let wakers = &*shared.wakers;
         wakers.register(Role::Driver, cx.waker());
-        if this.recheck.as_ref().is_some_and(|t| t.is_elapsed()) {
+        // What the application did is looked at once per timer period: clearing the flags on
+        // every poll would leave the next event uncovered until the application's next poll,
+        // and wake the driver again and again while the application works.
+        let period_over = this.recheck.as_ref().is_none_or(|t| t.is_elapsed());
+        let (polled, reading) = if period_over {
             wakers.driver_timer.store(false, Ordering::Relaxed);
-        }
-        let reading = wakers.recv_polled.swap(false, Ordering::Relaxed);
-        if wakers.polled.swap(false, Ordering::Relaxed) {
+            (
+                wakers.polled.swap(false, Ordering::Relaxed),
+                wakers.recv_polled.swap(false, Ordering::Relaxed),
+            )
+        } else {
+            (false, wakers.recv_polled.load(Ordering::Relaxed))
+        };
+        if polled {
             // The application uses the connection, and its polls do most of the work: look
-            // again soon, whether or not an event wakes the driver.
+            // again after a period, whether or not an event wakes the driver.
             Driver::recheck(&mut this.recheck, cx);
             wakers.driver_timer.store(true, Ordering::Relaxed);
         }
