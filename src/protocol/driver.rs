@@ -5,14 +5,14 @@
 //! pull, a dropped half, or room opening in the receive buffer. So acknowledgements and pulls
 //! happen while the application does something else, and a dropped sending side keeps serving
 //! the peer for up to [`Config::linger`](crate::Config::linger). It takes the lock only if
-//! nobody holds it (a half that holds it is doing the same work; the driver looks again after
-//! [`RECHECK`]), so it never blocks a runtime thread.
+//! nobody holds it (a half that holds it is doing the same work), so it never blocks a
+//! runtime thread.
 //!
 //! While the application reads (it polled its receiving half since the driver last looked),
 //! the driver leaves the pulls to those polls, which copy on the application's own thread
 //! and hand the message over with a warm cache; it still reads frames, sends what a dropped
-//! sender left and writes out. It looks again after [`RECHECK`], and takes the pulls over
-//! once the application has stopped polling.
+//! sender left and writes out. The process's watchdog wakes it once the application has
+//! stopped polling, and it takes the pulls over.
 //!
 //! It ends when the connection has failed, when both halves are dropped and the sending
 //! direction is closed, or when the peer's end of stream leaves nothing more to receive.
@@ -22,25 +22,20 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::time::Sleep;
 
-use super::{Guard, Role, Shared};
+use super::{Guard, Role, Shared, watchdog};
 
 /// Rounds of work in one poll before the driver yields to other tasks.
 const ROUNDS_PER_POLL: usize = 16;
-
-/// How soon the driver looks again, while the application uses the connection (see
-/// [`Wakers`](super::Wakers)).
-pub(super) const RECHECK: Duration = Duration::from_millis(20);
 
 /// Spawns the driver of `shared` on the current runtime.
 pub(super) fn spawn(shared: Arc<Shared>) {
     let driver = Driver {
         shared,
         linger: None,
-        recheck: None,
     };
     // Connections are only made inside a runtime (connect, accept and pair are async); the
     // check keeps a misuse from panicking: without a driver, the halves still do all the
@@ -54,8 +49,6 @@ struct Driver {
     shared: Arc<Shared>,
     /// The timer of a dropped sender's linger time, and the deadline it was set for.
     linger: Option<(Instant, Pin<Box<Sleep>>)>,
-    /// The timer to look again whether the application still reads.
-    recheck: Option<Pin<Box<Sleep>>>,
 }
 
 impl Guard<'_> {
@@ -68,21 +61,6 @@ impl Guard<'_> {
     }
 }
 
-impl Driver {
-    /// Makes sure the driver is polled again within [`RECHECK`].
-    fn recheck(timer: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) {
-        let recheck = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(RECHECK)));
-        if recheck.is_elapsed() {
-            recheck
-                .as_mut()
-                .reset(tokio::time::Instant::now() + RECHECK);
-        }
-        if recheck.as_mut().poll(cx).is_ready() {
-            cx.waker().wake_by_ref();
-        }
-    }
-}
-
 impl Future for Driver {
     type Output = ();
 
@@ -91,23 +69,10 @@ impl Future for Driver {
         let shared = &*this.shared;
         let wakers = &*shared.wakers;
         wakers.register(Role::Driver, cx.waker());
-        // What the application did is looked at once per timer period: clearing the flags on
-        // every poll would leave the next event uncovered until the application's next poll,
-        // and wake the driver again and again while the application works.
-        let period_over = this.recheck.as_ref().is_none_or(|t| t.is_elapsed());
-        let (polled, reading) = if period_over {
-            wakers.driver_timer.store(false, Ordering::Relaxed);
-            (
-                wakers.polled.swap(false, Ordering::Relaxed),
-                wakers.recv_polled.swap(false, Ordering::Relaxed),
-            )
-        } else {
-            (false, wakers.recv_polled.load(Ordering::Relaxed))
-        };
-        if polled {
-            // The application uses the connection, and its polls do most of the work: look
-            // again after a period, whether or not an event wakes the driver.
-            Driver::recheck(&mut this.recheck, cx);
+        let reading = wakers.recv_polled.load(Ordering::Relaxed);
+        if wakers.polled.load(Ordering::Relaxed) && watchdog::running() {
+            // The application uses the connection, and its polls do most of the work: the
+            // watchdog wakes the driver if it stops.
             wakers.driver_timer.store(true, Ordering::Relaxed);
         }
         if reading && wakers.parked[Role::Recv as usize].load(Ordering::Relaxed) {
@@ -116,9 +81,8 @@ impl Future for Driver {
             return Poll::Pending;
         }
         let Some(mut g) = shared.try_enter_driver() else {
-            // A half holds the lock and is doing this work; look again after the timer.
-            Driver::recheck(&mut this.recheck, cx);
-            wakers.driver_timer.store(true, Ordering::Relaxed);
+            // A half holds the lock and is doing this work; if the application then stops,
+            // the watchdog (or the next event) wakes the driver.
             return Poll::Pending;
         };
         let mut rounds = 0;

@@ -36,6 +36,7 @@ mod frames;
 mod model;
 mod recv;
 mod send;
+mod watchdog;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
@@ -77,21 +78,21 @@ pub(crate) enum Role {
 /// returned `Pending`) reads again when woken, and a half polled since the driver last looked
 /// is in use and reads at its next poll. Such a half may never be polled again (its future
 /// was dropped in a `select!`, or the application stopped reading), so the driver is left out
-/// only while it has a timer pending that makes it look within [`driver::RECHECK`] anyway.
+/// only while the process's watchdog ([`watchdog`]) looks after it: it wakes the driver once
+/// the application went a whole [`watchdog::PERIOD`] without polling.
 /// So a connection in use pays no wake-up of a second task per event, and one left alone is
-/// served by the driver within two timer periods (40 ms). (A 2 ms period cost 15% of 64 B
-/// throughput in timer wake-ups.)
+/// served by the driver within two periods (40 ms).
 #[derive(Debug, Default)]
 struct Wakers {
     slots: [AtomicWaker; 3],
     /// Per half: parked on the socket, see above. Cleared by the wake.
     parked: [AtomicBool; 2],
-    /// The driver has its look-again timer pending.
+    /// The driver relies on the application's polls, and the watchdog looks after it.
     driver_timer: AtomicBool,
-    /// Either half was polled since the driver last looked.
+    /// Either half was polled since the watchdog last looked.
     polled: AtomicBool,
-    /// The receiving half was polled since the driver last looked: the application reads, and
-    /// its polls pull.
+    /// The receiving half was polled since the watchdog last looked: the application reads,
+    /// and its polls pull.
     recv_polled: AtomicBool,
 }
 
@@ -106,6 +107,17 @@ impl Wakers {
 
     fn clear(&self, role: Role) {
         drop(self.slots[role as usize].take());
+    }
+
+    /// The watchdog's look, once per period: a driver that relied on the application's polls
+    /// is woken if the application did not poll for a whole period.
+    fn tick(&self) {
+        self.recv_polled.store(false, Ordering::Relaxed);
+        if self.driver_timer.load(Ordering::Relaxed) && !self.polled.swap(false, Ordering::Relaxed)
+        {
+            self.driver_timer.store(false, Ordering::Relaxed);
+            self.wake_one(Role::Driver);
+        }
     }
 }
 
@@ -211,6 +223,7 @@ impl Shared {
         span: tracing::Span,
     ) -> Arc<Shared> {
         let wakers = Arc::new(Wakers::default());
+        watchdog::watch(&wakers);
         let socket_fd = io.get_ref().as_fd().as_raw_fd();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {

@@ -496,8 +496,8 @@ impl Guard<'_> {
                         && !self.shared.wakers.driver_timer.load(Ordering::Relaxed)
                     {
                         // Room opened for messages the peer announced: the driver pulls them
-                        // if the application stops reading (with its timer pending, it looks
-                        // anyway).
+                        // if the application stops reading (when the watchdog looks after it,
+                        // it is woken anyway).
                         self.notify(Role::Driver);
                     }
                 }
