@@ -73,7 +73,7 @@ impl Future for Driver {
         if wakers.polled.load(Ordering::Relaxed) && watchdog::running() {
             // The application uses the connection, and its polls do most of the work: the
             // watchdog wakes the driver if it stops.
-            wakers.driver_timer.store(true, Ordering::Relaxed);
+            wakers.watched.store(true, Ordering::Relaxed);
         }
         if reading && wakers.parked[Role::Recv as usize].load(Ordering::Relaxed) {
             // The application waits on its stream: whatever woke the driver woke it too, and

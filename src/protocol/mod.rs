@@ -88,7 +88,7 @@ struct Wakers {
     /// Per half: parked on the socket, see above. Cleared by the wake.
     parked: [AtomicBool; 2],
     /// The driver relies on the application's polls, and the watchdog looks after it.
-    driver_timer: AtomicBool,
+    watched: AtomicBool,
     /// Either half was polled since the watchdog last looked.
     polled: AtomicBool,
     /// The receiving half was polled since the watchdog last looked: the application reads,
@@ -113,9 +113,8 @@ impl Wakers {
     /// is woken if the application did not poll for a whole period.
     fn tick(&self) {
         self.recv_polled.store(false, Ordering::Relaxed);
-        if self.driver_timer.load(Ordering::Relaxed) && !self.polled.swap(false, Ordering::Relaxed)
-        {
-            self.driver_timer.store(false, Ordering::Relaxed);
+        if self.watched.load(Ordering::Relaxed) && !self.polled.swap(false, Ordering::Relaxed) {
+            self.watched.store(false, Ordering::Relaxed);
             self.wake_one(Role::Driver);
         }
     }
@@ -133,7 +132,7 @@ impl Wake for Wakers {
             covered |= self.parked[half as usize].swap(false, Ordering::Relaxed);
             self.wake_one(half);
         }
-        if !(covered && self.driver_timer.load(Ordering::Relaxed)) {
+        if !(covered && self.watched.load(Ordering::Relaxed)) {
             self.wake_one(Role::Driver);
         }
     }
@@ -292,7 +291,7 @@ impl Shared {
     }
 
     /// Locks the state for the driver if nobody holds it. (A holder is a half doing the same
-    /// work; the driver looks again after its timer.)
+    /// work; the watchdog wakes the driver if the application then stops.)
     fn try_enter_driver(&self) -> Option<Guard<'_>> {
         let state = match self.state.try_lock() {
             Ok(state) => state,

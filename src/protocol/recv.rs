@@ -493,7 +493,7 @@ impl Guard<'_> {
                         self.drive_read();
                         self.start_pulls();
                     } else if !self.state.recv.queue.is_empty()
-                        && !self.shared.wakers.driver_timer.load(Ordering::Relaxed)
+                        && !self.shared.wakers.watched.load(Ordering::Relaxed)
                     {
                         // Room opened for messages the peer announced: the driver pulls them
                         // if the application stops reading (when the watchdog looks after it,
