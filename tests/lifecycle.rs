@@ -429,3 +429,62 @@ async fn room_made_by_reads_is_refilled_after_the_application_stops_reading() {
         );
     }
 }
+
+/// A `ByteStream` split in two: the writer is dropped with bytes that wait for room in the
+/// window, while the reader waits on the socket. The acknowledgements that make room arrive
+/// while only the reader is polled; the bytes still go out, and the peer reads the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_writer_sends_its_rest_while_the_reader_waits() {
+    let config = Config::default().window(2, 1 << 20);
+    let (a, b) = Connection::pair_with(config).await.unwrap();
+    let (mut reader, mut writer) = ByteStream::with_gather(a, 1000).into_split();
+    let mut b = ByteStream::new(b);
+    // 2 messages fill b's buffer and 2 more the window; the fifth waits in the writer.
+    let data = data(4 * 1000 + 500, 7);
+    within("writing", writer.write_all(&data)).await.unwrap();
+    drop(writer);
+    let reading = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).await.map(|_| rest)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await; // the reader is parked
+    let mut got = Vec::new();
+    within("reading to the end", b.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, data);
+    b.shutdown().await.unwrap();
+    assert!(
+        within("the reader's end", reading)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A `next()` cancelled while it waited (a `select!` branch that lost), and never polled
+/// again: the driver still receives for it, so the peer's flush completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_read_does_not_stop_the_connection() {
+    let (a, b) = Connection::pair().await.unwrap();
+    let (mut tx, _arx) = a.split();
+    let (_btx, mut brx) = b.split();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), brx.next())
+            .await
+            .is_err()
+    );
+    for seq in 0..3 {
+        tx.feed(msg(seq, 10_000)).await.unwrap();
+    }
+    within("flush while the receiver is not polled", tx.flush())
+        .await
+        .unwrap();
+    for seq in 0..3 {
+        assert_eq!(
+            within("reading", brx.next()).await.unwrap().unwrap(),
+            msg(seq, 10_000)
+        );
+    }
+}

@@ -78,12 +78,12 @@ impl Future for Driver {
         if reading && wakers.parked[Role::Recv as usize].load(Ordering::Relaxed) {
             // The application waits on its stream: whatever woke the driver woke it too, and
             // it does the work on its own thread.
-            return Poll::Pending;
+            return this.poll_linger(cx);
         }
-        let Some(mut g) = shared.try_enter_driver() else {
+        let Some(mut g) = this.shared.try_enter_driver() else {
             // A half holds the lock and is doing this work; if the application then stops,
             // the watchdog (or the next event) wakes the driver.
-            return Poll::Pending;
+            return this.poll_linger(cx);
         };
         let mut rounds = 0;
         while g.make_progress(!reading) {
@@ -98,28 +98,41 @@ impl Future for Driver {
             shared.wakers.clear(Role::Driver);
             return Poll::Ready(());
         }
-        let Some(deadline) = g.state.send.linger_until else {
-            this.linger = None;
-            return Poll::Pending;
-        };
+        let linger_until = g.state.send.linger_until;
         drop(g);
-        let sleep = match &mut this.linger {
-            Some((at, sleep)) if *at == deadline => sleep,
-            linger => {
+        match linger_until {
+            None => this.linger = None,
+            Some(deadline) if this.linger.as_ref().is_some_and(|(at, _)| *at == deadline) => {}
+            Some(deadline) => {
                 let sleep = Box::pin(tokio::time::sleep_until(deadline.into()));
-                &mut linger.insert((deadline, sleep)).1
+                this.linger = Some((deadline, sleep));
             }
+        }
+        this.poll_linger(cx)
+    }
+}
+
+impl Driver {
+    /// Polls the linger timer of a dropped sender, if there is one; when it fires, ends the
+    /// connection (and the driver) unless the peer had everything meanwhile. Polled on every
+    /// path out of `poll`, so that an expiry is never lost to an early return.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some((_, sleep)) = &mut self.linger else {
+            return Poll::Pending;
         };
         if sleep.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        // The linger time is over: the lock may be held by nobody now, but wait if it is.
-        let mut g = shared.enter(Role::Driver);
-        if g.state.send.linger_until.is_some() {
-            g.linger_expired();
+        self.linger = None;
+        // The lock may be held by a half now: wait for it.
+        let mut g = self.shared.enter(Role::Driver);
+        if g.state.send.linger_until.is_none() {
+            // The peer had everything in time: the connection goes on.
+            return Poll::Pending;
         }
+        g.linger_expired();
         drop(g);
-        shared.wakers.clear(Role::Driver);
+        self.shared.wakers.clear(Role::Driver);
         Poll::Ready(())
     }
 }

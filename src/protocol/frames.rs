@@ -55,6 +55,9 @@ impl Guard<'_> {
         match frame {
             Frame::Ack { count } => {
                 self.state.send.on_ack(count)?;
+                // Room in the window: whoever reads the acknowledgement sends what a dropped
+                // sender left, then closes for it.
+                self.send_backlog();
                 self.close_if_dropped();
                 self.notify(Role::Send);
                 Ok(())
