@@ -8,14 +8,18 @@
 //!
 //! | type | name   | body |
 //! |------|--------|------|
-//! | 1    | HELLO  | 64 bytes: magic `TOKIOPVM`, version u16, reserved u16, window messages u32, cookie address u64, cookie [16], max message size u64, window bytes u64, max inline size u32, max ranges u32 |
-//! | 2    | READY  | flags u32, reserved u32: "I checked your cookie"; flag 1 = "I cannot pull from you, send me every message inline" |
+//! | 1    | HELLO  | 72 bytes: magic `TOKIOPVM`, version u16, reserved u16, window messages u32, cookie address u64, cookie [16], max message size u64, window bytes u64, max inline size u32, max ranges u32, loan region size u64 (0: no zero-copy lane) |
+//! | 2    | READY  | flags u32, reserved u32: "I checked your cookie"; flag 1 = "I cannot pull from you, send me every message inline"; flag 2 = "I mapped your loan region: send loaned messages as SHARED" |
 //! | 3    | DATA   | sequence u64, total length u64, range count u32, reserved u32, then per range: address u64, length u64 |
 //! | 4    | BATCH  | first sequence u64, then one or more inline messages, each a length u32 and the payload; the body is no larger than an INLINE body may be, so no entry exceeds the largest message |
 //! | 5    | INLINE | sequence u64, then the payload |
 //! | 6    | ACK    | count u64: every message with a sequence number below `count` has been received |
 //! | 7    | CLOSE  | sent u64: how many messages the sender sent in total; no DATA or INLINE follows (ACKs for the other direction may) |
 //! | 8    | ERROR  | code u32, reserved u32, reason (at most 1024 bytes, UTF-8, decoded lossily); the sender shuts the socket down next |
+//! | 9    | STOP   | delivered u64: the receiving side was closed; every later message is acknowledged and discarded |
+//! | 10   | REGION | size u64, reserved u64; sent once, in the handshake, with the loan region's memfd attached (`SCM_RIGHTS`) |
+//! | 11   | SHARED | sequence u64, offset u64, length u64: a message in the sender's loan region, read in place |
+//! | 12   | RELEASE | count u32, reserved u32, then count offsets u64: loaned messages the receiver's application dropped |
 //!
 //! Every body length is checked against the receiver's limits as soon as the header arrives,
 //! before any room is reserved for the body; counts and lengths inside the body are checked
@@ -31,7 +35,7 @@ use crate::error::Error;
 use crate::sys::RemoteRange;
 
 /// Protocol version spoken by this crate.
-pub(crate) const VERSION: u16 = 2;
+pub(crate) const VERSION: u16 = 3;
 /// First bytes of every HELLO body.
 pub(crate) const MAGIC: [u8; 8] = *b"TOKIOPVM";
 /// Size of the handshake cookie.
@@ -42,7 +46,15 @@ pub(crate) const MAX_ERROR_TEXT: usize = 1024;
 const HEADER_LEN: usize = 8;
 /// READY flag: "I cannot read your memory; send me every message inline".
 pub(crate) const READY_INLINE: u32 = 1;
-const HELLO_LEN: usize = 64;
+/// READY flag: "I mapped your loan region; send loaned messages as SHARED".
+pub(crate) const READY_SHARED: u32 = 2;
+const HELLO_LEN: usize = 72;
+const REGION_LEN: usize = 16;
+const SHARED_LEN: usize = 24;
+/// Fixed part of a RELEASE body (the count).
+const RELEASE_FIXED: usize = 8;
+/// Most offsets one RELEASE frame carries.
+pub(crate) const MAX_RELEASES: usize = 4096;
 const DATA_FIXED: usize = 24;
 const RANGE_LEN: usize = 16;
 /// Fixed part of a BATCH body (the first sequence number).
@@ -59,6 +71,9 @@ const T_ACK: u8 = 6;
 const T_CLOSE: u8 = 7;
 const T_ERROR: u8 = 8;
 const T_STOP: u8 = 9;
+const T_REGION: u8 = 10;
+const T_SHARED: u8 = 11;
+const T_RELEASE: u8 = 12;
 
 /// Codes carried by an ERROR frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +133,9 @@ pub(crate) struct Hello {
     pub(crate) window_bytes: u64,
     pub(crate) max_inline: u32,
     pub(crate) max_ranges: u32,
+    /// Size of the loan region this side offers for its sends (0: none); a side that offers
+    /// one also accepts the peer's.
+    pub(crate) loan_region: u64,
 }
 
 /// A data descriptor: a message the receiver is to pull from the sender's memory.
@@ -175,6 +193,30 @@ pub(crate) enum Frame {
         code: ErrorCode,
         reason: String,
     },
+    /// The peer's loan region: its size (the descriptor came with the bytes).
+    Region {
+        size: u64,
+    },
+    /// A message at `offset` of the peer's loan region.
+    Shared {
+        seq: u64,
+        offset: u64,
+        len: u64,
+    },
+    /// Offsets of loaned messages the peer's application dropped; [`Releases::next_offset`]
+    /// walks them.
+    Release(Releases),
+}
+
+/// The offsets of a RELEASE frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Releases(Bytes);
+
+impl Releases {
+    /// Takes the next offset off the frame, or `None` when it is empty.
+    pub(crate) fn next_offset(&mut self) -> Option<u64> {
+        (self.0.len() >= 8).then(|| self.0.get_u64_le())
+    }
 }
 
 /// The messages of a BATCH frame: a checked body of `length u32, payload` entries.
@@ -201,13 +243,15 @@ impl Batch {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum OutFrame<'a> {
     Hello(&'a Hello),
-    Ready { inline: bool },
+    Ready { flags: u32 },
     Data { seq: u64, ranges: &'a [RemoteRange] },
     Inline { seq: u64, payload: &'a [u8] },
     Ack { count: u64 },
     Close { sent: u64 },
     Stop { delivered: u64 },
     Error { code: ErrorCode, reason: &'a str },
+    Shared { seq: u64, offset: u64, len: u64 },
+    Release { offsets: &'a [u64] },
 }
 
 /// What the decoder accepts: this side's receive limits.
@@ -261,6 +305,9 @@ impl FrameCodec {
             }
             T_ACK | T_CLOSE | T_STOP => (8, 8),
             T_ERROR => (8, 8 + MAX_ERROR_TEXT),
+            T_REGION => (REGION_LEN, REGION_LEN),
+            T_SHARED => (SHARED_LEN, SHARED_LEN),
+            T_RELEASE => (RELEASE_FIXED + 8, RELEASE_FIXED + 8 * MAX_RELEASES),
             other => return Err(Error::protocol(format!("unknown frame type {other}"))),
         })
     }
@@ -290,12 +337,13 @@ impl FrameCodec {
                     window_bytes: body.get_u64_le(),
                     max_inline: body.get_u32_le(),
                     max_ranges: body.get_u32_le(),
+                    loan_region: body.get_u64_le(),
                 })
             }
             T_READY => {
                 let flags = body.get_u32_le();
                 expect_zero(body.get_u32_le() as u64, "READY reserved field")?;
-                if flags & !READY_INLINE != 0 {
+                if flags & !(READY_INLINE | READY_SHARED) != 0 {
                     return Err(Error::protocol(format!(
                         "READY has unknown flags {flags:#x}"
                     )));
@@ -392,6 +440,27 @@ impl FrameCodec {
                 let reason = String::from_utf8_lossy(&body).into_owned();
                 Frame::Error { code, reason }
             }
+            T_REGION => {
+                let size = body.get_u64_le();
+                expect_zero(body.get_u64_le(), "REGION reserved field")?;
+                Frame::Region { size }
+            }
+            T_SHARED => Frame::Shared {
+                seq: body.get_u64_le(),
+                offset: body.get_u64_le(),
+                len: body.get_u64_le(),
+            },
+            T_RELEASE => {
+                let count = body.get_u32_le() as usize;
+                expect_zero(body.get_u32_le() as u64, "RELEASE reserved field")?;
+                if count == 0 || body.len() != count * 8 {
+                    return Err(Error::protocol(format!(
+                        "RELEASE frame announces {count} offsets but carries {} bytes of them",
+                        body.len()
+                    )));
+                }
+                Frame::Release(Releases(body))
+            }
             _ => unreachable!("max_body rejected unknown types"),
         })
     }
@@ -479,6 +548,15 @@ impl Decoder for FrameCodec {
     }
 }
 
+/// A REGION frame announcing a loan region of `size` bytes (its memfd travels with it).
+pub(crate) fn region_frame(size: u64) -> BytesMut {
+    let mut dst = BytesMut::new();
+    put_header(&mut dst, T_REGION, REGION_LEN);
+    dst.put_u64_le(size);
+    dst.put_u64_le(0);
+    dst
+}
+
 /// Bytes a message adds to a BATCH body.
 pub(crate) const fn batch_entry_len(payload: usize) -> usize {
     BATCH_ENTRY + payload
@@ -537,11 +615,26 @@ impl Encoder<OutFrame<'_>> for FrameCodec {
                 dst.put_u64_le(h.window_bytes);
                 dst.put_u32_le(h.max_inline);
                 dst.put_u32_le(h.max_ranges);
+                dst.put_u64_le(h.loan_region);
             }
-            OutFrame::Ready { inline } => {
+            OutFrame::Ready { flags } => {
                 put_header(dst, T_READY, 8);
-                dst.put_u32_le(if inline { READY_INLINE } else { 0 });
+                dst.put_u32_le(flags);
                 dst.put_u32_le(0);
+            }
+            OutFrame::Shared { seq, offset, len } => {
+                put_header(dst, T_SHARED, SHARED_LEN);
+                dst.put_u64_le(seq);
+                dst.put_u64_le(offset);
+                dst.put_u64_le(len);
+            }
+            OutFrame::Release { offsets } => {
+                put_header(dst, T_RELEASE, RELEASE_FIXED + 8 * offsets.len());
+                dst.put_u32_le(offsets.len() as u32);
+                dst.put_u32_le(0);
+                for &o in offsets {
+                    dst.put_u64_le(o);
+                }
             }
             OutFrame::Data { seq, ranges } => {
                 let len: u64 = ranges.iter().map(|r| r.len).sum();
@@ -630,20 +723,50 @@ mod tests {
             window_bytes: 1000,
             max_inline: 12,
             max_ranges: 9,
+            loan_region: 1 << 20,
         };
         assert_eq!(
             roundtrip(OutFrame::Hello(&hello)),
             Frame::Hello(hello.clone())
         );
         assert_eq!(
-            roundtrip(OutFrame::Ready { inline: false }),
+            roundtrip(OutFrame::Ready { flags: 0 }),
             Frame::Ready { flags: 0 }
         );
         assert_eq!(
-            roundtrip(OutFrame::Ready { inline: true }),
+            roundtrip(OutFrame::Ready {
+                flags: READY_INLINE | READY_SHARED
+            }),
             Frame::Ready {
-                flags: READY_INLINE
+                flags: READY_INLINE | READY_SHARED
             }
+        );
+        assert_eq!(
+            roundtrip(OutFrame::Shared {
+                seq: 4,
+                offset: 4096,
+                len: 77
+            }),
+            Frame::Shared {
+                seq: 4,
+                offset: 4096,
+                len: 77
+            }
+        );
+        match roundtrip(OutFrame::Release {
+            offsets: &[64, 0, 128],
+        }) {
+            Frame::Release(mut r) => {
+                let got: Vec<u64> = std::iter::from_fn(|| r.next_offset()).collect();
+                assert_eq!(got, [64, 0, 128]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut region = region_frame(1 << 30);
+        let mut codec = FrameCodec::new(limits());
+        assert_eq!(
+            codec.decode(&mut region).unwrap(),
+            Some(Frame::Region { size: 1 << 30 })
         );
         let ranges = [
             RemoteRange {

@@ -49,6 +49,7 @@ pub struct Config {
     pub(crate) pool_bytes: usize,
     pub(crate) require_pull: bool,
     pub(crate) any_ptracer: bool,
+    pub(crate) loan_region: usize,
     uid_policy: UidPolicy,
     pub(crate) slow_subscriber: SlowSubscriber,
 }
@@ -106,6 +107,7 @@ impl Default for Config {
             pool_bytes: 32 << 20,
             require_pull: false,
             any_ptracer: false,
+            loan_region: 0,
             uid_policy: UidPolicy::SameUid,
             slow_subscriber: SlowSubscriber::Wait,
         }
@@ -287,6 +289,29 @@ impl Config {
         self
     }
 
+    /// Opens the zero-copy lane with a loan region of `bytes` (rounded up to whole pages;
+    /// default 0: off). Both sides must set it.
+    ///
+    /// Each side then creates a shared-memory file of this size (`memfd`, sealed so that it
+    /// cannot shrink) at the handshake and passes it to the peer, which maps it read-only.
+    /// [`Sender::loan`](crate::Sender::loan) hands out buffers in it; a message written into
+    /// one and sent is read by the peer in place, without a second copy, and its memory is
+    /// lent again once the receiving application drops it. Other messages travel as before.
+    /// Size it to hold what is in flight and what the receiving application keeps: twice the
+    /// [window](Config::window)'s bytes is a good start; a loan that does not fit comes from
+    /// the heap instead.
+    ///
+    /// **The trade-off**: a received loaned message stays in the sender's memory, so a
+    /// hostile sender can change it after delivery (a pulled message is a private copy). Open
+    /// the lane only to peers you trust with that. The receiver is protected against
+    /// everything else: the file must be sealed and of the announced size, and every offset is
+    /// checked. Where `memfd_create`, `mmap` or descriptor passing are refused, the connection
+    /// falls back to the other lanes and says so in a `warn!` event.
+    pub fn loan_region(mut self, bytes: usize) -> Config {
+        self.loan_region = bytes;
+        self
+    }
+
     /// Most address ranges one descriptor may carry (default and maximum 1024, `IOV_MAX`).
     pub fn max_ranges(mut self, ranges: u32) -> Config {
         self.max_ranges = ranges.clamp(1, IOV_MAX as u32);
@@ -345,6 +370,12 @@ impl Config {
     /// [`max_connections`](Config::max_connections)).
     pub fn get_max_connections(&self) -> Option<usize> {
         self.max_connections
+    }
+
+    /// The size of the loan region (0: the zero-copy lane is off; see
+    /// [`loan_region`](Config::loan_region)).
+    pub fn get_loan_region(&self) -> usize {
+        self.loan_region
     }
 
     /// Whether a peer running as `peer_uid` is accepted by a process running as `own_uid`.

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handshake::{handshake, handshake_until};
 use crate::listener::ConnectionPermit;
+use crate::loan::LoanBuf;
 use crate::protocol::{Role, Shared};
 use crate::sys;
 
@@ -345,6 +346,19 @@ impl Connection {
     pub fn in_flight(&self) -> (usize, u64) {
         self.sender.in_flight()
     }
+
+    /// A buffer of `len` bytes to write a message into and send on this connection: see
+    /// [`Sender::loan`].
+    pub fn loan(&self, len: usize) -> LoanBuf {
+        self.sender.loan(len)
+    }
+
+    /// Whether this side's loaned messages reach the peer zero-copy: both sides set
+    /// [`Config::loan_region`](crate::Config::loan_region) and the peer mapped this side's
+    /// region.
+    pub fn zero_copy(&self) -> bool {
+        self.sender.zero_copy()
+    }
 }
 
 impl Sender {
@@ -361,6 +375,40 @@ impl Sender {
     /// How the messages this side sends reach the peer (see [`Connection::send_mode`]).
     pub fn mode(&self) -> &Mode {
         &self.shared.modes.send
+    }
+
+    /// A buffer of `len` bytes to write a message into; [`LoanBuf::freeze`] it and send the
+    /// `Bytes` on this connection.
+    ///
+    /// With the [zero-copy lane](Connection::zero_copy) open, the buffer is in this side's
+    /// loan region, which the peer maps: the peer reads the message in place, and the write
+    /// into the buffer is the message's only copy. Otherwise, or when the region has no room
+    /// left (the peer's application still holds earlier loaned messages), it comes from the
+    /// heap ([`LoanBuf::is_shared`] tells) and the message travels as any other. Never waits.
+    ///
+    /// ```
+    /// use futures::SinkExt;
+    /// use tokio_pvm::{Config, Connection};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tokio_pvm::Error> {
+    /// let (a, mut b) = Connection::pair_with(Config::new().loan_region(32 << 20)).await?;
+    /// let (mut tx, _rx) = a.split();
+    /// let mut buf = tx.loan(4096);
+    /// buf.fill(7); // write the message in place
+    /// tx.send(buf.freeze()).await?;
+    /// # use futures::StreamExt;
+    /// assert_eq!(b.next().await.unwrap()?[..], [7; 4096]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn loan(&self, len: usize) -> LoanBuf {
+        self.shared.loan(len)
+    }
+
+    /// Whether loaned messages reach the peer zero-copy (see [`Connection::zero_copy`]).
+    pub fn zero_copy(&self) -> bool {
+        self.shared.zero_copy()
     }
 }
 

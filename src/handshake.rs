@@ -16,11 +16,13 @@ use tracing::{Instrument, debug, debug_span, warn};
 use crate::Mode;
 use crate::PeerInfo;
 use crate::codec::{
-    COOKIE_LEN, ErrorCode, Frame, FrameCodec, Hello, Limits, OutFrame, READY_INLINE, VERSION,
+    COOKIE_LEN, ErrorCode, Frame, FrameCodec, Hello, Limits, OutFrame, READY_INLINE, READY_SHARED,
+    VERSION,
 };
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::protocol::{Modes, Negotiated, Shared};
+use crate::loan::{LendRegion, PeerRegion};
+use crate::protocol::{Lanes, Modes, Negotiated, Shared};
 use crate::socket::ControlSocket;
 use crate::sys::{self, RemoteRange};
 
@@ -69,6 +71,11 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
         max_inline: config.max_inline_size,
     };
     let mut io = Framed::new(socket, FrameCodec::new(limits));
+    let lend = lend_region(config);
+    if lend.is_some() {
+        // The peer's region file may arrive with any read from now on.
+        io.get_mut().accept_fds();
+    }
 
     let own_uid = nix::unistd::geteuid().as_raw();
     if !config.accepts_uid(own_uid, uid) {
@@ -107,6 +114,7 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
         window_bytes: config.window_bytes,
         max_inline: config.max_inline_size,
         max_ranges: config.max_ranges,
+        loan_region: lend.as_ref().map_or(0, |(r, _)| r.size() as u64),
     };
     send(&mut io, OutFrame::Hello(&hello), pid).await?;
     let theirs = match next_frame(&mut io, pid).await? {
@@ -173,14 +181,56 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
         },
     };
     let inline = matches!(recv_mode, Mode::Inline(_));
-    send(&mut io, OutFrame::Ready { inline }, pid).await?;
-    let send_mode = match next_frame(&mut io, pid).await? {
-        Frame::Ready { flags } if flags & READY_INLINE == 0 => Mode::Pull,
-        Frame::Ready { .. } => Mode::Inline(Arc::from(format!(
-            "peer process {pid} cannot read this process's memory and asked for inline messages"
-        ))),
+    // The zero-copy lane: both sides created a region; each passes its own and maps the
+    // peer's.
+    let both_lend = lend.is_some() && theirs.loan_region > 0;
+    if let (true, Some((region, fd))) = (both_lend, &lend) {
+        let frame = crate::codec::region_frame(region.size() as u64);
+        io.get_ref()
+            .send_with_fd(&frame, fd.as_fd())
+            .await
+            .map_err(|e| Error::io("passing the loan region to the peer", e))?;
+    }
+    let borrow = if both_lend {
+        match next_frame(&mut io, pid).await? {
+            Frame::Region { size } => map_peer_region(io.get_mut().take_fd(), size, &theirs, pid),
+            other => return Err(unexpected(other, "REGION")),
+        }
+    } else {
+        None
+    };
+    io.get_mut().refuse_fds();
+    let mut flags = if inline { READY_INLINE } else { 0 };
+    if borrow.is_some() {
+        flags |= READY_SHARED;
+    }
+    send(&mut io, OutFrame::Ready { flags }, pid).await?;
+    let (send_mode, lends) = match next_frame(&mut io, pid).await? {
+        Frame::Ready { flags } if flags & READY_SHARED != 0 && !both_lend => {
+            return Err(Error::protocol(
+                "the peer's READY accepts a loan region this side never offered",
+            ));
+        }
+        Frame::Ready { flags } => (
+            if flags & READY_INLINE == 0 {
+                Mode::Pull
+            } else {
+                Mode::Inline(Arc::from(format!(
+                    "peer process {pid} cannot read this process's memory and asked for inline \
+                     messages"
+                )))
+            },
+            flags & READY_SHARED != 0,
+        ),
         other => return Err(unexpected(other, "READY")),
     };
+    if both_lend && !lends {
+        warn!(
+            peer_pid = pid,
+            "peer process {pid} did not map this side's loan region: loaned messages travel \
+             as ordinary ones (its log says why)"
+        );
+    }
     drop(cookie);
     if inline {
         io.codec_mut().accept_inline_messages();
@@ -215,7 +265,57 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
         recv: recv_mode,
         send: send_mode,
     };
-    Ok(Shared::new(io, peer, pidfd, negotiated, modes, span))
+    let lanes = Lanes {
+        lend: lend.filter(|_| lends).map(|(region, _fd)| region),
+        borrow,
+    };
+    Ok(Shared::new(io, peer, pidfd, negotiated, modes, lanes, span))
+}
+
+/// This side's loan region, if [`Config::loan_region`] asks for one and it can be made.
+fn lend_region(config: &Config) -> Option<(Arc<LendRegion>, OwnedFd)> {
+    if config.loan_region == 0 {
+        return None;
+    }
+    match LendRegion::create(config.loan_region) {
+        Ok(region) => Some(region),
+        Err(e) => {
+            warn!(
+                "cannot create a loan region of {} bytes (memfd_create, ftruncate or mmap \
+                 failed: {e}); this connection has no zero-copy lane",
+                config.loan_region
+            );
+            None
+        }
+    }
+}
+
+/// Maps the loan region the peer passed; `None` (and a warning) if it cannot be used.
+fn map_peer_region(
+    fd: Option<OwnedFd>,
+    size: u64,
+    theirs: &Hello,
+    pid: i32,
+) -> Option<Arc<PeerRegion>> {
+    let mapped = match fd {
+        None => Err("no descriptor came with its REGION frame".to_string()),
+        Some(_) if size != theirs.loan_region => Err(format!(
+            "its REGION frame says {size} bytes, its HELLO {}",
+            theirs.loan_region
+        )),
+        Some(fd) => PeerRegion::map(&fd, size),
+    };
+    match mapped {
+        Ok(region) => Some(region),
+        Err(why) => {
+            warn!(
+                peer_pid = pid,
+                "the loan region of peer process {pid} cannot be used ({why}); its loaned \
+                 messages travel as ordinary ones"
+            );
+            None
+        }
+    }
 }
 
 /// What to declare under Yama's `ptrace_scope` 1 so that `peer` may read this process.
@@ -414,6 +514,9 @@ fn unexpected(frame: Frame, wanted: &str) -> Error {
         Frame::Close { .. } => "CLOSE",
         Frame::Stop { .. } => "STOP",
         Frame::Error { .. } => "ERROR",
+        Frame::Region { .. } => "REGION",
+        Frame::Shared { .. } => "SHARED",
+        Frame::Release(_) => "RELEASE",
     };
     Error::protocol(format!("expected {wanted} during the handshake, got {got}"))
 }

@@ -63,6 +63,7 @@ mod error;
 mod fanout;
 mod handshake;
 mod listener;
+mod loan;
 mod pool;
 pub mod probe;
 mod protocol;
@@ -79,6 +80,7 @@ pub use connection::{Connection, Mode, PeerInfo, Receiver, ReuniteError, Sender}
 pub use error::{Error, ErrorKind, Result};
 pub use fanout::{Fanout, SubscriberId};
 pub use listener::Listener;
+pub use loan::LoanBuf;
 pub use pool::{DEFAULT_PROCESS_BUFFER_POOL, process_buffer_pool, set_process_buffer_pool};
 
 /// Entry points for the fuzz target and property tests. Not part of the public API.

@@ -18,6 +18,10 @@ use crate::sys;
 #[derive(Debug)]
 pub(crate) struct ControlSocket {
     fd: AsyncFd<OwnedFd>,
+    /// Descriptors received with the bytes (`SCM_RIGHTS`), while they are accepted (during
+    /// the handshake, for the peer's loan region); `None` otherwise, and the kernel then
+    /// closes any descriptor a peer sends.
+    fds: Option<Vec<OwnedFd>>,
 }
 
 impl ControlSocket {
@@ -25,7 +29,51 @@ impl ControlSocket {
     pub(crate) fn new(fd: OwnedFd) -> io::Result<ControlSocket> {
         Ok(ControlSocket {
             fd: sys::register(fd)?,
+            fds: None,
         })
+    }
+
+    /// Keeps descriptors that arrive with the bytes from now on, for [`take_fd`].
+    ///
+    /// [`take_fd`]: ControlSocket::take_fd
+    pub(crate) fn accept_fds(&mut self) {
+        self.fds.get_or_insert_with(Vec::new);
+    }
+
+    /// Stops keeping descriptors; any kept and not taken are closed.
+    pub(crate) fn refuse_fds(&mut self) {
+        self.fds = None;
+    }
+
+    /// The first descriptor received and not taken yet.
+    pub(crate) fn take_fd(&mut self) -> Option<OwnedFd> {
+        let fds = self.fds.as_mut()?;
+        (!fds.is_empty()).then(|| fds.remove(0))
+    }
+
+    /// Sends `buf` with `fd` attached, waiting for room in the socket.
+    pub(crate) async fn send_with_fd(&self, mut buf: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+        let mut attached = false;
+        while !buf.is_empty() {
+            let mut guard = self.fd.writable().await?;
+            let sent = guard.try_io(|sock| {
+                if attached {
+                    sys::send(sock.as_fd(), buf)
+                } else {
+                    sys::send_with_fd(sock.as_fd(), buf, fd)
+                }
+            });
+            match sent {
+                Ok(Ok(n)) => {
+                    attached = true;
+                    buf = &buf[n..];
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+        Ok(())
     }
 
     /// `(pid, uid, gid)` of the peer as the kernel recorded them.
@@ -56,12 +104,17 @@ impl AsyncRead for ControlSocket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            let mut guard = ready!(this.fd.poll_read_ready(cx))?;
             // SAFETY: `recv` only writes into the unfilled part and we mark as initialised
             // exactly the `n` bytes the kernel reports having written.
             let unfilled = unsafe { buf.unfilled_mut() };
-            match guard.try_io(|fd| sys::recv(fd.as_fd(), unfilled)) {
+            let fds = &mut this.fds;
+            match guard.try_io(|fd| match fds {
+                Some(fds) => sys::recv_with_fds(fd.as_fd(), unfilled, fds),
+                None => sys::recv(fd.as_fd(), unfilled),
+            }) {
                 Ok(Ok(n)) => {
                     // SAFETY: the kernel wrote `n` bytes at the start of the unfilled region.
                     unsafe { buf.assume_init(n) };

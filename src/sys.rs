@@ -963,3 +963,181 @@ pub(crate) fn process_real_gid(pid: i32) -> io::Result<u32> {
         .and_then(|gid| gid.parse().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Gid in /proc/PID/status"))
 }
+
+// ----- the zero-copy lane: shared memory and descriptor passing ---------------------------------
+
+/// Seals a loan region's file carries: it can neither shrink (a mapping of a truncated file
+/// raises `SIGBUS` on access) nor grow, and the seals cannot change.
+const LOAN_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// A new anonymous shared-memory file of `size` bytes (`memfd_create`), sealed so that it
+/// cannot be shrunk: the file behind this process's loaned messages.
+pub(crate) fn loan_memfd(size: usize) -> io::Result<OwnedFd> {
+    let name = c"tokio-pvm-loans";
+    // SAFETY: `name` is a valid NUL-terminated string; the flags are valid for memfd_create.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = libc::off_t::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: plain system calls on a descriptor we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, LOAN_SEALS) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Checks a loan region's file received from a peer before it is mapped: its size must be
+/// `size` and it must be sealed against shrinking (else the peer could truncate it and make
+/// every access to the mapping fault with `SIGBUS`). The reason for a refusal otherwise.
+pub(crate) fn check_loan_file(fd: BorrowedFd<'_>, size: usize) -> Result<(), String> {
+    // SAFETY: plain system call on a descriptor the caller owns.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(format!(
+            "its descriptor is not a sealable shared-memory file ({})",
+            io::Error::last_os_error()
+        ));
+    }
+    if seals & libc::F_SEAL_SHRINK == 0 {
+        return Err("its file is not sealed against shrinking".into());
+    }
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is valid for writes of one `stat`; fstat fills it on success.
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } < 0 {
+        return Err(format!("fstat failed: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: fstat returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err("its descriptor is not a regular file".into());
+    }
+    if usize::try_from(st.st_size).ok() != Some(size) {
+        return Err(format!(
+            "its file holds {} bytes, not the {size} announced",
+            st.st_size
+        ));
+    }
+    Ok(())
+}
+
+/// Maps `len` bytes of `fd` shared, read-write or read-only. Returns the start address.
+pub(crate) fn map_shared(
+    fd: BorrowedFd<'_>,
+    len: usize,
+    writable: bool,
+) -> io::Result<std::ptr::NonNull<u8>> {
+    let prot = if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_READ
+    };
+    // SAFETY: a fresh mapping chosen by the kernel (no address hint, no MAP_FIXED), so no
+    // existing memory is affected.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    std::ptr::NonNull::new(ptr.cast()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
+}
+
+/// Unmaps a mapping made by [`map_shared`].
+///
+/// # Safety
+/// `ptr` and `len` are those of one mapping from [`map_shared`], and nothing refers into it
+/// any more.
+pub(crate) unsafe fn unmap(ptr: std::ptr::NonNull<u8>, len: usize) {
+    // SAFETY: the caller guarantees the range is one mapping of ours with no users left.
+    unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
+}
+
+/// Sends `buf` with the descriptor `fd` attached (`SCM_RIGHTS`), without blocking and without
+/// `SIGPIPE`. Returns how many bytes went; the descriptor travels with the first of them.
+pub(crate) fn send_with_fd(
+    sock: BorrowedFd<'_>,
+    buf: &[u8],
+    fd: BorrowedFd<'_>,
+) -> io::Result<usize> {
+    let iov = [io::IoSlice::new(buf)];
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [socket::ControlMessage::ScmRights(&fds)];
+    socket::sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &cmsg,
+        socket::MsgFlags::MSG_DONTWAIT | socket::MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(nix_err)
+}
+
+/// Like [`recv`], but also takes the descriptors that arrive with the bytes (`SCM_RIGHTS`,
+/// close-on-exec) and appends them to `fds`. Room is made for a few; the kernel closes any
+/// beyond that.
+pub(crate) fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [MaybeUninit<u8>],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    const MAX_FDS: usize = 4;
+    // Room for one SCM_RIGHTS message of MAX_FDS descriptors, aligned for `cmsghdr`.
+    let mut space = [0u64; 16];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space_len = unsafe { libc::CMSG_SPACE((MAX_FDS * size_of::<libc::c_int>()) as u32) };
+    debug_assert!(space_len as usize <= size_of_val(&space));
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no iovecs, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.as_mut_ptr().cast();
+    msg.msg_controllen = space_len as usize;
+    // SAFETY: `msg` points at `iov` (covering `buf`, writable, only written by the kernel) and
+    // at `space` (writable, `space_len` bytes), all alive for the call.
+    let ret = unsafe {
+        libc::recvmsg(
+            sock.as_raw_fd(),
+            &raw mut msg,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled `msg.msg_control` with `msg.msg_controllen` bytes of control
+    // messages; CMSG_FIRSTHDR/CMSG_NXTHDR/CMSG_DATA walk them within those bounds, and each
+    // SCM_RIGHTS payload is an array of descriptors the kernel installed for this process.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
+                let payload = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..payload / size_of::<libc::c_int>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&raw const msg, c);
+        }
+    }
+    Ok(ret.unsigned_abs())
+}

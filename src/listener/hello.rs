@@ -19,7 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
 
 /// Length of a HELLO frame on the wire: an 8-byte header and a 64-byte body.
-pub(super) const HELLO_FRAME_LEN: usize = 8 + 64;
+pub(super) const HELLO_FRAME_LEN: usize = 8 + 72;
 
 /// A handshake's slot: where the handshake stands with respect to its peer's HELLO, shared by
 /// its task and the listener, which may take the slot only while the HELLO is not in.
@@ -284,6 +284,7 @@ mod tests {
             window_bytes: 1,
             max_inline: 1,
             max_ranges: 1,
+            loan_region: 0,
         };
         let limits = Limits {
             max_message_size: 0,

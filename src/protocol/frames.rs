@@ -109,7 +109,22 @@ impl Guard<'_> {
                 );
                 Ok(())
             }
-            Frame::Hello(_) | Frame::Ready { .. } => Err(Error::protocol(
+            Frame::Shared { seq, offset, len } => {
+                let Some(region) = &self.state.borrow else {
+                    return Err(Error::protocol(
+                        "SHARED message received, but this side mapped no loan region of the peer",
+                    ));
+                };
+                let Some(data) = region.message(offset, len) else {
+                    return Err(Error::protocol(format!(
+                        "SHARED message of {len} bytes at offset {offset} is empty or lies \
+                         outside the peer's loan region"
+                    )));
+                };
+                self.on_message(seq, len, recv::Incoming::Inline(data))
+            }
+            Frame::Release(releases) => self.on_release(releases),
+            Frame::Hello(_) | Frame::Ready { .. } | Frame::Region { .. } => Err(Error::protocol(
                 "handshake frame received after the handshake",
             )),
         }

@@ -38,6 +38,7 @@ mod recv;
 mod send;
 mod watchdog;
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +55,7 @@ use tracing::debug;
 
 use crate::codec::{ErrorCode, FrameCodec, OutFrame};
 use crate::error::{Error, ErrorKind, Result};
+use crate::loan::{LendRegion, LoanBuf, PeerRegion};
 use crate::pool::BufferPool;
 use crate::socket::ControlSocket;
 use crate::{Mode, PeerInfo};
@@ -94,6 +96,8 @@ struct Wakers {
     /// The receiving half was polled since the watchdog last looked: the application reads,
     /// and its polls pull.
     recv_polled: AtomicBool,
+    /// The application dropped loaned messages whose release the peer has not been told of.
+    released: AtomicBool,
 }
 
 impl Wakers {
@@ -113,6 +117,9 @@ impl Wakers {
     /// is woken if the application did not poll for a whole period.
     fn tick(&self) {
         self.recv_polled.store(false, Ordering::Relaxed);
+        if self.released.load(Ordering::Relaxed) {
+            self.wake_one(Role::Driver);
+        }
         if self.watched.load(Ordering::Relaxed) && !self.polled.swap(false, Ordering::Relaxed) {
             self.watched.store(false, Ordering::Relaxed);
             self.wake_one(Role::Driver);
@@ -137,6 +144,45 @@ impl Wake for Wakers {
         }
     }
 }
+
+/// Woken when the application drops a received loaned message: the release must reach the
+/// peer. The receiving half sends it at its next poll if it is in use and not parked on the
+/// socket; the driver does otherwise.
+#[derive(Debug)]
+struct ReleaseWake(Arc<Wakers>);
+
+impl Wake for ReleaseWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let w = &self.0;
+        if !w.released.swap(true, Ordering::SeqCst) {
+            // Pairs with the fence in `Shared::poll_next`: either it sees `released`, or this
+            // sees the half parked.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if w.parked[Role::Recv as usize].load(Ordering::Relaxed)
+                || !w.recv_polled.load(Ordering::Relaxed)
+            {
+                w.wake_one(Role::Driver);
+            }
+        }
+    }
+}
+
+/// The zero-copy lane of a connection, each direction where it is open.
+#[derive(Debug, Default)]
+pub(crate) struct Lanes {
+    /// This side's loan region, mapped by the peer.
+    pub(crate) lend: Option<Arc<LendRegion>>,
+    /// The peer's loan region, mapped here.
+    pub(crate) borrow: Option<Arc<PeerRegion>>,
+}
+
+/// Loaned messages sent as SHARED and not released by the peer yet: offset → a clone that
+/// keeps the loan, and how many times that offset was sent.
+type Lent = HashMap<u64, (Bytes, u32)>;
 
 /// Limits negotiated in the handshake.
 #[derive(Debug, Clone, Copy)]
@@ -189,6 +235,8 @@ pub(crate) struct Shared {
     /// it can, without taking the lock: the common case of a sender inside its window.
     /// Cleared by anything that may stop sending.
     send_ready: AtomicBool,
+    /// This side's loan region, if the peer mapped it.
+    lend: Option<Arc<LendRegion>>,
 }
 
 #[derive(Debug)]
@@ -209,6 +257,10 @@ struct State {
     write_closed: bool,
     send: SendState,
     recv: RecvState,
+    /// Loaned messages the peer holds.
+    lent: Lent,
+    /// The peer's loan region.
+    borrow: Option<Arc<PeerRegion>>,
 }
 
 impl Shared {
@@ -219,10 +271,14 @@ impl Shared {
         pidfd: Option<OwnedFd>,
         limits: Negotiated,
         modes: Modes,
+        lanes: Lanes,
         span: tracing::Span,
     ) -> Arc<Shared> {
         let wakers = Arc::new(Wakers::default());
         watchdog::watch(&wakers);
+        if let Some(borrow) = &lanes.borrow {
+            borrow.set_waker(Waker::from(Arc::new(ReleaseWake(wakers.clone()))));
+        }
         let socket_fd = io.get_ref().as_fd().as_raw_fd();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -236,6 +292,8 @@ impl Shared {
                 write_closed: false,
                 send: SendState::default(),
                 recv: RecvState::default(),
+                lent: Lent::new(),
+                borrow: lanes.borrow,
             }),
             io_waker: Waker::from(wakers.clone()),
             wakers,
@@ -244,6 +302,7 @@ impl Shared {
             span,
             socket_fd,
             send_ready: AtomicBool::new(false),
+            lend: lanes.lend,
         });
         driver::spawn(shared.clone());
         shared
@@ -333,7 +392,37 @@ impl Shared {
 
     pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
         set(&self.wakers.recv_polled, true);
-        self.poll_parking(Role::Recv, |g| g.poll_next(cx))
+        let r = self.poll_parking(Role::Recv, |g| g.poll_next(cx));
+        if r.is_pending() {
+            // Pairs with the fence in `ReleaseWake`: a release that came in while this poll
+            // was ending is sent by the driver.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if self.wakers.released.load(Ordering::Relaxed) {
+                self.wakers.wake_one(Role::Driver);
+            }
+        }
+        r
+    }
+
+    /// A buffer of `len` bytes for a message: in the loan region when the zero-copy lane is
+    /// open and has room, on the heap otherwise.
+    pub(crate) fn loan(&self, len: usize) -> LoanBuf {
+        let Some(region) = self.lend.as_ref().filter(|_| len > 0) else {
+            return LoanBuf::heap(len);
+        };
+        if let Some(buf) = region.try_loan(len) {
+            return buf;
+        }
+        // Full: releases the peer sent may be waiting in the socket.
+        self.with(Role::Send, |mut g| {
+            g.drive_read();
+        });
+        region.try_loan(len).unwrap_or_else(|| LoanBuf::heap(len))
+    }
+
+    /// Whether loaned messages travel zero-copy to the peer.
+    pub(crate) fn zero_copy(&self) -> bool {
+        self.lend.is_some()
     }
 
     /// Queues `data` to be sent after the sending half is dropped, as the window allows (what
@@ -486,6 +575,7 @@ impl Guard<'_> {
     /// whether anything happened.
     fn make_progress(&mut self, pull: bool) -> bool {
         let mut progressed = self.drive_read();
+        self.send_releases();
         if pull && self.state.fatal.is_none() {
             progressed |= self.start_pulls();
             let shared = self.shared;

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use tracing::{debug, trace};
 
 use super::{Guard, Negotiated, Role};
-use crate::codec::{Descriptor, OutFrame};
+use crate::codec::{Descriptor, MAX_RELEASES, OutFrame};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pull::{BlockingPull, pull_messages};
 use crate::sys::RemoteRange;
@@ -291,6 +291,33 @@ impl Guard<'_> {
         }
     }
 
+    /// Tells the peer which loaned messages the application dropped (RELEASE frames).
+    pub(super) fn send_releases(&mut self) {
+        let wakers = &self.shared.wakers;
+        if !wakers.released.load(Ordering::Relaxed)
+            || !wakers.released.swap(false, Ordering::SeqCst)
+        {
+            return;
+        }
+        let Some(region) = self.state.borrow.clone() else {
+            return;
+        };
+        let mut offsets = Vec::new();
+        region.take_released(&mut offsets);
+        let st = &*self.state;
+        if offsets.is_empty() || st.fatal.is_some() || st.write_closed || st.send.finished() {
+            return;
+        }
+        trace!(count = offsets.len(), "releasing loaned messages");
+        for chunk in offsets.chunks(MAX_RELEASES) {
+            if let Err(e) = self.queue_frame(OutFrame::Release { offsets: chunk }) {
+                self.fail(e, false);
+                return;
+            }
+        }
+        let _ = self.flush_writes();
+    }
+
     /// The application dropped the receiving half: acknowledge and discard what the peer
     /// announced, and tell it to stop (its later sends fail, as writes to a socket whose
     /// peer closed do).
@@ -481,6 +508,7 @@ impl Guard<'_> {
     }
 
     pub(super) fn poll_next(mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        self.send_releases();
         if self.state.recv.done {
             return Poll::Ready(None);
         }

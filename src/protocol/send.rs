@@ -14,7 +14,7 @@ use nix::sys::socket::Shutdown;
 use tracing::{debug, trace};
 
 use super::{Guard, Negotiated};
-use crate::codec::{self, OutFrame};
+use crate::codec::{self, OutFrame, Releases};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys::RemoteRange;
 
@@ -242,7 +242,14 @@ impl Guard<'_> {
             )));
         }
         let seq = self.state.send.sent();
-        let held = if len <= u64::from(limits.inline_threshold) {
+        let lent_at = self.shared.lend.as_ref().and_then(|r| r.offset_of(&item));
+        let held = if let Some(offset) = lent_at {
+            // A loan the peer maps: it reads the message in place and releases it when its
+            // application drops it; until then the loan stays lent.
+            self.queue_frame(OutFrame::Shared { seq, offset, len })?;
+            self.state.lent.entry(offset).or_insert((item, 0)).1 += 1;
+            Bytes::new()
+        } else if len <= u64::from(limits.inline_threshold) {
             self.queue_inline(seq, &item)?;
             Bytes::new()
         } else {
@@ -275,6 +282,26 @@ impl Guard<'_> {
                 st.send.open_batch = Some((at, codec::batch_body_len(payload.len())));
             }
             _ => self.queue_frame(OutFrame::Inline { seq, payload })?,
+        }
+        Ok(())
+    }
+
+    /// The peer's application dropped loaned messages: their loans may be lent again once
+    /// this side's application has dropped its copies too.
+    pub(super) fn on_release(&mut self, mut releases: Releases) -> Result<()> {
+        while let Some(offset) = releases.next_offset() {
+            match self.state.lent.get_mut(&offset) {
+                Some((_, sent)) if *sent > 1 => *sent -= 1,
+                Some(_) => {
+                    self.state.lent.remove(&offset);
+                }
+                None => {
+                    return Err(Error::protocol(format!(
+                        "the peer released a loaned message at offset {offset} that it does \
+                         not hold"
+                    )));
+                }
+            }
         }
         Ok(())
     }

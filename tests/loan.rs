@@ -1,0 +1,350 @@
+//! The zero-copy lane between real processes: loaned messages are read in place from the
+//! sender's shared memory, released when the receiving application drops them, bounded by the
+//! region, kept readable after the sender exits, and replaced by the ordinary lanes where the
+//! shared memory is refused.
+
+mod util;
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::time::timeout;
+use tokio_pvm::{Config, Connection, Listener};
+use util::{ChildProc, check, pattern, temp_dir};
+
+child_entry!(roles::run);
+
+/// Sizes of the loaned messages: inline-sized, page-sized, odd, large.
+const SIZES: [usize; 6] = [1, 64, 4096, 5000, 65_536, 262_147];
+
+/// The inode of the loan region file mapped at `addr` in this process, if any.
+fn loan_mapping(addr: usize) -> Option<u64> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .filter(|l| l.contains("memfd:tokio-pvm-loans"))
+        .find_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            let (a, b) = fields[0].split_once('-').unwrap();
+            let a = usize::from_str_radix(a, 16).unwrap();
+            let b = usize::from_str_radix(b, 16).unwrap();
+            (a..b).contains(&addr).then(|| fields[4].parse().unwrap())
+        })
+}
+
+/// Whether `addr` lies in a mapping of a loan region's file in this process.
+fn in_loan_mapping(addr: usize) -> bool {
+    loan_mapping(addr).is_some()
+}
+
+/// Whether the loan region file with `inode` is mapped in this process.
+fn inode_mapped(inode: u64) -> bool {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .any(|l| {
+            l.contains("memfd:tokio-pvm-loans")
+                && l.split_whitespace().nth(4) == Some(&inode.to_string())
+        })
+}
+
+fn config(region: usize) -> Config {
+    Config::new().loan_region(region)
+}
+
+async fn accept(listener: &Listener) -> Connection {
+    timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .expect("accept timed out")
+        .expect("accept failed")
+}
+
+/// Sends `count` loaned messages of the sizes in [`SIZES`] with pattern content; returns how
+/// many loans were shared.
+async fn send_loaned(conn: &mut Connection, count: u64) -> u64 {
+    let mut shared = 0;
+    for seq in 0..count {
+        let len = SIZES[seq as usize % SIZES.len()];
+        let mut buf = conn.loan(len);
+        shared += u64::from(buf.is_shared());
+        buf.copy_from_slice(&pattern(seq, len));
+        conn.feed(buf.freeze()).await.unwrap();
+    }
+    conn.flush().await.unwrap();
+    shared
+}
+
+/// Reads messages until the stream ends, checking each against the pattern; returns how
+/// many arrived and how many were read in place from a loan region.
+async fn receive_checked(conn: &mut Connection) -> (u64, u64) {
+    let (mut seq, mut in_place) = (0u64, 0u64);
+    while let Some(m) = timeout(Duration::from_secs(20), conn.next()).await.unwrap() {
+        let m = m.unwrap();
+        let len = SIZES[seq as usize % SIZES.len()];
+        assert!(check(seq, len, &m), "message {seq} ({len} bytes) corrupted");
+        in_place += u64::from(in_loan_mapping(m.as_ptr() as usize));
+        seq += 1;
+    }
+    (seq, in_place)
+}
+
+async fn both_directions(flavor: &str) {
+    let dir = temp_dir(&format!("loan-both-{flavor}"));
+    let path = dir.join("s");
+    // Twice the window: room for what is in flight and what the receiver buffers.
+    let listener = Listener::bind_with(&path, config(32 << 20)).unwrap();
+    let child = ChildProc::spawn("lend", &[path.to_str().unwrap(), "600", flavor, "33554432"]);
+    let mut conn = accept(&listener).await;
+    assert!(conn.zero_copy(), "both sides set a loan region");
+    let (received, in_place) = receive_checked(&mut conn).await;
+    assert_eq!(received, 600);
+    assert_eq!(in_place, 600, "every loaned message is read in place");
+    let shared = send_loaned(&mut conn, 600).await;
+    assert_eq!(
+        shared, 600,
+        "a region of two windows has room for every loan"
+    );
+    conn.close().await.unwrap();
+    let (ok, out) = child.finish(Duration::from_secs(20));
+    assert!(ok, "{out:?}");
+    assert_eq!(
+        out,
+        ["zero_copy true", "shared 600", "received 600 in_place 600"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loaned_messages_cross_intact_and_in_place_both_ways() {
+    both_directions("multi").await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn loaned_messages_cross_on_a_current_thread_runtime() {
+    both_directions("current").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_region_bounds_loans_and_drops_give_them_back() {
+    let dir = temp_dir("loan-release");
+    let path = dir.join("s");
+    let listener = Listener::bind_with(&path, config(1 << 20)).unwrap();
+    let child = ChildProc::spawn("fill_region", &[path.to_str().unwrap()]);
+    let mut conn = accept(&listener).await;
+    // The child fills its 1 MiB region with four 256 KiB loans and sends them.
+    let mut held = Vec::new();
+    for seq in 0..4 {
+        let m = timeout(Duration::from_secs(10), conn.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(check(seq, 256 << 10, &m));
+        assert!(in_loan_mapping(m.as_ptr() as usize));
+        held.push(m);
+    }
+    // While they are held, the child's next loan comes from the heap (and still arrives).
+    let m = conn.next().await.unwrap().unwrap();
+    assert!(check(4, 256 << 10, &m));
+    assert!(
+        !in_loan_mapping(m.as_ptr() as usize),
+        "a heap loan is pulled"
+    );
+    // Dropping them lets the child lend that memory again.
+    drop(held);
+    conn.send(bytes::Bytes::from_static(b"dropped"))
+        .await
+        .unwrap();
+    let m = conn.next().await.unwrap().unwrap();
+    assert!(check(5, 256 << 10, &m));
+    assert!(
+        in_loan_mapping(m.as_ptr() as usize),
+        "released memory is lent again"
+    );
+    assert!(conn.next().await.is_none());
+    let (ok, out) = child.finish(Duration::from_secs(20));
+    assert!(ok, "{out:?}");
+    assert_eq!(
+        out,
+        [
+            "shared 4",
+            "while held: shared false",
+            "after release: shared true"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loaned_messages_stay_readable_after_the_sender_exits() {
+    let dir = temp_dir("loan-exit");
+    let path = dir.join("s");
+    let listener = Listener::bind_with(&path, config(8 << 20)).unwrap();
+    let child = ChildProc::spawn("lend_and_exit", &[path.to_str().unwrap(), "12"]);
+    let mut conn = accept(&listener).await;
+    let mut held = Vec::new();
+    while let Some(m) = timeout(Duration::from_secs(10), conn.next()).await.unwrap() {
+        held.push(m.unwrap());
+    }
+    let (ok, _) = child.finish(Duration::from_secs(10));
+    assert!(ok);
+    // The sender process is gone; its region lives on in this process's mapping.
+    assert_eq!(held.len(), 12);
+    for (seq, m) in held.iter().enumerate() {
+        let len = SIZES[seq % SIZES.len()];
+        assert!(check(seq as u64, len, m), "message {seq} intact after exit");
+        assert!(in_loan_mapping(m.as_ptr() as usize));
+    }
+    let inode = loan_mapping(held[0].as_ptr() as usize).unwrap();
+    drop(held);
+    drop(conn);
+    // The connection's driver lets go of the region as it ends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while inode_mapped(inode) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !inode_mapped(inode),
+        "the mapping goes with the last message and the connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_peer_opting_in_loans_are_ordinary_messages() {
+    let dir = temp_dir("loan-off");
+    let path = dir.join("s");
+    let listener = Listener::bind_with(&path, config(8 << 20)).unwrap();
+    // The child sets no loan region.
+    let child = ChildProc::spawn("lend", &[path.to_str().unwrap(), "60", "multi", "0"]);
+    let mut conn = accept(&listener).await;
+    assert!(!conn.zero_copy());
+    let (received, in_place) = receive_checked(&mut conn).await;
+    assert_eq!((received, in_place), (60, 0));
+    let shared = send_loaned(&mut conn, 60).await;
+    assert_eq!(shared, 0, "no lane: every loan comes from the heap");
+    conn.close().await.unwrap();
+    let (ok, out) = child.finish(Duration::from_secs(20));
+    assert!(ok, "{out:?}");
+    assert_eq!(
+        out,
+        ["zero_copy false", "shared 0", "received 60 in_place 0"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_side_that_cannot_map_the_peers_region_falls_back_for_that_direction() {
+    let dir = temp_dir("loan-refused");
+    let path = dir.join("s");
+    // A region larger than the child's address-space limit lets it map: its mmap fails.
+    let listener = Listener::bind_with(&path, config(64 << 30)).unwrap();
+    let child = ChildProc::spawn("lend_limited", &[path.to_str().unwrap(), "60"]);
+    let mut conn = accept(&listener).await;
+    assert!(
+        !conn.zero_copy(),
+        "the child could not map this side's region"
+    );
+    // The child's own (small) region works: its direction is zero-copy.
+    let (received, in_place) = receive_checked(&mut conn).await;
+    assert_eq!((received, in_place), (60, 60));
+    let shared = send_loaned(&mut conn, 60).await;
+    assert_eq!(shared, 0);
+    conn.close().await.unwrap();
+    let (ok, out) = child.finish(Duration::from_secs(20));
+    assert!(ok, "{out:?}");
+    assert_eq!(
+        out,
+        ["zero_copy true", "shared 60", "received 60 in_place 0"]
+    );
+}
+
+mod roles {
+    use super::*;
+
+    fn result(line: impl std::fmt::Display) {
+        println!("RESULT {line}");
+    }
+
+    pub(crate) fn run(role: &str, args: &[String]) -> Option<i32> {
+        let flavor = args.get(2).map_or("multi", String::as_str);
+        let rt = match flavor {
+            "current" => tokio::runtime::Builder::new_current_thread(),
+            _ => tokio::runtime::Builder::new_multi_thread(),
+        }
+        .enable_all()
+        .build()
+        .unwrap();
+        let path = std::path::PathBuf::from(&args[0]);
+        let count: u64 = args.get(1).map_or(0, |c| c.parse().unwrap());
+        match role {
+            // lend PATH COUNT FLAVOR [REGION]: send COUNT loaned messages, then receive the
+            // parent's until it closes.
+            "lend" => {
+                let region = args.get(3).map_or(8 << 20, |r| r.parse().unwrap());
+                rt.block_on(lend(&path, count, config(region)));
+            }
+            // lend_limited PATH COUNT: as `lend`, under an address-space limit that the
+            // parent's region does not fit into.
+            "lend_limited" => {
+                let limit = 16 << 30;
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_AS,
+                    limit,
+                    limit,
+                )
+                .unwrap();
+                rt.block_on(lend(&path, count, config(32 << 20)));
+            }
+            "fill_region" => rt.block_on(fill_region(&path)),
+            "lend_and_exit" => rt.block_on(async {
+                let mut conn = Connection::connect_with(&path, config(8 << 20))
+                    .await
+                    .unwrap();
+                send_loaned(&mut conn, count).await;
+                conn.close().await.unwrap();
+            }),
+            _ => return None,
+        }
+        Some(0)
+    }
+
+    async fn lend(path: &std::path::Path, count: u64, config: Config) {
+        let mut conn = Connection::connect_with(path, config).await.unwrap();
+        result(format!("zero_copy {}", conn.zero_copy()));
+        result(format!("shared {}", send_loaned(&mut conn, count).await));
+        // Close the sending side (the parent reads to its end), then read the parent's.
+        conn.close().await.unwrap();
+        let (received, in_place) = receive_checked(&mut conn).await;
+        result(format!("received {received} in_place {in_place}"));
+    }
+
+    async fn fill_region(path: &std::path::Path) {
+        const LEN: usize = 256 << 10;
+        let mut conn = Connection::connect_with(path, config(1 << 20))
+            .await
+            .unwrap();
+        let send = |seq: u64, conn: &Connection| {
+            let mut buf = conn.loan(LEN);
+            buf.copy_from_slice(&pattern(seq, LEN));
+            buf
+        };
+        let mut shared = 0;
+        for seq in 0..4 {
+            let buf = send(seq, &conn);
+            shared += u64::from(buf.is_shared());
+            conn.send(buf.freeze()).await.unwrap();
+        }
+        result(format!("shared {shared}"));
+        let buf = send(4, &conn);
+        result(format!("while held: shared {}", buf.is_shared()));
+        conn.send(buf.freeze()).await.unwrap();
+        // The parent says when it dropped the four.
+        let cue = conn.next().await.unwrap().unwrap();
+        assert_eq!(&cue[..], b"dropped");
+        let mut buf = send(5, &conn);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !buf.is_shared() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            buf = send(5, &conn);
+        }
+        result(format!("after release: shared {}", buf.is_shared()));
+        conn.send(buf.freeze()).await.unwrap();
+        conn.close().await.unwrap();
+    }
+}
