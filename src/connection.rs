@@ -384,7 +384,10 @@ impl Sender {
     /// loan region, which the peer maps: the peer reads the message in place, and the write
     /// into the buffer is the message's only copy. Otherwise, or when the region has no room
     /// left (the peer's application still holds earlier loaned messages), it comes from the
-    /// heap ([`LoanBuf::is_shared`] tells) and the message travels as any other. Never waits.
+    /// heap ([`LoanBuf::is_shared`] tells) and the message travels as any other. So do
+    /// messages small enough to travel inline (256 bytes by default,
+    /// [`Config::inline_threshold`](crate::Config::inline_threshold)): copying them into the
+    /// control socket costs less than a loan's bookkeeping. Never waits.
     ///
     /// ```
     /// use futures::SinkExt;

@@ -23,6 +23,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::Waker;
 
@@ -297,6 +298,8 @@ pub(crate) struct PeerRegion {
     map: Mapping,
     /// Offsets of messages the application dropped, to tell the peer.
     released: Mutex<Vec<u64>>,
+    /// How many offsets `released` holds.
+    pending: AtomicUsize,
     /// Woken when an offset is added.
     on_release: OnceLock<Waker>,
 }
@@ -323,6 +326,7 @@ impl PeerRegion {
         Ok(Arc::new(PeerRegion {
             map: Mapping { ptr, len: size },
             released: Mutex::new(Vec::new()),
+            pending: AtomicUsize::new(0),
             on_release: OnceLock::new(),
         }))
     }
@@ -348,11 +352,22 @@ impl PeerRegion {
 
     /// Moves the offsets released so far into `into`.
     pub(crate) fn take_released(&self, into: &mut Vec<u64>) {
-        into.append(&mut lock(&self.released));
+        let mut released = lock(&self.released);
+        self.pending.store(0, Ordering::Relaxed);
+        into.append(&mut released);
+    }
+
+    /// How many offsets were released and not taken yet (a hint: it may be stale).
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
     }
 
     fn release(&self, offset: usize) {
-        lock(&self.released).push(offset as u64);
+        {
+            let mut released = lock(&self.released);
+            released.push(offset as u64);
+            self.pending.store(released.len(), Ordering::Relaxed);
+        }
         if let Some(waker) = self.on_release.get() {
             waker.wake_by_ref();
         }

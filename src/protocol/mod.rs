@@ -39,6 +39,7 @@ mod send;
 mod watchdog;
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -182,7 +183,30 @@ pub(crate) struct Lanes {
 
 /// Loaned messages sent as SHARED and not released by the peer yet: offset → a clone that
 /// keeps the loan, and how many times that offset was sent.
-type Lent = HashMap<u64, (Bytes, u32)>;
+type Lent = HashMap<u64, (Bytes, u32), BuildHasherDefault<OffsetHasher>>;
+
+/// Hashes region offsets (distinct, multiples of 64, chosen by this side, so no defence
+/// against chosen keys is needed) with one multiplication instead of SipHash.
+#[derive(Debug, Default)]
+struct OffsetHasher(u64);
+
+impl Hasher for OffsetHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(26);
+    }
+}
 
 /// Limits negotiated in the handshake.
 #[derive(Debug, Clone, Copy)]
@@ -237,6 +261,9 @@ pub(crate) struct Shared {
     send_ready: AtomicBool,
     /// This side's loan region, if the peer mapped it.
     lend: Option<Arc<LendRegion>>,
+    /// Messages up to this size travel inline (a copy of a few bytes costs less than a
+    /// loan's bookkeeping): loans this small come from the heap.
+    inline_threshold: u32,
 }
 
 #[derive(Debug)]
@@ -292,7 +319,7 @@ impl Shared {
                 write_closed: false,
                 send: SendState::default(),
                 recv: RecvState::default(),
-                lent: Lent::new(),
+                lent: Lent::default(),
                 borrow: lanes.borrow,
             }),
             io_waker: Waker::from(wakers.clone()),
@@ -303,6 +330,7 @@ impl Shared {
             socket_fd,
             send_ready: AtomicBool::new(false),
             lend: lanes.lend,
+            inline_threshold: limits.inline_threshold,
         });
         driver::spawn(shared.clone());
         shared
@@ -407,7 +435,8 @@ impl Shared {
     /// A buffer of `len` bytes for a message: in the loan region when the zero-copy lane is
     /// open and has room, on the heap otherwise.
     pub(crate) fn loan(&self, len: usize) -> LoanBuf {
-        let Some(region) = self.lend.as_ref().filter(|_| len > 0) else {
+        let small = len as u64 <= u64::from(self.inline_threshold);
+        let Some(region) = self.lend.as_ref().filter(|_| !small) else {
             return LoanBuf::heap(len);
         };
         if let Some(buf) = region.try_loan(len) {
@@ -575,7 +604,7 @@ impl Guard<'_> {
     /// whether anything happened.
     fn make_progress(&mut self, pull: bool) -> bool {
         let mut progressed = self.drive_read();
-        self.send_releases();
+        self.send_releases(true);
         if pull && self.state.fatal.is_none() {
             progressed |= self.start_pulls();
             let shared = self.shared;

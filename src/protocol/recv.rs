@@ -21,6 +21,10 @@ use tracing::{debug, trace};
 
 use super::{Guard, Negotiated, Role};
 use crate::codec::{Descriptor, MAX_RELEASES, OutFrame};
+
+/// Released loans are sent back once this many have gathered, or when the connection would
+/// otherwise wait or writes anyway.
+const RELEASE_BATCH: usize = 64;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pull::{BlockingPull, pull_messages};
 use crate::sys::RemoteRange;
@@ -283,6 +287,8 @@ impl Guard<'_> {
             return;
         };
         trace!(count, "acknowledging");
+        // Released loans travel in the same write.
+        self.send_releases(true);
         if let Err(e) = self.queue_frame(OutFrame::Ack { count }) {
             self.fail(e, false);
         } else {
@@ -291,17 +297,23 @@ impl Guard<'_> {
         }
     }
 
-    /// Tells the peer which loaned messages the application dropped (RELEASE frames).
-    pub(super) fn send_releases(&mut self) {
+    /// Tells the peer which loaned messages the application dropped (RELEASE frames): all of
+    /// them with `all`, else only once [`RELEASE_BATCH`] have gathered (the peer does not wait
+    /// for them while its region has room, and one frame for many saves system calls on both
+    /// sides). Whoever is about to wait, or writes anyway, sends them all.
+    pub(super) fn send_releases(&mut self, all: bool) {
         let wakers = &self.shared.wakers;
-        if !wakers.released.load(Ordering::Relaxed)
-            || !wakers.released.swap(false, Ordering::SeqCst)
-        {
+        if !wakers.released.load(Ordering::Relaxed) {
             return;
         }
         let Some(region) = self.state.borrow.clone() else {
+            wakers.released.store(false, Ordering::Relaxed);
             return;
         };
+        if !all && region.pending() < RELEASE_BATCH {
+            return;
+        }
+        wakers.released.store(false, Ordering::SeqCst);
         let mut offsets = Vec::new();
         region.take_released(&mut offsets);
         let st = &*self.state;
@@ -315,7 +327,9 @@ impl Guard<'_> {
                 return;
             }
         }
-        let _ = self.flush_writes();
+        if !all {
+            let _ = self.flush_writes();
+        }
     }
 
     /// The application dropped the receiving half: acknowledge and discard what the peer
@@ -508,7 +522,7 @@ impl Guard<'_> {
     }
 
     pub(super) fn poll_next(mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
-        self.send_releases();
+        self.send_releases(false);
         if self.state.recv.done {
             return Poll::Ready(None);
         }
@@ -549,7 +563,8 @@ impl Guard<'_> {
                     self.maybe_shutdown_write();
                     return Poll::Ready(None);
                 }
-                // Acknowledgements that did not fit into the socket yet.
+                // Releases and acknowledgements that did not fit into the socket yet.
+                self.send_releases(true);
                 if let Poll::Ready(Err(e)) = self.flush_writes() {
                     self.state.recv.done = true;
                     return Poll::Ready(Some(Err(e)));

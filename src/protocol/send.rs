@@ -242,14 +242,18 @@ impl Guard<'_> {
             )));
         }
         let seq = self.state.send.sent();
-        let lent_at = self.shared.lend.as_ref().and_then(|r| r.offset_of(&item));
+        let inline = len <= u64::from(limits.inline_threshold);
+        let lent_at = match &self.shared.lend {
+            Some(region) if !inline => region.offset_of(&item),
+            _ => None,
+        };
         let held = if let Some(offset) = lent_at {
             // A loan the peer maps: it reads the message in place and releases it when its
             // application drops it; until then the loan stays lent.
             self.queue_frame(OutFrame::Shared { seq, offset, len })?;
             self.state.lent.entry(offset).or_insert((item, 0)).1 += 1;
             Bytes::new()
-        } else if len <= u64::from(limits.inline_threshold) {
+        } else if inline {
             self.queue_inline(seq, &item)?;
             Bytes::new()
         } else {
