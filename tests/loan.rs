@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use tokio::time::timeout;
 use tokio_pvm::{Config, Connection, Listener};
+use util::raw::{RawPeer, T_HELLO, T_READY, frame, hello_body};
 use util::{ChildProc, check, pattern, temp_dir};
 
 child_entry!(roles::run);
@@ -264,6 +265,168 @@ async fn a_side_that_cannot_map_the_peers_region_falls_back_for_that_direction()
         out,
         ["zero_copy true", "shared 40", "received 60 in_place 0"]
     );
+}
+
+// ----- a hostile lender, speaking the wire protocol by hand ---------------------------------
+
+const T_REGION: u8 = 10;
+const T_SHARED: u8 = 11;
+const T_RELEASE: u8 = 12;
+
+/// Connects to `path` as a raw peer that announces a loan region and passes it with its REGION
+/// frame: a memfd of `size` bytes holding `content` at offset 0, sealed as the protocol asks or
+/// not sealed at all. Returns the peer (handshake done) and whether the listener mapped the
+/// region (the SHARED flag of its READY).
+fn raw_lender(path: &std::path::Path, size: u64, sealed: bool, content: &[u8]) -> (RawPeer, bool) {
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let fd = memfd_create(c"tokio-pvm-loans", MFdFlags::MFD_ALLOW_SEALING).unwrap();
+    nix::unistd::ftruncate(&fd, size as i64).unwrap();
+    let file = std::fs::File::from(fd);
+    file.write_all_at(content, 0).unwrap();
+    if sealed {
+        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+        fcntl(
+            &file,
+            FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
+        )
+        .unwrap();
+    }
+    let mut peer = RawPeer::connect(path);
+    let mut hello = hello_body(b"0123456789abcdef");
+    hello[64..72].copy_from_slice(&size.to_le_bytes());
+    peer.send(T_HELLO, &hello);
+    let (ty, theirs) = peer.recv().expect("the listener's HELLO");
+    assert_eq!(ty, T_HELLO);
+    assert_ne!(u64::from_le_bytes(theirs[64..72].try_into().unwrap()), 0);
+    // Our REGION, with the file attached.
+    let mut body = size.to_le_bytes().to_vec();
+    body.extend_from_slice(&[0; 8]);
+    let bytes = frame(T_REGION, &body);
+    let fds = [file.as_raw_fd()];
+    nix::sys::socket::sendmsg::<()>(
+        peer.sock.as_raw_fd(),
+        &[std::io::IoSlice::new(&bytes)],
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    // The listener's REGION (its descriptor is dropped by the kernel: plain reads), READY.
+    let (ty, _) = peer.recv().expect("the listener's REGION");
+    assert_eq!(ty, T_REGION);
+    let (ty, ready) = peer.recv().expect("the listener's READY");
+    assert_eq!(ty, T_READY);
+    peer.send(T_READY, &[0u8; 8]);
+    let mapped = u32::from_le_bytes(ready[..4].try_into().unwrap()) & 2 != 0;
+    (peer, mapped)
+}
+
+fn shared_body(seq: u64, offset: u64, len: u64) -> Vec<u8> {
+    [seq, offset, len]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
+}
+
+/// Runs `peer_side` on a thread while this side accepts; returns what the accepted
+/// connection's stream produced first.
+async fn against_raw(
+    name: &str,
+    peer_side: impl FnOnce(&std::path::Path) -> Option<String> + Send + 'static,
+) -> (
+    Option<tokio_pvm::Result<bytes::Bytes>>,
+    Option<String>,
+    Connection,
+) {
+    let dir = temp_dir(name);
+    let path = dir.join("s");
+    let listener = Listener::bind_with(&path, config(1 << 20)).unwrap();
+    let peer = std::thread::spawn(move || peer_side(&path));
+    let mut conn = accept(&listener).await;
+    let first = timeout(Duration::from_secs(5), conn.next()).await.unwrap();
+    let said = peer.join().unwrap();
+    (first, said, conn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsealed_region_is_not_mapped_and_shared_frames_then_end_the_connection() {
+    let (first, said, conn) = against_raw("loan-unsealed", |path| {
+        let (mut peer, mapped) = raw_lender(path, 1 << 16, false, b"hello");
+        assert!(
+            !mapped,
+            "a region that can shrink under the mapping is refused"
+        );
+        peer.send(T_SHARED, &shared_body(0, 0, 5));
+        peer.error_reason()
+    })
+    .await;
+    let err = first.unwrap().unwrap_err();
+    assert_eq!(err.kind(), tokio_pvm::ErrorKind::Protocol, "{err}");
+    assert!(err.to_string().contains("no loan region"), "{err}");
+    assert!(said.unwrap().contains("no loan region"));
+    assert!(!conn.zero_copy());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_frame_outside_the_region_ends_the_connection() {
+    let (first, said, _conn) = against_raw("loan-bounds", |path| {
+        let (mut peer, mapped) = raw_lender(path, 1 << 16, true, b"hello");
+        assert!(mapped);
+        peer.send(T_SHARED, &shared_body(0, (1 << 16) - 2, 5));
+        peer.error_reason()
+    })
+    .await;
+    let err = first.unwrap().unwrap_err();
+    assert_eq!(err.kind(), tokio_pvm::ErrorKind::Protocol, "{err}");
+    assert!(err.to_string().contains("outside"), "{err}");
+    assert!(said.unwrap().contains("outside"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_message_is_read_in_place_and_released_on_the_wire() {
+    let dir = temp_dir("loan-wire");
+    let path = dir.join("s");
+    let listener = Listener::bind_with(&path, config(1 << 20)).unwrap();
+    let peer = std::thread::spawn(move || {
+        let content = [b'x'; 4096];
+        let (mut peer, mapped) = raw_lender(&path, 1 << 16, true, &content);
+        assert!(mapped);
+        peer.send(T_SHARED, &shared_body(0, 64, 1000));
+        // An ACK, then a RELEASE of offset 64 once the application dropped the message.
+        let mut seen = Vec::new();
+        while let Some((ty, body)) = peer.recv() {
+            seen.push(ty);
+            if ty == T_RELEASE {
+                assert_eq!(body[..8], [1, 0, 0, 0, 0, 0, 0, 0], "one offset");
+                assert_eq!(u64::from_le_bytes(body[8..16].try_into().unwrap()), 64);
+                // Releasing what it was never lent ends the connection on the other side.
+                let mut bogus = vec![1, 0, 0, 0, 0, 0, 0, 0];
+                bogus.extend_from_slice(&128u64.to_le_bytes());
+                peer.send(T_RELEASE, &bogus);
+                return format!("{seen:?} {}", peer.error_reason().unwrap_or_default());
+            }
+        }
+        format!("no RELEASE: {seen:?}")
+    });
+    let mut conn = accept(&listener).await;
+    let msg = timeout(Duration::from_secs(5), conn.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&msg[..], &[b'x'; 1000][..]);
+    assert!(in_loan_mapping(msg.as_ptr() as usize), "read in place");
+    drop(msg);
+    // The release goes out when the connection next works: here, this read.
+    let end = timeout(Duration::from_secs(5), conn.next()).await.unwrap();
+    let said = tokio::task::spawn_blocking(move || peer.join().unwrap())
+        .await
+        .unwrap();
+    assert!(said.contains("does not hold"), "{said}");
+    let err = end.unwrap().unwrap_err();
+    assert!(err.to_string().contains("does not hold"), "{err}");
 }
 
 mod roles {
