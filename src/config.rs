@@ -304,8 +304,9 @@ impl Config {
     /// **The trade-off**: a received loaned message stays in the sender's memory, so a
     /// hostile sender can change it after delivery (a pulled message is a private copy). Open
     /// the lane only to peers you trust with that. The receiver is protected against
-    /// everything else: the file must be sealed and of the announced size, and every offset is
-    /// checked. Where `memfd_create`, `mmap` or descriptor passing are refused, the connection
+    /// everything else: the file must be sealed and of the announced size, no larger than this
+    /// side's own region (a peer's region costs address space, and pages the peer never wrote
+    /// are allocated here when read), and every offset is checked. Where `memfd_create`, `mmap` or descriptor passing are refused, the connection
     /// falls back to the other lanes and says so in a `warn!` event.
     pub fn loan_region(mut self, bytes: usize) -> Config {
         self.loan_region = bytes;

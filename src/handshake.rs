@@ -193,7 +193,10 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
     }
     let borrow = if both_lend {
         match next_frame(&mut io, pid).await? {
-            Frame::Region { size } => map_peer_region(io.get_mut().take_fd(), size, &theirs, pid),
+            Frame::Region { size } => {
+                let fd = io.get_mut().take_fd();
+                map_peer_region(fd, size, &theirs, hello.loan_region, pid)
+            }
             other => return Err(unexpected(other, "REGION")),
         }
     } else {
@@ -291,10 +294,15 @@ fn lend_region(config: &Config) -> Option<(Arc<LendRegion>, OwnedFd)> {
 }
 
 /// Maps the loan region the peer passed; `None` (and a warning) if it cannot be used.
+///
+/// A region larger than this side's own is refused: a peer's region costs this process
+/// address space, and pages the peer left unwritten are allocated (and charged to this
+/// process) when a message points at them, so this side's own size is the bound it accepted.
 fn map_peer_region(
     fd: Option<OwnedFd>,
     size: u64,
     theirs: &Hello,
+    own: u64,
     pid: i32,
 ) -> Option<Arc<PeerRegion>> {
     let mapped = match fd {
@@ -302,6 +310,10 @@ fn map_peer_region(
         Some(_) if size != theirs.loan_region => Err(format!(
             "its REGION frame says {size} bytes, its HELLO {}",
             theirs.loan_region
+        )),
+        Some(_) if size > own => Err(format!(
+            "it is {size} bytes, larger than this side's own region of {own} bytes, the most \
+             this side maps; give both sides the same Config::loan_region"
         )),
         Some(fd) => PeerRegion::map(&fd, size),
     };

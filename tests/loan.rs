@@ -245,8 +245,9 @@ async fn without_the_peer_opting_in_loans_are_ordinary_messages() {
 async fn a_side_that_cannot_map_the_peers_region_falls_back_for_that_direction() {
     let dir = temp_dir("loan-refused");
     let path = dir.join("s");
-    // A region larger than the child's address-space limit lets it map: its mmap fails.
-    let listener = Listener::bind_with(&path, config(64 << 30)).unwrap();
+    // The child's address-space limit has room for its own region but not for this one too:
+    // its mmap of this side's region fails.
+    let listener = Listener::bind_with(&path, config(4 << 30)).unwrap();
     let child = ChildProc::spawn("lend_limited", &[path.to_str().unwrap(), "60"]);
     let mut conn = accept(&listener).await;
     assert!(
@@ -265,6 +266,32 @@ async fn a_side_that_cannot_map_the_peers_region_falls_back_for_that_direction()
         out,
         ["zero_copy true", "shared 40", "received 60 in_place 0"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_region_larger_than_this_sides_own_is_not_mapped() {
+    let dir = temp_dir("loan-larger");
+    let path = dir.join("s");
+    let listener = Listener::bind_with(&path, config(1 << 20)).unwrap();
+    // The child lends 32 MiB: more than this side maps. It maps this side's 1 MiB.
+    let child = ChildProc::spawn("lend", &[path.to_str().unwrap(), "60", "multi", "33554432"]);
+    let mut conn = accept(&listener).await;
+    assert!(
+        conn.zero_copy(),
+        "the child mapped this side's smaller region"
+    );
+    let (received, in_place) = receive_checked(&mut conn).await;
+    assert_eq!(
+        (received, in_place),
+        (60, 0),
+        "the child's loans were pulled"
+    );
+    send_loaned(&mut conn, 60).await;
+    conn.close().await.unwrap();
+    let (ok, out) = child.finish(Duration::from_secs(20));
+    assert!(ok, "{out:?}");
+    assert_eq!(out[..2], ["zero_copy false", "shared 0"]);
+    assert!(out[2].starts_with("received 60 in_place "), "{out:?}");
 }
 
 // ----- a hostile lender, speaking the wire protocol by hand ---------------------------------
@@ -457,14 +484,22 @@ mod roles {
             // lend_limited PATH COUNT: as `lend`, under an address-space limit that the
             // parent's region does not fit into.
             "lend_limited" => {
-                let limit = 16 << 30;
+                // Room for what the process uses now, its own 4 GiB region and 2 GiB more
+                // (threads, allocator arenas), but not for the parent's 4 GiB region too.
+                let status = std::fs::read_to_string("/proc/self/status").unwrap();
+                let vm_kb: u64 = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmSize:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                    .unwrap();
+                let limit = (vm_kb << 10) + (6 << 30);
                 nix::sys::resource::setrlimit(
                     nix::sys::resource::Resource::RLIMIT_AS,
                     limit,
                     limit,
                 )
                 .unwrap();
-                rt.block_on(lend(&path, count, config(32 << 20)));
+                rt.block_on(lend(&path, count, config(4 << 30)));
             }
             "fill_region" => rt.block_on(fill_region(&path)),
             "lend_and_exit" => rt.block_on(async {
