@@ -148,7 +148,7 @@ pub(crate) fn run(opts: &Options, command: String) -> Result<Results, String> {
                     eprintln!("{what}: ERROR {e}");
                     cell.errors.push((rep, e));
                     if cell.peer.is_iceoryx2() {
-                        let when = format!("after a failed repetition {rep} of {}", what);
+                        let when = format!("after the failed measurement {what}");
                         iceoryx2_cleanup(&exe, opts.timeout, &when, &mut cleanup_notes);
                     }
                 }
@@ -182,7 +182,7 @@ pub(crate) fn run(opts: &Options, command: String) -> Result<Results, String> {
                     eprintln!("{what}: ERROR {e}");
                     cell.errors.push((rep, e));
                     if cell.peer.is_iceoryx2() {
-                        let when = format!("after a failed repetition {rep} of {}", what);
+                        let when = format!("after the failed measurement {what}");
                         iceoryx2_cleanup(&exe, opts.timeout, &when, &mut cleanup_notes);
                     }
                 }
