@@ -298,8 +298,9 @@ pub(crate) struct PeerRegion {
     map: Mapping,
     /// Offsets of messages the application dropped, to tell the peer.
     released: Mutex<Vec<u64>>,
-    /// How many offsets `released` holds.
+    /// How many offsets `released` holds, and how many bytes their messages had.
     pending: AtomicUsize,
+    pending_bytes: AtomicUsize,
     /// Woken when an offset is added.
     on_release: OnceLock<Waker>,
 }
@@ -327,6 +328,7 @@ impl PeerRegion {
             map: Mapping { ptr, len: size },
             released: Mutex::new(Vec::new()),
             pending: AtomicUsize::new(0),
+            pending_bytes: AtomicUsize::new(0),
             on_release: OnceLock::new(),
         }))
     }
@@ -354,19 +356,25 @@ impl PeerRegion {
     pub(crate) fn take_released(&self, into: &mut Vec<u64>) {
         let mut released = lock(&self.released);
         self.pending.store(0, Ordering::Relaxed);
+        self.pending_bytes.store(0, Ordering::Relaxed);
         into.append(&mut released);
     }
 
-    /// How many offsets were released and not taken yet (a hint: it may be stale).
-    pub(crate) fn pending(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
+    /// How many offsets were released and not taken yet, and the bytes of their messages (a
+    /// hint: it may be stale).
+    pub(crate) fn pending(&self) -> (usize, usize) {
+        (
+            self.pending.load(Ordering::Relaxed),
+            self.pending_bytes.load(Ordering::Relaxed),
+        )
     }
 
-    fn release(&self, offset: usize) {
+    fn release(&self, offset: usize, len: usize) {
         {
             let mut released = lock(&self.released);
             released.push(offset as u64);
             self.pending.store(released.len(), Ordering::Relaxed);
+            self.pending_bytes.fetch_add(len, Ordering::Relaxed);
         }
         if let Some(waker) = self.on_release.get() {
             waker.wake_by_ref();
@@ -393,7 +401,7 @@ impl AsRef<[u8]> for Borrowed {
 
 impl Drop for Borrowed {
     fn drop(&mut self) {
-        self.region.release(self.offset);
+        self.region.release(self.offset, self.len);
     }
 }
 

@@ -22,9 +22,10 @@ use tracing::{debug, trace};
 use super::{Guard, Negotiated, Role};
 use crate::codec::{Descriptor, MAX_RELEASES, OutFrame};
 
-/// Released loans are sent back once this many have gathered, or when the connection would
+/// Released loans are sent back once this many have gathered, or messages of this many bytes
+/// (the sender lends the memory again, still warm in the caches), or when the connection would
 /// otherwise wait or writes anyway.
-const RELEASE_BATCH: usize = 64;
+const RELEASE_BATCH: (usize, usize) = (64, 256 << 10);
 use crate::error::{Error, ErrorKind, Result};
 use crate::pull::{BlockingPull, pull_messages};
 use crate::sys::RemoteRange;
@@ -310,7 +311,8 @@ impl Guard<'_> {
             wakers.released.store(false, Ordering::Relaxed);
             return;
         };
-        if !all && region.pending() < RELEASE_BATCH {
+        let (count, bytes) = region.pending();
+        if !all && count < RELEASE_BATCH.0 && bytes < RELEASE_BATCH.1 {
             return;
         }
         wakers.released.store(false, Ordering::SeqCst);

@@ -2,10 +2,9 @@
 //! end; a sender connects and `feed`s each message into its `Sink<Bytes>`, then `close()`s
 //! (which returns once the receiver has pulled and acknowledged everything).
 //!
-//! How the sender makes each message is its [`Lane`]. Today there is one, [`Lane::Copy`]. A
-//! lane that writes into memory the transport lends is one more variant: its id and label,
-//! its `Config` in [`config`], and how it makes message `seq` in [`Producer::message`] (which
-//! would then take the connection). The roles, the rows and the report need nothing else.
+//! How the sender makes each message is its [`Lane`]: a fresh heap buffer the receiver pulls
+//! ([`Lane::Copy`]), or a buffer loaned from the connection's shared region that the receiver
+//! reads in place ([`Lane::Loan`], the zero-copy lane).
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -21,32 +20,40 @@ pub(crate) enum Lane {
     /// A fresh `BytesMut` per message (the copy from the source, then the stamps), frozen
     /// into `Bytes`: what an application that builds its messages does.
     Copy,
+    /// Both sides set `Config::loan_region`; the sender writes the same fresh data and stamps
+    /// straight into `Connection::loan(size)` and sends the frozen buffer: the receiver reads
+    /// it in place from the sender's shared memory, as an iceoryx2 subscriber does.
+    Loan,
 }
 
 impl Lane {
     /// Every lane, in table order.
-    pub(crate) const ALL: [Lane; 1] = [Lane::Copy];
+    pub(crate) const ALL: [Lane; 2] = [Lane::Copy, Lane::Loan];
 
     pub(crate) fn id(self) -> &'static str {
         match self {
             Lane::Copy => "tokio-pvm",
+            Lane::Loan => "tokio-pvm-loan",
         }
     }
 
     pub(crate) fn label(self) -> &'static str {
         match self {
             Lane::Copy => "tokio-pvm",
+            Lane::Loan => "tokio-pvm (loan)",
         }
     }
 }
 
 /// Both sides' configuration: the defaults (window of 1024 messages and 16 MiB, 256 B inline
 /// threshold, pulls from 2 MiB on the blocking pool), with messages up to 64 MiB or `size`,
-/// whichever is larger.
+/// whichever is larger; for the loan lane a region of 64 MiB or four messages, whichever is
+/// larger (room for a window in flight and a window in the receiver's buffer).
 fn config(lane: Lane, size: usize) -> Config {
     let config = Config::new().max_message_size((size as u64).max(DEFAULT_MAX_MESSAGE_SIZE));
     match lane {
         Lane::Copy => config,
+        Lane::Loan => config.loan_region((64 << 20).max(4 * size)),
     }
 }
 
@@ -54,6 +61,8 @@ fn config(lane: Lane, size: usize) -> Config {
 struct Producer {
     lane: Lane,
     src: Source,
+    /// Loans that came from the heap (the region was full or the lane closed).
+    heap_loans: u64,
 }
 
 impl Producer {
@@ -61,13 +70,32 @@ impl Producer {
         Producer {
             lane,
             src: Source::new(size),
+            heap_loans: 0,
         }
     }
 
     /// Message `seq`: `size` bytes from the source, stamped.
-    fn message(&mut self, seq: u64) -> Bytes {
+    fn message(&mut self, seq: u64, conn: &Connection) -> Bytes {
         match self.lane {
             Lane::Copy => self.src.fresh_bytes(seq),
+            Lane::Loan => {
+                let mut buf = conn.loan(self.src.size());
+                self.heap_loans += u64::from(!buf.is_shared());
+                self.src.write(&mut buf, seq);
+                buf.freeze()
+            }
+        }
+    }
+
+    /// Says on standard error if any loan came from the heap: such messages were pulled, and
+    /// the row does not measure the zero-copy lane alone.
+    fn report_loans(&self, messages: u64) {
+        if self.heap_loans > 0 {
+            eprintln!(
+                "note: {} of {messages} loans of {} bytes came from the heap",
+                self.heap_loans,
+                self.src.size()
+            );
         }
     }
 }
@@ -114,11 +142,12 @@ async fn send(lane: Lane, job: Job) -> Result<(), String> {
     let mut conn = connect(lane, &job).await?;
     let mut producer = Producer::new(lane, job.size);
     for seq in 0..job.count {
-        let msg = producer.message(seq);
+        let msg = producer.message(seq, &conn);
         conn.feed(msg)
             .await
             .map_err(ctx(format!("sending message {seq}")))?;
     }
+    producer.report_loans(job.count);
     conn.close()
         .await
         .map_err(ctx(format!("closing after {} messages", job.count)))
@@ -134,7 +163,7 @@ async fn echo(lane: Lane, job: Job) -> Result<(), String> {
         let msg = msg.map_err(ctx(format!("receiving message {seq}")))?;
         check(&msg, job.size, seq)?;
         drop(msg);
-        let answer = producer.message(seq);
+        let answer = producer.message(seq, &conn);
         conn.send(answer)
             .await
             .map_err(ctx(format!("answering message {seq}")))?;
@@ -149,7 +178,7 @@ async fn ping(lane: Lane, job: Job) -> Result<(), String> {
     let mut lat = Latencies::new(job.warmup, job.count);
     for i in 0..job.warmup + job.count {
         let started = std::time::Instant::now();
-        let msg = producer.message(i);
+        let msg = producer.message(i, &conn);
         conn.send(msg)
             .await
             .map_err(ctx(format!("sending round trip {i}")))?;
@@ -182,7 +211,7 @@ mod tests {
             let mut producer = Producer::new(lane, 4096);
             let mut checker = Checker::new(4096, 3);
             for seq in 0..3 {
-                a.send(producer.message(seq)).await.unwrap();
+                a.send(producer.message(seq, &a)).await.unwrap();
                 checker.take(&b.next().await.unwrap().unwrap()).unwrap();
             }
             assert!(checker.done());
