@@ -70,6 +70,13 @@ fn ctx<E: std::fmt::Debug>(what: impl std::fmt::Display) -> impl FnOnce(E) -> St
     move |e| format!("{what}: {e:?}")
 }
 
+/// Like [`ctx`], with the context made only on error (see `super::ctx_with`).
+fn ctx_with<E: std::fmt::Debug, D: std::fmt::Display>(
+    what: impl FnOnce() -> D,
+) -> impl FnOnce(E) -> String {
+    move |e| format!("{}: {e:?}", what())
+}
+
 /// Samples a subscriber's buffer holds: tokio-pvm's default window in messages of `size`
 /// (16 MiB, at most 1024), at least 2.
 pub(crate) fn buffer_size(size: usize) -> usize {
@@ -96,7 +103,7 @@ fn node() -> Result<Node<Ipc>, String> {
 }
 
 fn service_name(name: &str) -> Result<ServiceName, String> {
-    ServiceName::new(name).map_err(ctx(format!("service name {name:?}")))
+    ServiceName::new(name).map_err(ctx_with(|| format!("service name {name:?}")))
 }
 
 /// The publish-subscribe service `name`, created by the receiving side and opened by the
@@ -120,11 +127,11 @@ fn pubsub(
     if create {
         builder
             .create()
-            .map_err(ctx(format!("creating service {name}")))
+            .map_err(ctx_with(|| format!("creating service {name}")))
     } else {
         builder
             .open()
-            .map_err(ctx(format!("opening service {name}")))
+            .map_err(ctx_with(|| format!("opening service {name}")))
     }
 }
 
@@ -144,11 +151,11 @@ fn events(node: &Node<Ipc>, name: &str, create: bool) -> Result<EventFactory<Ipc
     if create {
         builder
             .create()
-            .map_err(ctx(format!("creating event service {name}")))
+            .map_err(ctx_with(|| format!("creating event service {name}")))
     } else {
         builder
             .open()
-            .map_err(ctx(format!("opening event service {name}")))
+            .map_err(ctx_with(|| format!("opening event service {name}")))
     }
 }
 
@@ -384,12 +391,12 @@ impl Outbox {
         let sample = self
             .publisher
             .loan_slice_uninit(size)
-            .map_err(ctx(format!("loaning a sample for message {seq}")))?;
+            .map_err(ctx_with(|| format!("loaning a sample for message {seq}")))?;
         let mut sample = sample.write_from_slice(self.src.chunk(seq));
         stamp(sample.payload_mut(), seq);
         let reached = sample
             .send()
-            .map_err(ctx(format!("sending message {seq}")))?;
+            .map_err(ctx_with(|| format!("sending message {seq}")))?;
         if reached != 1 {
             return Err(format!(
                 "message {seq} reached {reached} subscribers, expected 1"
@@ -398,7 +405,7 @@ impl Outbox {
         if let Some(notifier) = &self.notifier {
             notifier
                 .notify()
-                .map_err(ctx(format!("notifying message {seq}")))?;
+                .map_err(ctx_with(|| format!("notifying message {seq}")))?;
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use ipc_channel::ipc::{
     IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender, bytes_channel,
 };
 
-use super::{Job, Role, ctx, ready};
+use super::{Job, Role, ctx, ctx_with, ready};
 use crate::payload::{Checker, Latencies, Source, check};
 
 pub(crate) fn run(role: Role, job: &Job) -> Result<(), String> {
@@ -35,7 +35,7 @@ fn recv(job: &Job) -> Result<(), String> {
     while !checker.done() {
         let msg = rx
             .recv()
-            .map_err(ctx(format!("receiving message {}", checker.seen())))?;
+            .map_err(ctx_with(|| format!("receiving message {}", checker.seen())))?;
         checker.take(&msg)?;
     }
     checker.report()
@@ -44,7 +44,7 @@ fn recv(job: &Job) -> Result<(), String> {
 fn send(job: &Job) -> Result<(), String> {
     let (tx, rx) = bytes_channel().map_err(ctx("making the bytes channel"))?;
     IpcSender::<IpcBytesReceiver>::connect(job.addr.clone())
-        .map_err(ctx(format!("connecting to {}", job.addr)))?
+        .map_err(ctx_with(|| format!("connecting to {}", job.addr)))?
         .send(rx)
         .map_err(ctx("handing over the receiving end"))?;
     let src = Source::new(job.size);
@@ -52,7 +52,7 @@ fn send(job: &Job) -> Result<(), String> {
     for seq in 0..job.count {
         src.write(&mut buf, seq);
         tx.send(&buf)
-            .map_err(ctx(format!("sending message {seq}")))?;
+            .map_err(ctx_with(|| format!("sending message {seq}")))?;
     }
     // Every message is in the kernel's socket buffers now; exiting loses none.
     Ok(())
@@ -69,12 +69,14 @@ fn echo(job: &Job) -> Result<(), String> {
     let src = Source::new(job.size);
     let mut buf = vec![0u8; job.size];
     for seq in 0..job.count {
-        let msg = rx.recv().map_err(ctx(format!("receiving message {seq}")))?;
+        let msg = rx
+            .recv()
+            .map_err(ctx_with(|| format!("receiving message {seq}")))?;
         check(&msg, job.size, seq)?;
         drop(msg);
         src.write(&mut buf, seq);
         tx.send(&buf)
-            .map_err(ctx(format!("answering message {seq}")))?;
+            .map_err(ctx_with(|| format!("answering message {seq}")))?;
     }
     Ok(())
 }
@@ -83,7 +85,7 @@ fn ping(job: &Job) -> Result<(), String> {
     let (ping_tx, ping_rx) = bytes_channel().map_err(ctx("making the ping channel"))?;
     let (answer_tx, answer_rx) = bytes_channel().map_err(ctx("making the answer channel"))?;
     IpcSender::<Pair>::connect(job.addr.clone())
-        .map_err(ctx(format!("connecting to {}", job.addr)))?
+        .map_err(ctx_with(|| format!("connecting to {}", job.addr)))?
         .send((ping_rx, answer_tx))
         .map_err(ctx("handing over the channels"))?;
     let src = Source::new(job.size);
@@ -94,10 +96,10 @@ fn ping(job: &Job) -> Result<(), String> {
         src.write(&mut buf, i);
         ping_tx
             .send(&buf)
-            .map_err(ctx(format!("sending round trip {i}")))?;
+            .map_err(ctx_with(|| format!("sending round trip {i}")))?;
         let answer = answer_rx
             .recv()
-            .map_err(ctx(format!("receiving round trip {i}")))?;
+            .map_err(ctx_with(|| format!("receiving round trip {i}")))?;
         check(&answer, job.size, i)?;
         drop(answer);
         lat.record(i, started);

@@ -275,6 +275,14 @@ pub(crate) fn ctx<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl Fn
     move |e| format!("{what}: {e}")
 }
 
+/// Like [`ctx`], with the context made only if there is an error: hot loops must not format a
+/// string per message (that cost would be measured as the transport's).
+pub(crate) fn ctx_with<E: std::fmt::Display, D: std::fmt::Display>(
+    what: impl FnOnce() -> D,
+) -> impl FnOnce(E) -> String {
+    move |e| format!("{}: {e}", what())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

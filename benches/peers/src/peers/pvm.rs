@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio_pvm::{Config, Connection, DEFAULT_MAX_MESSAGE_SIZE, Listener};
 
-use super::{Job, Role, ctx, ready};
+use super::{Job, Role, ctx, ctx_with, ready};
 use crate::flavor::Flavor;
 use crate::payload::{Checker, Latencies, Source, check};
 
@@ -112,12 +112,12 @@ pub(crate) fn run(role: Role, lane: Lane, flavor: Flavor, job: Job) -> Result<()
 
 async fn accept(lane: Lane, job: &Job) -> Result<Connection, String> {
     let listener = Listener::bind_with(&job.addr, config(lane, job.size))
-        .map_err(ctx(format!("binding {}", job.addr)))?;
+        .map_err(ctx_with(|| format!("binding {}", job.addr)))?;
     ready(&job.addr);
     let conn = listener
         .accept()
         .await
-        .map_err(ctx(format!("accepting on {}", job.addr)))?;
+        .map_err(ctx_with(|| format!("accepting on {}", job.addr)))?;
     drop(listener); // removes the socket file
     Ok(conn)
 }
@@ -125,14 +125,14 @@ async fn accept(lane: Lane, job: &Job) -> Result<Connection, String> {
 async fn connect(lane: Lane, job: &Job) -> Result<Connection, String> {
     Connection::connect_with(&job.addr, config(lane, job.size))
         .await
-        .map_err(ctx(format!("connecting to {}", job.addr)))
+        .map_err(ctx_with(|| format!("connecting to {}", job.addr)))
 }
 
 async fn recv(lane: Lane, job: Job) -> Result<(), String> {
     let mut conn = accept(lane, &job).await?;
     let mut checker = Checker::new(job.size, job.count);
     while let Some(msg) = conn.next().await {
-        let msg = msg.map_err(ctx(format!("receiving message {}", checker.seen())))?;
+        let msg = msg.map_err(ctx_with(|| format!("receiving message {}", checker.seen())))?;
         checker.take(&msg)?;
     }
     checker.report()
@@ -145,12 +145,12 @@ async fn send(lane: Lane, job: Job) -> Result<(), String> {
         let msg = producer.message(seq, &conn);
         conn.feed(msg)
             .await
-            .map_err(ctx(format!("sending message {seq}")))?;
+            .map_err(ctx_with(|| format!("sending message {seq}")))?;
     }
     producer.report_loans(job.count);
     conn.close()
         .await
-        .map_err(ctx(format!("closing after {} messages", job.count)))
+        .map_err(ctx_with(|| format!("closing after {} messages", job.count)))
 }
 
 /// Answers each message with `send` (feed + flush: returns once the pinger has pulled the
@@ -160,13 +160,13 @@ async fn echo(lane: Lane, job: Job) -> Result<(), String> {
     let mut producer = Producer::new(lane, job.size);
     let mut seq = 0;
     while let Some(msg) = conn.next().await {
-        let msg = msg.map_err(ctx(format!("receiving message {seq}")))?;
+        let msg = msg.map_err(ctx_with(|| format!("receiving message {seq}")))?;
         check(&msg, job.size, seq)?;
         drop(msg);
         let answer = producer.message(seq, &conn);
         conn.send(answer)
             .await
-            .map_err(ctx(format!("answering message {seq}")))?;
+            .map_err(ctx_with(|| format!("answering message {seq}")))?;
         seq += 1;
     }
     conn.close().await.map_err(ctx("closing"))
@@ -181,12 +181,12 @@ async fn ping(lane: Lane, job: Job) -> Result<(), String> {
         let msg = producer.message(i, &conn);
         conn.send(msg)
             .await
-            .map_err(ctx(format!("sending round trip {i}")))?;
+            .map_err(ctx_with(|| format!("sending round trip {i}")))?;
         let answer = conn
             .next()
             .await
             .ok_or_else(|| format!("the echo closed before round trip {i} came back"))?
-            .map_err(ctx(format!("receiving round trip {i}")))?;
+            .map_err(ctx_with(|| format!("receiving round trip {i}")))?;
         check(&answer, job.size, i)?;
         drop(answer);
         lat.record(i, started);

@@ -10,7 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_pvm::DEFAULT_MAX_MESSAGE_SIZE;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use super::{Job, Role, ctx, ready};
+use super::{Job, Role, ctx, ctx_with, ready};
 use crate::flavor::Flavor;
 use crate::payload::{Checker, Latencies, Source, check};
 
@@ -34,12 +34,13 @@ pub(crate) fn run(role: Role, flavor: Flavor, job: Job) -> Result<(), String> {
 }
 
 async fn accept(job: &Job) -> Result<Frames, String> {
-    let listener = UnixListener::bind(&job.addr).map_err(ctx(format!("binding {}", job.addr)))?;
+    let listener =
+        UnixListener::bind(&job.addr).map_err(ctx_with(|| format!("binding {}", job.addr)))?;
     ready(&job.addr);
     let (stream, _) = listener
         .accept()
         .await
-        .map_err(ctx(format!("accepting on {}", job.addr)))?;
+        .map_err(ctx_with(|| format!("accepting on {}", job.addr)))?;
     drop(listener);
     let _ = std::fs::remove_file(&job.addr);
     Ok(Framed::new(stream, codec(job.size)))
@@ -48,7 +49,7 @@ async fn accept(job: &Job) -> Result<Frames, String> {
 async fn connect(job: &Job) -> Result<Frames, String> {
     let stream = UnixStream::connect(&job.addr)
         .await
-        .map_err(ctx(format!("connecting to {}", job.addr)))?;
+        .map_err(ctx_with(|| format!("connecting to {}", job.addr)))?;
     Ok(Framed::new(stream, codec(job.size)))
 }
 
@@ -56,7 +57,7 @@ async fn recv(job: Job) -> Result<(), String> {
     let mut frames = accept(&job).await?;
     let mut checker = Checker::new(job.size, job.count);
     while let Some(frame) = frames.next().await {
-        let frame = frame.map_err(ctx(format!("receiving message {}", checker.seen())))?;
+        let frame = frame.map_err(ctx_with(|| format!("receiving message {}", checker.seen())))?;
         checker.take(&frame)?;
     }
     checker.report()
@@ -69,11 +70,11 @@ async fn send(job: Job) -> Result<(), String> {
         frames
             .feed(src.fresh_bytes(seq))
             .await
-            .map_err(ctx(format!("sending message {seq}")))?;
+            .map_err(ctx_with(|| format!("sending message {seq}")))?;
     }
     SinkExt::<Bytes>::close(&mut frames)
         .await
-        .map_err(ctx(format!("closing after {} messages", job.count)))
+        .map_err(ctx_with(|| format!("closing after {} messages", job.count)))
 }
 
 /// Answers each frame with `send` (feed + flush into the socket), until the pinger closes.
@@ -82,13 +83,13 @@ async fn echo(job: Job) -> Result<(), String> {
     let src = Source::new(job.size);
     let mut seq = 0;
     while let Some(frame) = frames.next().await {
-        let frame = frame.map_err(ctx(format!("receiving message {seq}")))?;
+        let frame = frame.map_err(ctx_with(|| format!("receiving message {seq}")))?;
         check(&frame, job.size, seq)?;
         drop(frame);
         frames
             .send(src.fresh_bytes(seq))
             .await
-            .map_err(ctx(format!("answering message {seq}")))?;
+            .map_err(ctx_with(|| format!("answering message {seq}")))?;
         seq += 1;
     }
     SinkExt::<Bytes>::close(&mut frames)
@@ -105,12 +106,12 @@ async fn ping(job: Job) -> Result<(), String> {
         frames
             .send(src.fresh_bytes(i))
             .await
-            .map_err(ctx(format!("sending round trip {i}")))?;
+            .map_err(ctx_with(|| format!("sending round trip {i}")))?;
         let answer = frames
             .next()
             .await
             .ok_or_else(|| format!("the echo closed before round trip {i} came back"))?
-            .map_err(ctx(format!("receiving round trip {i}")))?;
+            .map_err(ctx_with(|| format!("receiving round trip {i}")))?;
         check(&answer, job.size, i)?;
         drop(answer);
         lat.record(i, started);
