@@ -304,13 +304,13 @@ impl Guard<'_> {
     /// sides). Whoever is about to wait, or writes anyway, sends them all.
     pub(super) fn send_releases(&mut self, all: bool) {
         let wakers = &self.shared.wakers;
+        let Some(region) = &self.state.borrow else {
+            return;
+        };
         if !wakers.released.load(Ordering::Relaxed) {
             return;
         }
-        let Some(region) = self.state.borrow.clone() else {
-            wakers.released.store(false, Ordering::Relaxed);
-            return;
-        };
+        let region = region.clone();
         let (count, bytes) = region.pending();
         if !all && count < RELEASE_BATCH.0 && bytes < RELEASE_BATCH.1 {
             return;
