@@ -83,6 +83,8 @@
 mod child;
 #[path = "common/fmt.rs"]
 mod fmt;
+#[path = "bench/fresh.rs"]
+mod fresh;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "bench/spawn.rs"]
@@ -93,6 +95,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use child::Data;
 use report::{Machine, size_label};
 use spawn::{CHILD_FLAG, Group, RemoveOnDrop, children_cpu, socket_path};
 
@@ -117,8 +120,14 @@ const LATENCY_SIZES: [usize; 2] = [64, 1 << 20];
 /// The rows of the throughput table, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Transport {
+    /// Fresh messages (see `fresh.rs`).
     Pvm,
+    /// Fresh messages (see `fresh.rs`).
     Unix,
+    /// One pre-built message, resent.
+    PvmResent,
+    /// One pre-built message, resent.
+    UnixResent,
     Raw,
     /// Raw `process_vm_readv` into buffers that rotate like a transport's receive buffers.
     RawRotating,
@@ -126,9 +135,11 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
-    const ALL: [Transport; 5] = [
+    const ALL: [Transport; 7] = [
         Transport::Pvm,
         Transport::Unix,
+        Transport::PvmResent,
+        Transport::UnixResent,
         Transport::Raw,
         Transport::RawRotating,
         Transport::Memcpy,
@@ -138,9 +149,32 @@ impl Transport {
         match self {
             Transport::Pvm => "tokio-pvm",
             Transport::Unix => "unix+LengthDelimitedCodec",
+            Transport::PvmResent => "tokio-pvm (resent buffer)",
+            Transport::UnixResent => "unix (resent buffer)",
             Transport::Raw => "process_vm_readv (raw)",
             Transport::RawRotating => "process_vm_readv (rotated)",
             Transport::Memcpy => "memcpy (1 thread)",
+        }
+    }
+
+    /// The Unix-socket row this row's "vs unix" ratio divides by: the one that sends the same
+    /// kind of data.
+    pub(crate) fn reference(self) -> Transport {
+        match self {
+            Transport::PvmResent | Transport::UnixResent => Transport::UnixResent,
+            _ => Transport::Unix,
+        }
+    }
+
+    /// For the rows of a sender and a receiver over a socket: the children's roles and what
+    /// the sender sends.
+    fn stream_roles(self) -> Option<(&'static str, &'static str, Data)> {
+        match self {
+            Transport::Pvm => Some(("pvm-recv", "pvm-send", Data::Fresh)),
+            Transport::PvmResent => Some(("pvm-recv", "pvm-send", Data::Resent)),
+            Transport::Unix => Some(("unix-recv", "unix-send", Data::Fresh)),
+            Transport::UnixResent => Some(("unix-recv", "unix-send", Data::Resent)),
+            Transport::Raw | Transport::RawRotating | Transport::Memcpy => None,
         }
     }
 }
@@ -360,22 +394,18 @@ fn run_throughput(
 ) -> Result<Duration, String> {
     let mut group = Group::new(exe, timeout);
     let (s, n) = (size.to_string(), messages.to_string());
+    if let Some((recv, send, data)) = transport.stream_roles() {
+        let path = RemoveOnDrop(socket_path());
+        let args = [path_arg(&path.0)?, s, n, data.arg().to_owned()];
+        let receiver = group.spawn(recv, &args)?;
+        expect_line(group.line(receiver)?, "READY")?;
+        group.spawn(send, &args)?;
+        let report = group.line(receiver)?;
+        group.wait_all()?;
+        drop(group);
+        return parse_done(&report, messages);
+    }
     let report = match transport {
-        Transport::Pvm | Transport::Unix => {
-            let (recv, send) = if transport == Transport::Pvm {
-                ("pvm-recv", "pvm-send")
-            } else {
-                ("unix-recv", "unix-send")
-            };
-            let path = RemoveOnDrop(socket_path());
-            let p = path_arg(&path.0)?;
-            let receiver = group.spawn(recv, &[p.clone(), s.clone(), n.clone()])?;
-            expect_line(group.line(receiver)?, "READY")?;
-            group.spawn(send, &[p, s, n])?;
-            let report = group.line(receiver)?;
-            group.wait_all()?;
-            report
-        }
         Transport::Raw | Transport::RawRotating => {
             // The rotated row cycles through as many buffers as the default window holds
             // messages of this size (16 MiB, at most 1024 messages).
@@ -404,6 +434,7 @@ fn run_throughput(
             group.wait_all()?;
             report
         }
+        other => return Err(format!("no throughput measurement for {}", other.label())),
     };
     drop(group);
     parse_done(&report, messages)

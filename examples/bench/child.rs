@@ -11,6 +11,7 @@
 //!
 //! Errors go to standard error and make the child exit with a failure status.
 
+use std::fmt::Display;
 use std::future::Future;
 use std::hint::black_box;
 use std::io::Read;
@@ -18,7 +19,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{Sink, SinkExt, Stream, StreamExt};
 use nix::errno::Errno;
 use nix::sys::uio::{RemoteIoVec, process_vm_readv};
 use nix::unistd::Pid;
@@ -26,24 +27,26 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_pvm::{Config, Connection, DEFAULT_MAX_MESSAGE_SIZE, Listener};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+use crate::fresh::{Checker, Fresh};
+
 /// Runs child role `role` with its arguments.
 pub(crate) fn run(role: &str, args: &[String]) -> Result<(), String> {
     match role {
         "pvm-recv" => {
-            let (path, size, count) = path_size_count(args)?;
-            on_runtime(pvm_recv(path, size, count))
+            let a = StreamArgs::parse(role, args)?;
+            on_runtime(pvm_recv(a))
         }
         "pvm-send" => {
-            let (path, size, count) = path_size_count(args)?;
-            on_runtime(pvm_send(path, size, count))
+            let a = StreamArgs::parse(role, args)?;
+            on_runtime(pvm_send(a))
         }
         "unix-recv" => {
-            let (path, size, count) = path_size_count(args)?;
-            on_runtime(unix_recv(path, size, count))
+            let a = StreamArgs::parse(role, args)?;
+            on_runtime(unix_recv(a))
         }
         "unix-send" => {
-            let (path, size, count) = path_size_count(args)?;
-            on_runtime(unix_send(path, size, count))
+            let a = StreamArgs::parse(role, args)?;
+            on_runtime(unix_send(a))
         }
         "raw-src" => {
             let [size] = args else {
@@ -126,11 +129,55 @@ fn count_arg(value: &str) -> Result<u64, String> {
     }
 }
 
-fn path_size_count(args: &[String]) -> Result<(String, usize, u64), String> {
-    let [path, size, count] = args else {
-        return Err(format!("expected PATH SIZE COUNT, got {args:?}"));
-    };
-    Ok((path.clone(), size_arg(size)?, count_arg(count)?))
+/// What the sender of a throughput measurement sends, and what its receiver checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Data {
+    /// A freshly allocated and written message each time, stamped with its sequence number
+    /// (see [`crate::fresh`]); the receiver checks the length and the stamps.
+    Fresh,
+    /// A clone of one pre-built message each time; the receiver checks the length and the
+    /// first and last byte.
+    Resent,
+}
+
+impl Data {
+    /// The name on a child's command line.
+    pub(crate) fn arg(self) -> &'static str {
+        match self {
+            Data::Fresh => "fresh",
+            Data::Resent => "resent",
+        }
+    }
+
+    fn parse(value: &str) -> Result<Data, String> {
+        match value {
+            "fresh" => Ok(Data::Fresh),
+            "resent" => Ok(Data::Resent),
+            other => Err(format!("bad data kind {other:?}: fresh or resent")),
+        }
+    }
+}
+
+/// The arguments of a throughput sender or receiver: `PATH SIZE COUNT DATA`.
+struct StreamArgs {
+    path: String,
+    size: usize,
+    count: u64,
+    data: Data,
+}
+
+impl StreamArgs {
+    fn parse(role: &str, args: &[String]) -> Result<StreamArgs, String> {
+        let [path, size, count, data] = args else {
+            return Err(format!("{role} takes PATH SIZE COUNT DATA, got {args:?}"));
+        };
+        Ok(StreamArgs {
+            path: path.clone(),
+            size: size_arg(size)?,
+            count: count_arg(count)?,
+            data: Data::parse(data)?,
+        })
+    }
 }
 
 // ----- shared pieces -----------------------------------------------------------------------
@@ -245,79 +292,141 @@ impl Clock {
     }
 }
 
-// ----- throughput: tokio-pvm ---------------------------------------------------------------
+// ----- throughput: tokio-pvm and Unix socket + LengthDelimitedCodec ------------------------
 
-async fn pvm_recv(path: String, size: usize, count: u64) -> Result<(), String> {
-    let listener =
-        Listener::bind_with(&path, pvm_config(size)).map_err(|e| format!("binding {path}: {e}"))?;
-    ready();
-    let mut conn = listener
-        .accept()
-        .await
-        .map_err(|e| format!("accepting on {path}: {e}"))?;
-    drop(listener); // removes the socket file
-    let mut clock = Clock::new(count);
-    while let Some(msg) = conn.next().await {
+/// What a receiver checks in every message.
+enum Check {
+    /// The length and the first and last byte of [`pattern`].
+    Pattern(usize),
+    /// The length and the stamps of the next sequence number.
+    Stamps(Checker),
+}
+
+impl Check {
+    fn new(data: Data, size: usize) -> Check {
+        match data {
+            Data::Resent => Check::Pattern(size),
+            Data::Fresh => Check::Stamps(Checker::new(size)),
+        }
+    }
+
+    #[inline]
+    fn check(&mut self, msg: &[u8]) -> Result<(), String> {
+        match self {
+            Check::Pattern(size) => touch(msg, *size),
+            Check::Stamps(checker) => checker.check(msg),
+        }
+    }
+}
+
+/// Makes the messages of a sender.
+enum Producer {
+    Resent(Bytes),
+    Fresh(Fresh),
+}
+
+impl Producer {
+    /// Builds what the messages are made from (the fresh source, or the one message); called
+    /// before connecting, so that it stays out of the measurement.
+    fn new(data: Data, size: usize) -> Producer {
+        match data {
+            Data::Resent => Producer::Resent(Bytes::from(pattern(size))),
+            Data::Fresh => Producer::Fresh(Fresh::new(size)),
+        }
+    }
+
+    /// The next message.
+    #[inline]
+    fn next(&mut self) -> Bytes {
+        match self {
+            Producer::Resent(msg) => msg.clone(),
+            Producer::Fresh(fresh) => fresh.heap(),
+        }
+    }
+}
+
+/// Receives until the stream ends, checking every message, and reports the clock.
+async fn receive_all<St, T, E>(stream: &mut St, a: &StreamArgs) -> Result<(), String>
+where
+    St: Stream<Item = Result<T, E>> + Unpin,
+    T: AsRef<[u8]>,
+    E: Display,
+{
+    let mut check = Check::new(a.data, a.size);
+    let mut clock = Clock::new(a.count);
+    while let Some(msg) = stream.next().await {
         let msg = msg.map_err(|e| format!("receiving message {}: {e}", clock.seen))?;
-        touch(&msg, size)?;
+        check.check(msg.as_ref())?;
         drop(msg);
         clock.tick();
     }
     clock.report()
 }
 
-async fn pvm_send(path: String, size: usize, count: u64) -> Result<(), String> {
-    let mut conn = Connection::connect_with(&path, pvm_config(size))
-        .await
-        .map_err(|e| format!("connecting to {path}: {e}"))?;
-    let msg = Bytes::from(pattern(size));
+/// Feeds `count` messages made by `make` (which may use the sink, to loan from it), then
+/// closes the sink.
+async fn feed_all<S>(
+    sink: &mut S,
+    count: u64,
+    mut make: impl FnMut(&S) -> Bytes,
+) -> Result<(), String>
+where
+    S: Sink<Bytes> + Unpin,
+    S::Error: Display,
+{
     for i in 0..count {
-        conn.feed(msg.clone())
+        let msg = make(sink);
+        sink.feed(msg)
             .await
             .map_err(|e| format!("sending message {i}: {e}"))?;
     }
-    conn.close()
+    sink.close()
         .await
         .map_err(|e| format!("closing after {count} messages: {e}"))
 }
 
-// ----- throughput: Unix socket + LengthDelimitedCodec --------------------------------------
+async fn pvm_recv(a: StreamArgs) -> Result<(), String> {
+    let path = &a.path;
+    let listener = Listener::bind_with(path, pvm_config(a.size))
+        .map_err(|e| format!("binding {path}: {e}"))?;
+    ready();
+    let mut conn = listener
+        .accept()
+        .await
+        .map_err(|e| format!("accepting on {path}: {e}"))?;
+    drop(listener); // removes the socket file
+    receive_all(&mut conn, &a).await
+}
 
-async fn unix_recv(path: String, size: usize, count: u64) -> Result<(), String> {
-    let listener = UnixListener::bind(&path).map_err(|e| format!("binding {path}: {e}"))?;
+async fn pvm_send(a: StreamArgs) -> Result<(), String> {
+    let mut producer = Producer::new(a.data, a.size);
+    let mut conn = Connection::connect_with(&a.path, pvm_config(a.size))
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", a.path))?;
+    feed_all(&mut conn, a.count, |_| producer.next()).await
+}
+
+async fn unix_recv(a: StreamArgs) -> Result<(), String> {
+    let path = &a.path;
+    let listener = UnixListener::bind(path).map_err(|e| format!("binding {path}: {e}"))?;
     ready();
     let (stream, _) = listener
         .accept()
         .await
         .map_err(|e| format!("accepting on {path}: {e}"))?;
     drop(listener);
-    let _ = std::fs::remove_file(&path);
-    let mut framed = Framed::new(stream, codec(size));
-    let mut clock = Clock::new(count);
-    while let Some(frame) = framed.next().await {
-        let frame = frame.map_err(|e| format!("receiving message {}: {e}", clock.seen))?;
-        touch(&frame, size)?;
-        drop(frame);
-        clock.tick();
-    }
-    clock.report()
+    let _ = std::fs::remove_file(path);
+    let mut framed = Framed::new(stream, codec(a.size));
+    receive_all(&mut framed, &a).await
 }
 
-async fn unix_send(path: String, size: usize, count: u64) -> Result<(), String> {
-    let stream = UnixStream::connect(&path)
+async fn unix_send(a: StreamArgs) -> Result<(), String> {
+    let mut producer = Producer::new(a.data, a.size);
+    let stream = UnixStream::connect(&a.path)
         .await
-        .map_err(|e| format!("connecting to {path}: {e}"))?;
-    let mut framed = Framed::new(stream, codec(size));
-    let msg = Bytes::from(pattern(size));
-    for i in 0..count {
-        framed
-            .feed(msg.clone())
-            .await
-            .map_err(|e| format!("sending message {i}: {e}"))?;
-    }
-    SinkExt::<Bytes>::close(&mut framed)
-        .await
-        .map_err(|e| format!("closing after {count} messages: {e}"))
+        .map_err(|e| format!("connecting to {}: {e}", a.path))?;
+    let mut framed = Framed::new(stream, codec(a.size));
+    feed_all(&mut framed, a.count, |_| producer.next()).await
 }
 
 // ----- throughput: raw process_vm_readv and memcpy -----------------------------------------

@@ -87,12 +87,14 @@ fn summarize(cell: &Cell, unix_gb_per_s: Option<f64>) -> Summary {
     }
 }
 
-/// Median GB/s of the Unix-socket row of `size`, the reference for the ratio column.
-fn unix_reference(results: &Results, size: usize) -> Option<f64> {
+/// Median GB/s of the Unix-socket row that `transport`'s row of `size` compares with (see
+/// [`Transport::reference`]).
+fn unix_reference(results: &Results, size: usize, transport: Transport) -> Option<f64> {
+    let reference = transport.reference();
     results
         .cells
         .iter()
-        .find(|c| c.size == size && c.transport == Transport::Unix)
+        .find(|c| c.size == size && c.transport == reference)
         .and_then(|c| summarize(c, None).gb_per_s)
 }
 
@@ -150,7 +152,7 @@ pub(crate) fn text(results: &Results) -> String {
             let _ = writeln!(out);
         }
         last_size = Some(cell.size);
-        let s = summarize(cell, unix_reference(results, cell.size));
+        let s = summarize(cell, unix_reference(results, cell.size, cell.transport));
         let mark = if cell.errors.is_empty() {
             ""
         } else {
@@ -341,7 +343,7 @@ pub(crate) fn json(results: &Results) -> String {
         .cells
         .iter()
         .map(|cell| {
-            let s = summarize(cell, unix_reference(results, cell.size));
+            let s = summarize(cell, unix_reference(results, cell.size, cell.transport));
             format!(
                 "    {{\"size\": {}, \"transport\": {}, \"messages\": {}, \"ok_reps\": {}, \
                  \"msg_per_s\": {}, \"gb_per_s\": {}, \"gb_per_s_min\": {}, \
