@@ -95,7 +95,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use child::Data;
+use child::{Data, Loans};
 use report::{Machine, size_label};
 use spawn::{CHILD_FLAG, Group, RemoveOnDrop, children_cpu, socket_path};
 
@@ -122,6 +122,8 @@ const LATENCY_SIZES: [usize; 2] = [64, 1 << 20];
 pub(crate) enum Transport {
     /// Fresh messages (see `fresh.rs`).
     Pvm,
+    /// Fresh messages written into loans, over the zero-copy lane.
+    PvmLoan,
     /// Fresh messages (see `fresh.rs`).
     Unix,
     /// One pre-built message, resent.
@@ -135,8 +137,9 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
-    const ALL: [Transport; 7] = [
+    const ALL: [Transport; 8] = [
         Transport::Pvm,
+        Transport::PvmLoan,
         Transport::Unix,
         Transport::PvmResent,
         Transport::UnixResent,
@@ -148,6 +151,7 @@ impl Transport {
     pub(crate) fn label(self) -> &'static str {
         match self {
             Transport::Pvm => "tokio-pvm",
+            Transport::PvmLoan => "tokio-pvm (loan)",
             Transport::Unix => "unix+LengthDelimitedCodec",
             Transport::PvmResent => "tokio-pvm (resent buffer)",
             Transport::UnixResent => "unix (resent buffer)",
@@ -171,6 +175,7 @@ impl Transport {
     fn stream_roles(self) -> Option<(&'static str, &'static str, Data)> {
         match self {
             Transport::Pvm => Some(("pvm-recv", "pvm-send", Data::Fresh)),
+            Transport::PvmLoan => Some(("pvm-recv", "pvm-send", Data::Loan)),
             Transport::PvmResent => Some(("pvm-recv", "pvm-send", Data::Resent)),
             Transport::Unix => Some(("unix-recv", "unix-send", Data::Fresh)),
             Transport::UnixResent => Some(("unix-recv", "unix-send", Data::Resent)),
@@ -315,6 +320,8 @@ pub(crate) struct Sample {
     pub(crate) elapsed: Duration,
     /// User + system time of the measurement's processes.
     pub(crate) cpu: Duration,
+    /// For a row that loans: how many of the sender's loans were in the loan region.
+    pub(crate) loans: Option<Loans>,
 }
 
 /// All repetitions of one throughput row.
@@ -383,15 +390,16 @@ fn path_arg(path: &Path) -> Result<String, String> {
         .ok_or_else(|| format!("the socket path {} is not UTF-8", path.display()))
 }
 
-/// The children of one throughput measurement; returns the receiver's elapsed time. The group
-/// is dropped (every child reaped) before this returns.
+/// The children of one throughput measurement; returns the receiver's elapsed time and, for a
+/// row that loans, the sender's loan count. The group is dropped (every child reaped) before
+/// this returns.
 fn run_throughput(
     exe: &Path,
     transport: Transport,
     size: usize,
     messages: u64,
     timeout: Duration,
-) -> Result<Duration, String> {
+) -> Result<(Duration, Option<Loans>), String> {
     let mut group = Group::new(exe, timeout);
     let (s, n) = (size.to_string(), messages.to_string());
     if let Some((recv, send, data)) = transport.stream_roles() {
@@ -399,11 +407,15 @@ fn run_throughput(
         let args = [path_arg(&path.0)?, s, n, data.arg().to_owned()];
         let receiver = group.spawn(recv, &args)?;
         expect_line(group.line(receiver)?, "READY")?;
-        group.spawn(send, &args)?;
+        let sender = group.spawn(send, &args)?;
         let report = group.line(receiver)?;
+        let loans = match data {
+            Data::Loan => Some(Loans::parse(&group.line(sender)?)?),
+            Data::Fresh | Data::Resent => None,
+        };
         group.wait_all()?;
         drop(group);
-        return parse_done(&report, messages);
+        return Ok((parse_done(&report, messages)?, loans));
     }
     let report = match transport {
         Transport::Raw | Transport::RawRotating => {
@@ -437,7 +449,7 @@ fn run_throughput(
         other => return Err(format!("no throughput measurement for {}", other.label())),
     };
     drop(group);
-    parse_done(&report, messages)
+    Ok((parse_done(&report, messages)?, None))
 }
 
 fn measure_throughput(
@@ -448,11 +460,13 @@ fn measure_throughput(
     timeout: Duration,
 ) -> Result<Sample, String> {
     let before = children_cpu()?;
-    let elapsed = run_throughput(exe, transport, size, messages, timeout);
+    let run = run_throughput(exe, transport, size, messages, timeout);
     let after = children_cpu()?;
+    let (elapsed, loans) = run?;
     Ok(Sample {
-        elapsed: elapsed?,
+        elapsed,
         cpu: after.saturating_sub(before),
+        loans,
     })
 }
 

@@ -8,6 +8,9 @@
 //! * `DONE MESSAGES ELAPSED_NS`: a receiver's result; the clock ran from the moment the first
 //!   message had arrived to the moment the last one had.
 //! * `LAT ROUND_TRIPS P50_NS P99_NS`: a pinger's one-way latency (round trip / 2).
+//! * `LOANS SHARED TOTAL ZERO_COPY`: (a side that loans, last) how many of its `TOTAL` loans
+//!   were in the loan region rather than on the heap, and whether the zero-copy lane was open
+//!   (1) or not (0).
 //!
 //! Errors go to standard error and make the child exit with a failure status.
 
@@ -24,7 +27,7 @@ use nix::errno::Errno;
 use nix::sys::uio::{RemoteIoVec, process_vm_readv};
 use nix::unistd::Pid;
 use tokio::net::{UnixListener, UnixStream};
-use tokio_pvm::{Config, Connection, DEFAULT_MAX_MESSAGE_SIZE, Listener};
+use tokio_pvm::{Config, Connection, DEFAULT_MAX_MESSAGE_SIZE, Listener, LoanBuf};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::fresh::{Checker, Fresh};
@@ -135,6 +138,9 @@ pub(crate) enum Data {
     /// A freshly allocated and written message each time, stamped with its sequence number
     /// (see [`crate::fresh`]); the receiver checks the length and the stamps.
     Fresh,
+    /// As `Fresh`, but written straight into a buffer from `Connection::loan`, with a loan
+    /// region on both sides (see [`loan_region`]).
+    Loan,
     /// A clone of one pre-built message each time; the receiver checks the length and the
     /// first and last byte.
     Resent,
@@ -145,6 +151,7 @@ impl Data {
     pub(crate) fn arg(self) -> &'static str {
         match self {
             Data::Fresh => "fresh",
+            Data::Loan => "loan",
             Data::Resent => "resent",
         }
     }
@@ -152,8 +159,9 @@ impl Data {
     fn parse(value: &str) -> Result<Data, String> {
         match value {
             "fresh" => Ok(Data::Fresh),
+            "loan" => Ok(Data::Loan),
             "resent" => Ok(Data::Resent),
-            other => Err(format!("bad data kind {other:?}: fresh or resent")),
+            other => Err(format!("bad data kind {other:?}: fresh, loan or resent")),
         }
     }
 }
@@ -230,10 +238,23 @@ fn ready() {
     println!("READY");
 }
 
-/// The same limits on both sides of a `tokio-pvm` connection: the default window, and
-/// messages up to 64 MiB or `size`, whichever is larger.
-fn pvm_config(size: usize) -> Config {
-    Config::new().max_message_size((size as u64).max(DEFAULT_MAX_MESSAGE_SIZE))
+/// The loan region of both sides of a connection that loans messages of `size` bytes: 64 MiB
+/// or 4 messages, whichever is larger (room for the window in flight, the receive buffer and
+/// the message being written).
+pub(crate) fn loan_region(size: usize) -> usize {
+    size.saturating_mul(4).max(64 << 20)
+}
+
+/// The same limits on both sides of a `tokio-pvm` connection: the default window, messages
+/// up to 64 MiB or `size`, whichever is larger, and for [`Data::Loan`] a loan region of
+/// [`loan_region`]`(size)`.
+fn pvm_config(size: usize, data: Data) -> Config {
+    let config = Config::new().max_message_size((size as u64).max(DEFAULT_MAX_MESSAGE_SIZE));
+    if data == Data::Loan {
+        config.loan_region(loan_region(size))
+    } else {
+        config
+    }
 }
 
 /// A length-delimited codec (4-byte length) that accepts frames up to 64 MiB or `size`,
@@ -306,7 +327,7 @@ impl Check {
     fn new(data: Data, size: usize) -> Check {
         match data {
             Data::Resent => Check::Pattern(size),
-            Data::Fresh => Check::Stamps(Checker::new(size)),
+            Data::Fresh | Data::Loan => Check::Stamps(Checker::new(size)),
         }
     }
 
@@ -319,10 +340,67 @@ impl Check {
     }
 }
 
+/// How many of a side's loans came from the connection's loan region, as `Connection::loan`
+/// chose: the rest came from the heap and travelled as ordinary messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Loans {
+    pub(crate) shared: u64,
+    pub(crate) total: u64,
+    /// Whether the zero-copy lane was open (`Connection::zero_copy`).
+    pub(crate) zero_copy: bool,
+}
+
+impl Loans {
+    #[inline]
+    fn count(&mut self, buf: &LoanBuf) {
+        self.total += 1;
+        self.shared += u64::from(buf.is_shared());
+    }
+
+    /// Prints the `LOANS SHARED TOTAL ZERO_COPY` line.
+    fn report(mut self, zero_copy: bool) {
+        self.zero_copy = zero_copy;
+        println!(
+            "LOANS {} {} {}",
+            self.shared,
+            self.total,
+            u8::from(self.zero_copy)
+        );
+    }
+
+    /// Parses a `LOANS` line.
+    pub(crate) fn parse(line: &str) -> Result<Loans, String> {
+        let bad = || format!("unexpected report {line:?}, expected LOANS SHARED TOTAL ZERO_COPY");
+        let ["LOANS", shared, total, zero_copy] = line.split_whitespace().collect::<Vec<_>>()[..]
+        else {
+            return Err(bad());
+        };
+        Ok(Loans {
+            shared: shared.parse().map_err(|_| bad())?,
+            total: total.parse().map_err(|_| bad())?,
+            zero_copy: match zero_copy {
+                "1" => true,
+                "0" => false,
+                _ => return Err(bad()),
+            },
+        })
+    }
+
+    /// Both sides' loans together.
+    pub(crate) fn add(self, other: Loans) -> Loans {
+        Loans {
+            shared: self.shared + other.shared,
+            total: self.total + other.total,
+            zero_copy: self.zero_copy && other.zero_copy,
+        }
+    }
+}
+
 /// Makes the messages of a sender.
 enum Producer {
     Resent(Bytes),
     Fresh(Fresh),
+    Loan(Fresh, Loans),
 }
 
 impl Producer {
@@ -332,15 +410,35 @@ impl Producer {
         match data {
             Data::Resent => Producer::Resent(Bytes::from(pattern(size))),
             Data::Fresh => Producer::Fresh(Fresh::new(size)),
+            Data::Loan => Producer::Loan(Fresh::new(size), Loans::default()),
         }
     }
 
-    /// The next message.
+    /// The next message. A loaning producer loans it from `lender`; without one (never the
+    /// case: the Unix roles refuse loans) it comes from the heap and counts as not shared.
     #[inline]
-    fn next(&mut self) -> Bytes {
+    fn next(&mut self, lender: Option<&Connection>) -> Bytes {
+        match (self, lender) {
+            (Producer::Resent(msg), _) => msg.clone(),
+            (Producer::Fresh(fresh), _) => fresh.heap(),
+            (Producer::Loan(fresh, loans), Some(conn)) => {
+                let mut buf = conn.loan(fresh.size());
+                loans.count(&buf);
+                fresh.fill(&mut buf);
+                buf.freeze()
+            }
+            (Producer::Loan(fresh, loans), None) => {
+                loans.total += 1;
+                fresh.heap()
+            }
+        }
+    }
+
+    /// The loans counted so far, if this producer loans.
+    fn loans(&self) -> Option<Loans> {
         match self {
-            Producer::Resent(msg) => msg.clone(),
-            Producer::Fresh(fresh) => fresh.heap(),
+            Producer::Loan(_, loans) => Some(*loans),
+            _ => None,
         }
     }
 }
@@ -387,7 +485,7 @@ where
 
 async fn pvm_recv(a: StreamArgs) -> Result<(), String> {
     let path = &a.path;
-    let listener = Listener::bind_with(path, pvm_config(a.size))
+    let listener = Listener::bind_with(path, pvm_config(a.size, a.data))
         .map_err(|e| format!("binding {path}: {e}"))?;
     ready();
     let mut conn = listener
@@ -400,13 +498,26 @@ async fn pvm_recv(a: StreamArgs) -> Result<(), String> {
 
 async fn pvm_send(a: StreamArgs) -> Result<(), String> {
     let mut producer = Producer::new(a.data, a.size);
-    let mut conn = Connection::connect_with(&a.path, pvm_config(a.size))
+    let mut conn = Connection::connect_with(&a.path, pvm_config(a.size, a.data))
         .await
         .map_err(|e| format!("connecting to {}: {e}", a.path))?;
-    feed_all(&mut conn, a.count, |_| producer.next()).await
+    feed_all(&mut conn, a.count, |c| producer.next(Some(c))).await?;
+    if let Some(loans) = producer.loans() {
+        loans.report(conn.zero_copy());
+    }
+    Ok(())
+}
+
+/// Refuses [`Data::Loan`]: a Unix socket has no loan lane.
+fn no_loans(a: &StreamArgs) -> Result<(), String> {
+    if a.data == Data::Loan {
+        return Err("the Unix-socket roles do not loan: a socket has no loan lane".to_owned());
+    }
+    Ok(())
 }
 
 async fn unix_recv(a: StreamArgs) -> Result<(), String> {
+    no_loans(&a)?;
     let path = &a.path;
     let listener = UnixListener::bind(path).map_err(|e| format!("binding {path}: {e}"))?;
     ready();
@@ -421,12 +532,13 @@ async fn unix_recv(a: StreamArgs) -> Result<(), String> {
 }
 
 async fn unix_send(a: StreamArgs) -> Result<(), String> {
+    no_loans(&a)?;
     let mut producer = Producer::new(a.data, a.size);
     let stream = UnixStream::connect(&a.path)
         .await
         .map_err(|e| format!("connecting to {}: {e}", a.path))?;
     let mut framed = Framed::new(stream, codec(a.size));
-    feed_all(&mut framed, a.count, |_| producer.next()).await
+    feed_all(&mut framed, a.count, |_| producer.next(None)).await
 }
 
 // ----- throughput: raw process_vm_readv and memcpy -----------------------------------------
@@ -529,8 +641,8 @@ fn report_latency(mut one_way_ns: Vec<u64>) -> Result<(), String> {
 /// Echoes every message back with `send` (feed + flush: returns once the pinger has pulled
 /// the reply), then closes when the pinger closes.
 async fn pvm_echo(path: String, size: usize) -> Result<(), String> {
-    let listener =
-        Listener::bind_with(&path, pvm_config(size)).map_err(|e| format!("binding {path}: {e}"))?;
+    let listener = Listener::bind_with(&path, pvm_config(size, Data::Resent))
+        .map_err(|e| format!("binding {path}: {e}"))?;
     ready();
     let mut conn = listener
         .accept()
@@ -545,7 +657,7 @@ async fn pvm_echo(path: String, size: usize) -> Result<(), String> {
 }
 
 async fn pvm_ping(ping: Ping) -> Result<(), String> {
-    let mut conn = Connection::connect_with(&ping.path, pvm_config(ping.size))
+    let mut conn = Connection::connect_with(&ping.path, pvm_config(ping.size, Data::Resent))
         .await
         .map_err(|e| format!("connecting to {}: {e}", ping.path))?;
     let msg = Bytes::from(pattern(ping.size));

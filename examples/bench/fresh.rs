@@ -86,6 +86,11 @@ impl Fresh {
         }
     }
 
+    /// The size of the messages.
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
     /// The source bytes of the next message, and its sequence number.
     fn next_source(&mut self) -> (&[u8], u64) {
         if self.offset + self.size > self.source.len() {

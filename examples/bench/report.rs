@@ -3,6 +3,7 @@
 pub(crate) use crate::fmt::grouped;
 use std::fmt::Write as _;
 
+use crate::child::Loans;
 use crate::{Cell, LatencyCell, Results, Transport};
 
 /// What the results were measured on.
@@ -108,6 +109,44 @@ pub(crate) fn size_label(size: usize) -> String {
     }
 }
 
+/// For a row whose loans did not all come from the loan region: a short mark for the row, and
+/// a note with every repetition's count.
+fn heap_loans(loans: &[Loans]) -> Option<(String, String)> {
+    let heap = |l: &Loans| l.total - l.shared.min(l.total);
+    let worst = loans.iter().max_by_key(|l| heap(l))?;
+    let closed = loans.iter().filter(|l| !l.zero_copy).count();
+    if heap(worst) == 0 && closed == 0 {
+        return None;
+    }
+    let mark = format!(
+        "heap loans: {} of {}{}",
+        grouped(heap(worst)),
+        grouped(worst.total),
+        if loans.len() > 1 { " (worst rep)" } else { "" }
+    );
+    let per_rep: Vec<String> = loans
+        .iter()
+        .map(|l| format!("{} of {}", grouped(heap(l)), grouped(l.total)))
+        .collect();
+    let mut note = format!(
+        "loans from the heap, per repetition: {}",
+        per_rep.join(", ")
+    );
+    if closed > 0 {
+        let _ = write!(
+            note,
+            "; the zero-copy lane was not open in {closed} of {} repetition(s)",
+            loans.len()
+        );
+    }
+    Some((mark, note))
+}
+
+/// The loan counts of the samples that have them.
+fn cell_loans(cell: &Cell) -> Vec<Loans> {
+    cell.samples.iter().filter_map(|s| s.loans).collect()
+}
+
 fn num(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
 }
@@ -146,6 +185,7 @@ pub(crate) fn text(results: &Results) -> String {
     let _ = writeln!(out, "{header}");
     let _ = writeln!(out, "{}", "-".repeat(header.len()));
     let mut notes = Vec::new();
+    let mut loan_notes = Vec::new();
     let mut last_size = None;
     for cell in &results.cells {
         if last_size.is_some_and(|s| s != cell.size) {
@@ -179,9 +219,20 @@ pub(crate) fn text(results: &Results) -> String {
             }
             _ => "-".to_owned(),
         };
+        let loans = match heap_loans(&cell_loans(cell)) {
+            Some((short, note)) => {
+                loan_notes.push(format!(
+                    "{} {}: {note}",
+                    size_label(cell.size),
+                    cell.transport.label()
+                ));
+                format!("  {short}")
+            }
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "{:>8}  {:<26}  {:>12}  {:>8}  {:>9}  {:>8}  {:>7}{mark}",
+            "{:>8}  {:<26}  {:>12}  {:>8}  {:>9}  {:>8}  {:>7}{mark}{loans}",
             size_label(cell.size),
             cell.transport.label(),
             s.msg_per_s
@@ -215,6 +266,17 @@ pub(crate) fn text(results: &Results) -> String {
          the default window holds (16 MiB, at most 1024), used in turn, as a transport's \
          receive buffers are."
     );
+    if !loan_notes.is_empty() {
+        let _ = writeln!(
+            out,
+            "heap loans: a loan comes from the heap, and its message travels as an ordinary \
+             one, when it is small enough to travel inline (up to 256 B by default), when the \
+             loan region is full, or when the zero-copy lane is not open."
+        );
+        for note in &loan_notes {
+            let _ = writeln!(out, "  {note}");
+        }
+    }
 
     if !results.latency.is_empty() {
         let _ = writeln!(out);
@@ -322,6 +384,24 @@ fn json_errors(errors: &[String]) -> String {
     format!("[{}]", items.join(", "))
 }
 
+/// `"loans_shared": [..], "loans_total": [..], "zero_copy": [..]`, one entry per successful
+/// repetition, or `null`s for a row that does not loan.
+fn json_loans(loans: &[Loans]) -> String {
+    if loans.is_empty() {
+        return "\"loans_shared\": null, \"loans_total\": null, \"zero_copy\": null".to_owned();
+    }
+    let list = |f: &dyn Fn(&Loans) -> String| {
+        let items: Vec<String> = loans.iter().map(f).collect();
+        format!("[{}]", items.join(", "))
+    };
+    format!(
+        "\"loans_shared\": {}, \"loans_total\": {}, \"zero_copy\": {}",
+        list(&|l| l.shared.to_string()),
+        list(&|l| l.total.to_string()),
+        list(&|l| l.zero_copy.to_string()),
+    )
+}
+
 /// The machine-readable report: one object, with flat arrays of flat objects.
 pub(crate) fn json(results: &Results) -> String {
     let m = &results.machine;
@@ -348,7 +428,7 @@ pub(crate) fn json(results: &Results) -> String {
                 "    {{\"size\": {}, \"transport\": {}, \"messages\": {}, \"ok_reps\": {}, \
                  \"msg_per_s\": {}, \"gb_per_s\": {}, \"gb_per_s_min\": {}, \
                  \"gb_per_s_max\": {}, \"cpu_s_per_gb\": {}, \"ratio_vs_unix\": {}, \
-                 \"errors\": {}}}",
+                 \"ratio_reference\": {}, {}, \"errors\": {}}}",
                 cell.size,
                 json_str(cell.transport.label()),
                 cell.messages,
@@ -359,6 +439,8 @@ pub(crate) fn json(results: &Results) -> String {
                 json_num(s.gb_per_s_max),
                 json_num(s.cpu_s_per_gb),
                 json_num(s.ratio_vs_unix),
+                json_str(cell.transport.reference().label()),
+                json_loans(&cell_loans(cell)),
                 json_errors(&cell.errors),
             )
         })
