@@ -95,7 +95,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use child::{Data, Loans};
+use child::{Data, Flavor, Loans};
 use report::{Machine, size_label};
 use spawn::{CHILD_FLAG, Group, RemoveOnDrop, children_cpu, socket_path};
 
@@ -117,15 +117,18 @@ const DEFAULT_SIZES: [usize; 6] = [64, 1 << 10, 16 << 10, 256 << 10, 1 << 20, 16
 /// Message sizes of the latency table.
 const LATENCY_SIZES: [usize; 2] = [64, 1 << 20];
 
+/// Largest message size with rows for the other runtime flavors.
+const FLAVOR_MAX_SIZE: usize = 4 << 10;
+
 /// The rows of the throughput table, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Transport {
-    /// Fresh messages (see `fresh.rs`).
-    Pvm,
+    /// Fresh messages (see `fresh.rs`), both children on runtimes of the flavor.
+    Pvm(Flavor),
     /// Fresh messages written into loans, over the zero-copy lane.
     PvmLoan,
-    /// Fresh messages (see `fresh.rs`).
-    Unix,
+    /// Fresh messages (see `fresh.rs`), both children on runtimes of the flavor.
+    Unix(Flavor),
     /// One pre-built message, resent.
     PvmResent,
     /// One pre-built message, resent.
@@ -137,10 +140,14 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
-    const ALL: [Transport; 8] = [
-        Transport::Pvm,
+    const ALL: [Transport; 12] = [
+        Transport::Pvm(Flavor::Spawned),
         Transport::PvmLoan,
-        Transport::Unix,
+        Transport::Unix(Flavor::Spawned),
+        Transport::Pvm(Flavor::CurrentThread),
+        Transport::Unix(Flavor::CurrentThread),
+        Transport::Pvm(Flavor::BlockOn),
+        Transport::Unix(Flavor::BlockOn),
         Transport::PvmResent,
         Transport::UnixResent,
         Transport::Raw,
@@ -148,11 +155,19 @@ impl Transport {
         Transport::Memcpy,
     ];
 
+    /// The primary rows: fresh messages, work in a spawned task.
+    const PVM: Transport = Transport::Pvm(Flavor::Spawned);
+    const UNIX: Transport = Transport::Unix(Flavor::Spawned);
+
     pub(crate) fn label(self) -> &'static str {
         match self {
-            Transport::Pvm => "tokio-pvm",
+            Transport::Pvm(Flavor::Spawned) => "tokio-pvm",
+            Transport::Pvm(Flavor::CurrentThread) => "tokio-pvm [current_thread]",
+            Transport::Pvm(Flavor::BlockOn) => "tokio-pvm [block_on]",
             Transport::PvmLoan => "tokio-pvm (loan)",
-            Transport::Unix => "unix+LengthDelimitedCodec",
+            Transport::Unix(Flavor::Spawned) => "unix+LengthDelimitedCodec",
+            Transport::Unix(Flavor::CurrentThread) => "unix [current_thread]",
+            Transport::Unix(Flavor::BlockOn) => "unix [block_on]",
             Transport::PvmResent => "tokio-pvm (resent buffer)",
             Transport::UnixResent => "unix (resent buffer)",
             Transport::Raw => "process_vm_readv (raw)",
@@ -161,26 +176,40 @@ impl Transport {
         }
     }
 
-    /// The Unix-socket row this row's "vs unix" ratio divides by: the one that sends the same
-    /// kind of data.
-    pub(crate) fn reference(self) -> Transport {
+    /// Whether the row is measured at message size `size`: the other runtime flavors only
+    /// up to [`FLAVOR_MAX_SIZE`], where the runtime's share of the cost is largest.
+    fn applies(self, size: usize) -> bool {
         match self {
-            Transport::PvmResent | Transport::UnixResent => Transport::UnixResent,
-            _ => Transport::Unix,
+            Transport::Pvm(flavor) | Transport::Unix(flavor) if flavor != Flavor::Spawned => {
+                size <= FLAVOR_MAX_SIZE
+            }
+            _ => true,
         }
     }
 
-    /// For the rows of a sender and a receiver over a socket: the children's roles and what
-    /// the sender sends.
-    fn stream_roles(self) -> Option<(&'static str, &'static str, Data)> {
+    /// The Unix-socket row this row's "vs unix" ratio divides by: the one that sends the same
+    /// kind of data, with the same runtime flavor.
+    pub(crate) fn reference(self) -> Transport {
         match self {
-            Transport::Pvm => Some(("pvm-recv", "pvm-send", Data::Fresh)),
-            Transport::PvmLoan => Some(("pvm-recv", "pvm-send", Data::Loan)),
-            Transport::PvmResent => Some(("pvm-recv", "pvm-send", Data::Resent)),
-            Transport::Unix => Some(("unix-recv", "unix-send", Data::Fresh)),
-            Transport::UnixResent => Some(("unix-recv", "unix-send", Data::Resent)),
-            Transport::Raw | Transport::RawRotating | Transport::Memcpy => None,
+            Transport::PvmResent | Transport::UnixResent => Transport::UnixResent,
+            Transport::Pvm(flavor) | Transport::Unix(flavor) => Transport::Unix(flavor),
+            _ => Transport::UNIX,
         }
+    }
+
+    /// For the rows of a sender and a receiver over a socket: the children's roles, their
+    /// runtime flavor and what the sender sends.
+    fn stream_roles(self) -> Option<(&'static str, &'static str, Flavor, Data)> {
+        let (pvm, unix) = (("pvm-recv", "pvm-send"), ("unix-recv", "unix-send"));
+        let ((recv, send), flavor, data) = match self {
+            Transport::Pvm(flavor) => (pvm, flavor, Data::Fresh),
+            Transport::PvmLoan => (pvm, Flavor::Spawned, Data::Loan),
+            Transport::Unix(flavor) => (unix, flavor, Data::Fresh),
+            Transport::PvmResent => (pvm, Flavor::Spawned, Data::Resent),
+            Transport::UnixResent => (unix, Flavor::Spawned, Data::Resent),
+            Transport::Raw | Transport::RawRotating | Transport::Memcpy => return None,
+        };
+        Some((recv, send, flavor, data))
     }
 }
 
@@ -402,9 +431,15 @@ fn run_throughput(
 ) -> Result<(Duration, Option<Loans>), String> {
     let mut group = Group::new(exe, timeout);
     let (s, n) = (size.to_string(), messages.to_string());
-    if let Some((recv, send, data)) = transport.stream_roles() {
+    if let Some((recv, send, flavor, data)) = transport.stream_roles() {
         let path = RemoveOnDrop(socket_path());
-        let args = [path_arg(&path.0)?, s, n, data.arg().to_owned()];
+        let args = [
+            path_arg(&path.0)?,
+            s,
+            n,
+            flavor.arg().to_owned(),
+            data.arg().to_owned(),
+        ];
         let receiver = group.spawn(recv, &args)?;
         expect_line(group.line(receiver)?, "READY")?;
         let sender = group.spawn(send, &args)?;
@@ -479,8 +514,8 @@ fn measure_latency(
     timeout: Duration,
 ) -> Result<(f64, f64), String> {
     let (echo, ping) = match transport {
-        Transport::Pvm => ("lat-echo-pvm", "lat-ping-pvm"),
-        Transport::Unix => ("lat-echo-unix", "lat-ping-unix"),
+        Transport::PVM => ("lat-echo-pvm", "lat-ping-pvm"),
+        Transport::UNIX => ("lat-echo-unix", "lat-ping-unix"),
         other => return Err(format!("no latency measurement for {}", other.label())),
     };
     let mut group = Group::new(exe, timeout);
@@ -540,19 +575,22 @@ fn run(opts: &Options, command: String) -> Result<Results, String> {
         .sizes
         .iter()
         .flat_map(|&size| {
-            Transport::ALL.map(|transport| Cell {
-                size,
-                transport,
-                messages: opts.scale.messages(size).max(2),
-                samples: Vec::new(),
-                errors: Vec::new(),
-            })
+            Transport::ALL
+                .into_iter()
+                .filter(move |t| t.applies(size))
+                .map(move |transport| Cell {
+                    size,
+                    transport,
+                    messages: opts.scale.messages(size).max(2),
+                    samples: Vec::new(),
+                    errors: Vec::new(),
+                })
         })
         .collect();
     let mut latency: Vec<LatencyCell> = LATENCY_SIZES
         .iter()
         .flat_map(|&size| {
-            [Transport::Pvm, Transport::Unix].map(|transport| LatencyCell {
+            [Transport::PVM, Transport::UNIX].map(|transport| LatencyCell {
                 size,
                 transport,
                 rounds: opts.scale.round_trips(size).1,

@@ -37,19 +37,19 @@ pub(crate) fn run(role: &str, args: &[String]) -> Result<(), String> {
     match role {
         "pvm-recv" => {
             let a = StreamArgs::parse(role, args)?;
-            on_runtime(pvm_recv(a))
+            a.flavor.run(pvm_recv(a))
         }
         "pvm-send" => {
             let a = StreamArgs::parse(role, args)?;
-            on_runtime(pvm_send(a))
+            a.flavor.run(pvm_send(a))
         }
         "unix-recv" => {
             let a = StreamArgs::parse(role, args)?;
-            on_runtime(unix_recv(a))
+            a.flavor.run(unix_recv(a))
         }
         "unix-send" => {
             let a = StreamArgs::parse(role, args)?;
-            on_runtime(unix_send(a))
+            a.flavor.run(unix_send(a))
         }
         "raw-src" => {
             let [size] = args else {
@@ -83,9 +83,9 @@ pub(crate) fn run(role: &str, args: &[String]) -> Result<(), String> {
             };
             let (path, size) = (path.clone(), size_arg(size)?);
             if role == "lat-echo-pvm" {
-                on_runtime(pvm_echo(path, size))
+                Flavor::Spawned.run(pvm_echo(path, size))
             } else {
-                on_runtime(unix_echo(path, size))
+                Flavor::Spawned.run(unix_echo(path, size))
             }
         }
         "lat-ping-pvm" | "lat-ping-unix" => {
@@ -101,9 +101,9 @@ pub(crate) fn run(role: &str, args: &[String]) -> Result<(), String> {
                 rounds: count_arg(rounds)?,
             };
             if role == "lat-ping-pvm" {
-                on_runtime(pvm_ping(ping))
+                Flavor::Spawned.run(pvm_ping(ping))
             } else {
-                on_runtime(unix_ping(ping))
+                Flavor::Spawned.run(unix_ping(ping))
             }
         }
         other => Err(format!("unknown child role {other:?}")),
@@ -166,46 +166,91 @@ impl Data {
     }
 }
 
-/// The arguments of a throughput sender or receiver: `PATH SIZE COUNT DATA`.
+/// How an async child runs its work on Tokio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    /// In a task spawned on a multi-thread runtime with the default number of workers (one
+    /// per CPU); the child's main thread waits for it in `block_on`.
+    Spawned,
+    /// In `block_on` of a `current_thread` runtime: one thread does everything.
+    CurrentThread,
+    /// Directly in `block_on` of a multi-thread runtime (what a loop in a plain
+    /// `#[tokio::main]` does): the work runs on the main thread, and the connection's driver
+    /// task, if any, on the workers.
+    BlockOn,
+}
+
+impl Flavor {
+    /// The name on a child's command line, and in row labels.
+    pub(crate) fn arg(self) -> &'static str {
+        match self {
+            Flavor::Spawned => "spawned",
+            Flavor::CurrentThread => "current_thread",
+            Flavor::BlockOn => "block_on",
+        }
+    }
+
+    fn parse(value: &str) -> Result<Flavor, String> {
+        match value {
+            "spawned" => Ok(Flavor::Spawned),
+            "current_thread" => Ok(Flavor::CurrentThread),
+            "block_on" => Ok(Flavor::BlockOn),
+            other => Err(format!(
+                "bad runtime flavor {other:?}: spawned, current_thread or block_on"
+            )),
+        }
+    }
+
+    /// Runs `work` on a new runtime of this flavor.
+    fn run<F>(self, work: F) -> Result<(), String>
+    where
+        F: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let rt = match self {
+            Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+            Flavor::Spawned | Flavor::BlockOn => tokio::runtime::Builder::new_multi_thread(),
+        }
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the Tokio runtime: {e}"))?;
+        match self {
+            Flavor::Spawned => rt.block_on(async move {
+                tokio::spawn(work)
+                    .await
+                    .map_err(|e| format!("the benchmark task failed: {e}"))?
+            }),
+            Flavor::CurrentThread | Flavor::BlockOn => rt.block_on(work),
+        }
+    }
+}
+
+/// The arguments of a throughput sender or receiver: `PATH SIZE COUNT FLAVOR DATA`.
 struct StreamArgs {
     path: String,
     size: usize,
     count: u64,
+    flavor: Flavor,
     data: Data,
 }
 
 impl StreamArgs {
     fn parse(role: &str, args: &[String]) -> Result<StreamArgs, String> {
-        let [path, size, count, data] = args else {
-            return Err(format!("{role} takes PATH SIZE COUNT DATA, got {args:?}"));
+        let [path, size, count, flavor, data] = args else {
+            return Err(format!(
+                "{role} takes PATH SIZE COUNT FLAVOR DATA, got {args:?}"
+            ));
         };
         Ok(StreamArgs {
             path: path.clone(),
             size: size_arg(size)?,
             count: count_arg(count)?,
+            flavor: Flavor::parse(flavor)?,
             data: Data::parse(data)?,
         })
     }
 }
 
 // ----- shared pieces -----------------------------------------------------------------------
-
-/// Runs `work` as a task on a multi-thread Tokio runtime with the default number of workers
-/// (one per CPU). Every async role, of either transport, runs this way.
-fn on_runtime<F>(work: F) -> Result<(), String>
-where
-    F: Future<Output = Result<(), String>> + Send + 'static,
-{
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the Tokio runtime: {e}"))?;
-    rt.block_on(async move {
-        tokio::spawn(work)
-            .await
-            .map_err(|e| format!("the benchmark task failed: {e}"))?
-    })
-}
 
 /// A message of `size` bytes: byte `i` is `i % 251`.
 fn pattern(size: usize) -> Vec<u8> {
