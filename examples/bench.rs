@@ -371,6 +371,8 @@ pub(crate) struct LatencyCell {
     pub(crate) rounds: u64,
     pub(crate) p50_us: Vec<f64>,
     pub(crate) p99_us: Vec<f64>,
+    /// For the loan row: both sides' loans, per successful repetition.
+    pub(crate) loans: Vec<Loans>,
     pub(crate) errors: Vec<String>,
 }
 
@@ -505,27 +507,47 @@ fn measure_throughput(
     })
 }
 
-/// One latency measurement: the pinger's median and 99th percentile, in µs.
+/// One latency measurement.
+#[derive(Debug, Clone, Copy)]
+struct Latency {
+    /// The pinger's median and 99th percentile one-way latency, in µs.
+    p50_us: f64,
+    p99_us: f64,
+    /// For the loan row: both sides' loans together.
+    loans: Option<Loans>,
+}
+
+/// The rows of the latency table, in order.
+const LATENCY_ROWS: [Transport; 3] = [Transport::PVM, Transport::PvmLoan, Transport::UNIX];
+
 fn measure_latency(
     exe: &Path,
     transport: Transport,
     size: usize,
     (warmup, rounds): (u64, u64),
     timeout: Duration,
-) -> Result<(f64, f64), String> {
-    let (echo, ping) = match transport {
-        Transport::PVM => ("lat-echo-pvm", "lat-ping-pvm"),
-        Transport::UNIX => ("lat-echo-unix", "lat-ping-unix"),
+) -> Result<Latency, String> {
+    let (echo, ping, data) = match transport {
+        Transport::PVM => ("lat-echo-pvm", "lat-ping-pvm", Data::Fresh),
+        Transport::PvmLoan => ("lat-echo-pvm", "lat-ping-pvm", Data::Loan),
+        Transport::UNIX => ("lat-echo-unix", "lat-ping-unix", Data::Fresh),
         other => return Err(format!("no latency measurement for {}", other.label())),
     };
     let mut group = Group::new(exe, timeout);
     let path = RemoveOnDrop(socket_path());
     let p = path_arg(&path.0)?;
-    let s = size.to_string();
-    let echo = group.spawn(echo, &[p.clone(), s.clone()])?;
+    let (s, d) = (size.to_string(), data.arg().to_owned());
+    let echo = group.spawn(echo, &[p.clone(), s.clone(), d.clone()])?;
     expect_line(group.line(echo)?, "READY")?;
-    let pinger = group.spawn(ping, &[p, s, warmup.to_string(), rounds.to_string()])?;
+    let pinger = group.spawn(ping, &[p, s, d, warmup.to_string(), rounds.to_string()])?;
     let line = group.line(pinger)?;
+    let loans = match data {
+        Data::Loan => {
+            let pinger = Loans::parse(&group.line(pinger)?)?;
+            Some(pinger.add(Loans::parse(&group.line(echo)?)?))
+        }
+        Data::Fresh | Data::Resent => None,
+    };
     group.wait_all()?;
     let fields: Vec<&str> = line.split_whitespace().collect();
     let bad = || format!("unexpected report {line:?}");
@@ -539,7 +561,11 @@ fn measure_latency(
             }
             let p50: f64 = p50.parse().map_err(|_| bad())?;
             let p99: f64 = p99.parse().map_err(|_| bad())?;
-            Ok((p50 / 1e3, p99 / 1e3))
+            Ok(Latency {
+                p50_us: p50 / 1e3,
+                p99_us: p99 / 1e3,
+                loans,
+            })
         }
         _ => Err(bad()),
     }
@@ -590,12 +616,13 @@ fn run(opts: &Options, command: String) -> Result<Results, String> {
     let mut latency: Vec<LatencyCell> = LATENCY_SIZES
         .iter()
         .flat_map(|&size| {
-            [Transport::PVM, Transport::UNIX].map(|transport| LatencyCell {
+            LATENCY_ROWS.map(|transport| LatencyCell {
                 size,
                 transport,
                 rounds: opts.scale.round_trips(size).1,
                 p50_us: Vec::new(),
                 p99_us: Vec::new(),
+                loans: Vec::new(),
                 errors: Vec::new(),
             })
         })
@@ -630,9 +657,10 @@ fn run(opts: &Options, command: String) -> Result<Results, String> {
             ));
             let trips = opts.scale.round_trips(cell.size);
             match measure_latency(&exe, cell.transport, cell.size, trips, opts.timeout) {
-                Ok((p50, p99)) => {
-                    cell.p50_us.push(p50);
-                    cell.p99_us.push(p99);
+                Ok(lat) => {
+                    cell.p50_us.push(lat.p50_us);
+                    cell.p99_us.push(lat.p99_us);
+                    cell.loans.extend(lat.loans);
                 }
                 Err(e) => cell.errors.push(format!("repetition {}: {e}", rep + 1)),
             }

@@ -21,7 +21,7 @@ use std::io::Read;
 use std::str::FromStr;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use nix::errno::Errno;
 use nix::sys::uio::{RemoteIoVec, process_vm_readv};
@@ -78,25 +78,26 @@ pub(crate) fn run(role: &str, args: &[String]) -> Result<(), String> {
             memcpy(size_arg(size)?, count_arg(count)?)
         }
         "lat-echo-pvm" | "lat-echo-unix" => {
-            let [path, size] = args else {
-                return Err(format!("{role} takes PATH SIZE, got {args:?}"));
+            let [path, size, data] = args else {
+                return Err(format!("{role} takes PATH SIZE DATA, got {args:?}"));
             };
-            let (path, size) = (path.clone(), size_arg(size)?);
+            let (path, size, data) = (path.clone(), size_arg(size)?, Data::parse(data)?);
             if role == "lat-echo-pvm" {
-                Flavor::Spawned.run(pvm_echo(path, size))
+                Flavor::Spawned.run(pvm_echo(path, size, data))
             } else {
-                Flavor::Spawned.run(unix_echo(path, size))
+                Flavor::Spawned.run(unix_echo(path, size, data))
             }
         }
         "lat-ping-pvm" | "lat-ping-unix" => {
-            let [path, size, warmup, rounds] = args else {
+            let [path, size, data, warmup, rounds] = args else {
                 return Err(format!(
-                    "{role} takes PATH SIZE WARMUP ROUND_TRIPS, got {args:?}"
+                    "{role} takes PATH SIZE DATA WARMUP ROUND_TRIPS, got {args:?}"
                 ));
             };
             let ping = Ping {
                 path: path.clone(),
                 size: size_arg(size)?,
+                data: Data::parse(data)?,
                 warmup: number(warmup, "warm-up count")?,
                 rounds: count_arg(rounds)?,
             };
@@ -554,15 +555,15 @@ async fn pvm_send(a: StreamArgs) -> Result<(), String> {
 }
 
 /// Refuses [`Data::Loan`]: a Unix socket has no loan lane.
-fn no_loans(a: &StreamArgs) -> Result<(), String> {
-    if a.data == Data::Loan {
+fn no_loans(data: Data) -> Result<(), String> {
+    if data == Data::Loan {
         return Err("the Unix-socket roles do not loan: a socket has no loan lane".to_owned());
     }
     Ok(())
 }
 
 async fn unix_recv(a: StreamArgs) -> Result<(), String> {
-    no_loans(&a)?;
+    no_loans(a.data)?;
     let path = &a.path;
     let listener = UnixListener::bind(path).map_err(|e| format!("binding {path}: {e}"))?;
     ready();
@@ -577,7 +578,7 @@ async fn unix_recv(a: StreamArgs) -> Result<(), String> {
 }
 
 async fn unix_send(a: StreamArgs) -> Result<(), String> {
-    no_loans(&a)?;
+    no_loans(a.data)?;
     let mut producer = Producer::new(a.data, a.size);
     let stream = UnixStream::connect(&a.path)
         .await
@@ -664,10 +665,12 @@ fn memcpy(size: usize, count: u64) -> Result<(), String> {
 
 // ----- latency -----------------------------------------------------------------------------
 
-/// What a pinger does: `warmup` untimed round trips, then `rounds` timed ones.
+/// What a pinger does: `warmup` untimed round trips, then `rounds` timed ones, each with a
+/// message of `size` bytes made as `data` says.
 struct Ping {
     path: String,
     size: usize,
+    data: Data,
     warmup: u64,
     rounds: u64,
 }
@@ -683,33 +686,45 @@ fn report_latency(mut one_way_ns: Vec<u64>) -> Result<(), String> {
     Ok(())
 }
 
-/// Echoes every message back with `send` (feed + flush: returns once the pinger has pulled
-/// the reply), then closes when the pinger closes.
-async fn pvm_echo(path: String, size: usize) -> Result<(), String> {
-    let listener = Listener::bind_with(&path, pvm_config(size, Data::Resent))
-        .map_err(|e| format!("binding {path}: {e}"))?;
-    ready();
-    let mut conn = listener
-        .accept()
-        .await
-        .map_err(|e| format!("accepting on {path}: {e}"))?;
-    drop(listener);
+/// Sends every message back, as `reply` makes it from the received one, with `send` (feed +
+/// flush), until the pinger closes; then closes.
+async fn echo_all<S, T, E>(
+    conn: &mut S,
+    mut reply: impl FnMut(&S, T) -> Bytes,
+) -> Result<(), String>
+where
+    S: Sink<Bytes> + Stream<Item = Result<T, E>> + Unpin,
+    S::Error: Display,
+    E: Display,
+{
     while let Some(msg) = conn.next().await {
         let msg = msg.map_err(|e| format!("receiving: {e}"))?;
+        let msg = reply(conn, msg);
         conn.send(msg).await.map_err(|e| format!("echoing: {e}"))?;
     }
     conn.close().await.map_err(|e| format!("closing: {e}"))
 }
 
-async fn pvm_ping(ping: Ping) -> Result<(), String> {
-    let mut conn = Connection::connect_with(&ping.path, pvm_config(ping.size, Data::Resent))
-        .await
-        .map_err(|e| format!("connecting to {}: {e}", ping.path))?;
-    let msg = Bytes::from(pattern(ping.size));
+/// The round trips of a pinger: the clock starts, `make` makes the message (as the
+/// application would), `send` (feed + flush) sends it, and the clock stops when the echo
+/// has come back; the echo is checked after. Returns the timed one-way latencies in ns.
+async fn ping_all<S, T, E>(
+    conn: &mut S,
+    ping: &Ping,
+    mut make: impl FnMut(&S) -> Bytes,
+) -> Result<Vec<u64>, String>
+where
+    S: Sink<Bytes> + Stream<Item = Result<T, E>> + Unpin,
+    S::Error: Display,
+    T: AsRef<[u8]>,
+    E: Display,
+{
+    let mut check = Check::new(ping.data, ping.size);
     let mut one_way = Vec::with_capacity(ping.rounds as usize);
     for i in 0..ping.warmup + ping.rounds {
         let start = Instant::now();
-        conn.send(msg.clone())
+        let msg = make(conn);
+        conn.send(msg)
             .await
             .map_err(|e| format!("sending round trip {i}: {e}"))?;
         let reply = conn
@@ -718,7 +733,8 @@ async fn pvm_ping(ping: Ping) -> Result<(), String> {
             .ok_or_else(|| format!("the echo closed before round trip {i} came back"))?
             .map_err(|e| format!("receiving round trip {i}: {e}"))?;
         let rtt = start.elapsed();
-        touch(&reply, ping.size)?;
+        check.check(reply.as_ref())?;
+        drop(reply);
         if i >= ping.warmup {
             one_way.push(rtt.as_nanos() as u64 / 2);
         }
@@ -728,11 +744,52 @@ async fn pvm_ping(ping: Ping) -> Result<(), String> {
     while let Some(msg) = conn.next().await {
         msg.map_err(|e| format!("waiting for the echo to close: {e}"))?;
     }
-    report_latency(one_way)
+    Ok(one_way)
 }
 
-/// Echoes every frame back with `send` (feed + flush into the socket).
-async fn unix_echo(path: String, size: usize) -> Result<(), String> {
+/// Echoes every message back: the received `Bytes` themselves, or with [`Data::Loan`] a
+/// fresh loan the received content is copied into (what an application that loans does: a
+/// received loaned message lies in the pinger's region, not in this side's).
+async fn pvm_echo(path: String, size: usize, data: Data) -> Result<(), String> {
+    let listener = Listener::bind_with(&path, pvm_config(size, data))
+        .map_err(|e| format!("binding {path}: {e}"))?;
+    ready();
+    let mut conn = listener
+        .accept()
+        .await
+        .map_err(|e| format!("accepting on {path}: {e}"))?;
+    drop(listener);
+    if data != Data::Loan {
+        return echo_all(&mut conn, |_, msg: Bytes| msg).await;
+    }
+    let mut loans = Loans::default();
+    echo_all(&mut conn, |c, msg: Bytes| {
+        let mut buf = c.loan(msg.len());
+        loans.count(&buf);
+        buf.copy_from_slice(&msg);
+        buf.freeze()
+    })
+    .await?;
+    loans.report(conn.zero_copy());
+    Ok(())
+}
+
+async fn pvm_ping(ping: Ping) -> Result<(), String> {
+    let mut producer = Producer::new(ping.data, ping.size);
+    let mut conn = Connection::connect_with(&ping.path, pvm_config(ping.size, ping.data))
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", ping.path))?;
+    let one_way = ping_all(&mut conn, &ping, |c| producer.next(Some(c))).await?;
+    report_latency(one_way)?;
+    if let Some(loans) = producer.loans() {
+        loans.report(conn.zero_copy());
+    }
+    Ok(())
+}
+
+/// Echoes every frame back.
+async fn unix_echo(path: String, size: usize, data: Data) -> Result<(), String> {
+    no_loans(data)?;
     let listener = UnixListener::bind(&path).map_err(|e| format!("binding {path}: {e}"))?;
     ready();
     let (stream, _) = listener
@@ -742,47 +799,16 @@ async fn unix_echo(path: String, size: usize) -> Result<(), String> {
     drop(listener);
     let _ = std::fs::remove_file(&path);
     let mut framed = Framed::new(stream, codec(size));
-    while let Some(frame) = framed.next().await {
-        let frame = frame.map_err(|e| format!("receiving: {e}"))?;
-        framed
-            .send(frame.freeze())
-            .await
-            .map_err(|e| format!("echoing: {e}"))?;
-    }
-    SinkExt::<Bytes>::close(&mut framed)
-        .await
-        .map_err(|e| format!("closing: {e}"))
+    echo_all(&mut framed, |_, frame: BytesMut| frame.freeze()).await
 }
 
 async fn unix_ping(ping: Ping) -> Result<(), String> {
+    no_loans(ping.data)?;
+    let mut producer = Producer::new(ping.data, ping.size);
     let stream = UnixStream::connect(&ping.path)
         .await
         .map_err(|e| format!("connecting to {}: {e}", ping.path))?;
     let mut framed = Framed::new(stream, codec(ping.size));
-    let msg = Bytes::from(pattern(ping.size));
-    let mut one_way = Vec::with_capacity(ping.rounds as usize);
-    for i in 0..ping.warmup + ping.rounds {
-        let start = Instant::now();
-        framed
-            .send(msg.clone())
-            .await
-            .map_err(|e| format!("sending round trip {i}: {e}"))?;
-        let reply = framed
-            .next()
-            .await
-            .ok_or_else(|| format!("the echo closed before round trip {i} came back"))?
-            .map_err(|e| format!("receiving round trip {i}: {e}"))?;
-        let rtt = start.elapsed();
-        touch(&reply, ping.size)?;
-        if i >= ping.warmup {
-            one_way.push(rtt.as_nanos() as u64 / 2);
-        }
-    }
-    SinkExt::<Bytes>::close(&mut framed)
-        .await
-        .map_err(|e| format!("closing: {e}"))?;
-    while let Some(frame) = framed.next().await {
-        frame.map_err(|e| format!("waiting for the echo to close: {e}"))?;
-    }
+    let one_way = ping_all(&mut framed, &ping, |_| producer.next(None)).await?;
     report_latency(one_way)
 }

@@ -266,17 +266,6 @@ pub(crate) fn text(results: &Results) -> String {
          the default window holds (16 MiB, at most 1024), used in turn, as a transport's \
          receive buffers are."
     );
-    if !loan_notes.is_empty() {
-        let _ = writeln!(
-            out,
-            "heap loans: a loan comes from the heap, and its message travels as an ordinary \
-             one, when it is small enough to travel inline (up to 256 B by default), when the \
-             loan region is full, or when the zero-copy lane is not open."
-        );
-        for note in &loan_notes {
-            let _ = writeln!(out, "  {note}");
-        }
-    }
 
     if !results.latency.is_empty() {
         let _ = writeln!(out);
@@ -310,9 +299,20 @@ pub(crate) fn text(results: &Results) -> String {
                 );
                 continue;
             }
+            let loans = match heap_loans(&cell.loans) {
+                Some((short, note)) => {
+                    loan_notes.push(format!(
+                        "latency {} {}: {note}",
+                        size_label(cell.size),
+                        cell.transport.label()
+                    ));
+                    format!("  {short}")
+                }
+                None => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "{:>8}  {:<26}  {:>11}  {:>9}  {:>9}{mark}",
+                "{:>8}  {:<26}  {:>11}  {:>9}  {:>9}{mark}{loans}",
                 size_label(cell.size),
                 cell.transport.label(),
                 grouped(cell.rounds),
@@ -337,6 +337,18 @@ pub(crate) fn text(results: &Results) -> String {
             "unix: send() = feed + flush, which returns once the frame is written into the \
              socket."
         );
+    }
+    if !loan_notes.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "heap loans: a loan comes from the heap, and its message travels as an ordinary \
+             one, when it is small enough to travel inline (up to 256 B by default), when the \
+             loan region is full, or when the zero-copy lane is not open:"
+        );
+        for note in &loan_notes {
+            let _ = writeln!(out, "  {note}");
+        }
     }
     if !notes.is_empty() {
         let _ = writeln!(out);
@@ -454,13 +466,14 @@ pub(crate) fn json(results: &Results) -> String {
         .map(|cell: &LatencyCell| {
             format!(
                 "    {{\"size\": {}, \"transport\": {}, \"round_trips\": {}, \"ok_reps\": {}, \
-                 \"p50_us\": {}, \"p99_us\": {}, \"errors\": {}}}",
+                 \"p50_us\": {}, \"p99_us\": {}, {}, \"errors\": {}}}",
                 cell.size,
                 json_str(cell.transport.label()),
                 cell.rounds,
                 cell.p50_us.len(),
                 json_num(median(cell.p50_us.iter().copied())),
                 json_num(median(cell.p99_us.iter().copied())),
+                json_loans(&cell.loans),
                 json_errors(&cell.errors),
             )
         })
