@@ -90,7 +90,6 @@ mod report;
 #[path = "bench/spawn.rs"]
 mod spawn;
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -100,7 +99,7 @@ use report::{Machine, size_label};
 use spawn::{CHILD_FLAG, Group, RemoveOnDrop, children_cpu, socket_path};
 
 const USAGE: &str = "\
-usage: bench [--json] [--reps N] [--sizes LIST] [--quick] [--timeout SECS]
+usage: bench [--json] [--reps N] [--sizes LIST] [--only LIST] [--quick] [--timeout SECS]
 
 Compares tokio-pvm with a Unix socket + LengthDelimitedCodec, raw process_vm_readv and a
 single-threaded memcpy, each measurement between separate child processes.
@@ -109,6 +108,10 @@ single-threaded memcpy, each measurement between separate child processes.
   --reps N        repetitions of every measurement (default 5; 1 with --quick)
   --sizes LIST    message sizes, comma-separated, in bytes or with K/KiB, M/MiB, G/GiB
                   (default 64,1K,16K,256K,1M,16M)
+  --only LIST     measure only these rows, comma-separated: pvm, pvm-loan, unix,
+                  pvm-current-thread, unix-current-thread, pvm-block-on, unix-block-on,
+                  pvm-resent, unix-resent, raw, rotated, memcpy (throughput); lat-pvm,
+                  lat-pvm-loan, lat-unix (latency); throughput, latency (all of either)
   --quick         a much smaller run, as a smoke test
   --timeout SECS  give up on a measurement after SECS seconds (default 120)";
 
@@ -116,6 +119,9 @@ const DEFAULT_SIZES: [usize; 6] = [64, 1 << 10, 16 << 10, 256 << 10, 1 << 20, 16
 
 /// Message sizes of the latency table.
 const LATENCY_SIZES: [usize; 2] = [64, 1 << 20];
+
+/// The rows of the latency table, in order.
+const LATENCY_ROWS: [Transport; 3] = [Transport::PVM, Transport::PvmLoan, Transport::UNIX];
 
 /// Largest message size with rows for the other runtime flavors.
 const FLAVOR_MAX_SIZE: usize = 4 << 10;
@@ -158,6 +164,24 @@ impl Transport {
     /// The primary rows: fresh messages, work in a spawned task.
     const PVM: Transport = Transport::Pvm(Flavor::Spawned);
     const UNIX: Transport = Transport::Unix(Flavor::Spawned);
+
+    /// The row's name for `--only`.
+    fn key(self) -> &'static str {
+        match self {
+            Transport::Pvm(Flavor::Spawned) => "pvm",
+            Transport::Pvm(Flavor::CurrentThread) => "pvm-current-thread",
+            Transport::Pvm(Flavor::BlockOn) => "pvm-block-on",
+            Transport::PvmLoan => "pvm-loan",
+            Transport::Unix(Flavor::Spawned) => "unix",
+            Transport::Unix(Flavor::CurrentThread) => "unix-current-thread",
+            Transport::Unix(Flavor::BlockOn) => "unix-block-on",
+            Transport::PvmResent => "pvm-resent",
+            Transport::UnixResent => "unix-resent",
+            Transport::Raw => "raw",
+            Transport::RawRotating => "rotated",
+            Transport::Memcpy => "memcpy",
+        }
+    }
 
     pub(crate) fn label(self) -> &'static str {
         match self {
@@ -264,6 +288,10 @@ struct Options {
     scale: Scale,
     quick: bool,
     timeout: Duration,
+    /// Throughput rows to measure, in table order.
+    rows: Vec<Transport>,
+    /// Latency rows to measure, in table order.
+    latency_rows: Vec<Transport>,
 }
 
 fn parse_size(text: &str) -> Result<usize, String> {
@@ -288,6 +316,7 @@ fn parse_size(text: &str) -> Result<usize, String> {
 fn parse_args(args: &[String]) -> Result<Options, String> {
     let (mut json, mut quick, mut reps, mut sizes, mut timeout) =
         (false, false, None, None, Duration::from_secs(120));
+    let (mut rows, mut latency_rows) = (Transport::ALL.to_vec(), LATENCY_ROWS.to_vec());
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -329,17 +358,77 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                     .ok_or_else(|| format!("--timeout: {v:?} is not a positive number"))?;
                 timeout = Duration::from_secs_f64(secs);
             }
+            "--only" => (rows, latency_rows) = parse_only(&value()?)?,
             other => return Err(format!("unexpected argument {other:?}")),
         }
+    }
+    let sizes = sizes.unwrap_or_else(|| DEFAULT_SIZES.to_vec());
+    let measured = |t: &Transport| sizes.iter().any(|&size| t.applies(size));
+    if latency_rows.is_empty() && !rows.iter().any(measured) {
+        return Err(format!(
+            "nothing to measure: the rows of --only have no measurement at these sizes (the \
+             runtime-flavor rows need a size of at most {})",
+            size_label(FLAVOR_MAX_SIZE)
+        ));
     }
     Ok(Options {
         json,
         reps: reps.unwrap_or(if quick { 1 } else { 5 }),
-        sizes: sizes.unwrap_or_else(|| DEFAULT_SIZES.to_vec()),
+        sizes,
         scale: if quick { QUICK } else { FULL },
         quick,
         timeout,
+        rows,
+        latency_rows,
     })
+}
+
+/// The names `--only` takes, for its error messages.
+fn only_keys() -> String {
+    let rows: Vec<&str> = Transport::ALL.iter().map(|t| t.key()).collect();
+    let latency: Vec<String> = LATENCY_ROWS
+        .iter()
+        .map(|t| format!("lat-{}", t.key()))
+        .collect();
+    format!(
+        "the rows are {}; {}; throughput, latency (all of either)",
+        rows.join(", "),
+        latency.join(", ")
+    )
+}
+
+/// The rows `--only LIST` selects: throughput rows by [`Transport::key`], latency rows by
+/// `lat-` and that key, `throughput` and `latency` for all of either. Table order is kept.
+fn parse_only(list: &str) -> Result<(Vec<Transport>, Vec<Transport>), String> {
+    let (mut rows, mut latency_rows) = (Vec::new(), Vec::new());
+    for key in list.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+        match key {
+            "throughput" => rows.extend(Transport::ALL),
+            "latency" => latency_rows.extend(LATENCY_ROWS),
+            _ => {
+                if let Some(t) = Transport::ALL.into_iter().find(|t| t.key() == key) {
+                    rows.push(t);
+                } else if let Some(t) = LATENCY_ROWS
+                    .into_iter()
+                    .find(|t| key.strip_prefix("lat-") == Some(t.key()))
+                {
+                    latency_rows.push(t);
+                } else {
+                    return Err(format!("--only: unknown row {key:?}; {}", only_keys()));
+                }
+            }
+        }
+    }
+    if rows.is_empty() && latency_rows.is_empty() {
+        return Err(format!("--only needs at least one row; {}", only_keys()));
+    }
+    let keep = |all: &[Transport], chosen: &[Transport]| -> Vec<Transport> {
+        all.iter().copied().filter(|t| chosen.contains(t)).collect()
+    };
+    Ok((
+        keep(&Transport::ALL, &rows),
+        keep(&LATENCY_ROWS, &latency_rows),
+    ))
 }
 
 /// One successful throughput measurement.
@@ -517,9 +606,6 @@ struct Latency {
     loans: Option<Loans>,
 }
 
-/// The rows of the latency table, in order.
-const LATENCY_ROWS: [Transport; 3] = [Transport::PVM, Transport::PvmLoan, Transport::UNIX];
-
 fn measure_latency(
     exe: &Path,
     transport: Transport,
@@ -571,26 +657,55 @@ fn measure_latency(
     }
 }
 
-/// Shows progress on standard error when it is a terminal.
+/// Reports each measurement on standard error as it finishes, so that a long run is not
+/// silent: `[12/96] tokio-pvm 1 MiB rep 2: 4.123 GB/s, 3,931 msg/s`.
 struct Progress {
-    on: bool,
     total: usize,
     done: usize,
 }
 
 impl Progress {
-    fn step(&mut self, what: &str) {
+    fn report(&mut self, what: &str, rep: usize, outcome: &str) {
         self.done += 1;
-        if self.on {
-            eprint!("\r\x1b[K[{}/{}] {what}", self.done, self.total);
-        }
+        eprintln!("[{}/{}] {what} rep {rep}: {outcome}", self.done, self.total);
     }
+}
 
-    fn finish(&self) {
-        if self.on {
-            eprint!("\r\x1b[K");
-        }
+/// A throughput measurement's outcome, for [`Progress`].
+fn throughput_outcome(cell: &Cell, result: &Result<Sample, String>) -> String {
+    let sample = match result {
+        Ok(sample) => sample,
+        Err(e) => return format!("FAILED: {e}"),
+    };
+    let secs = sample.elapsed.as_secs_f64();
+    let timed = (cell.messages - 1) as f64;
+    let mut out = if secs > 0.0 {
+        format!(
+            "{:.3} GB/s, {} msg/s",
+            timed * cell.size as f64 / 1e9 / secs,
+            fmt::grouped((timed / secs).round() as u64)
+        )
+    } else {
+        "no time measured".to_owned()
+    };
+    if let Some(loans) = sample.loans {
+        out.push_str(&loans_outcome(loans));
     }
+    out
+}
+
+/// `, 4,096 of 4,096 loans shared` (and whether the lane was open, if not).
+fn loans_outcome(loans: Loans) -> String {
+    format!(
+        ", {} of {} loans shared{}",
+        fmt::grouped(loans.shared),
+        fmt::grouped(loans.total),
+        if loans.zero_copy {
+            ""
+        } else {
+            " (zero-copy lane not open)"
+        }
+    )
 }
 
 fn run(opts: &Options, command: String) -> Result<Results, String> {
@@ -601,8 +716,9 @@ fn run(opts: &Options, command: String) -> Result<Results, String> {
         .sizes
         .iter()
         .flat_map(|&size| {
-            Transport::ALL
-                .into_iter()
+            opts.rows
+                .iter()
+                .copied()
                 .filter(move |t| t.applies(size))
                 .map(move |transport| Cell {
                     size,
@@ -616,7 +732,7 @@ fn run(opts: &Options, command: String) -> Result<Results, String> {
     let mut latency: Vec<LatencyCell> = LATENCY_SIZES
         .iter()
         .flat_map(|&size| {
-            LATENCY_ROWS.map(|transport| LatencyCell {
+            opts.latency_rows.iter().map(move |&transport| LatencyCell {
                 size,
                 transport,
                 rounds: opts.scale.round_trips(size).1,
@@ -628,35 +744,46 @@ fn run(opts: &Options, command: String) -> Result<Results, String> {
         })
         .collect();
     let mut progress = Progress {
-        on: std::io::stderr().is_terminal(),
         total: opts.reps * (cells.len() + latency.len()),
         done: 0,
     };
 
     for rep in 0..opts.reps {
         for cell in &mut cells {
-            progress.step(&format!(
-                "rep {}/{} {} {}",
+            let result =
+                measure_throughput(&exe, cell.transport, cell.size, cell.messages, opts.timeout);
+            progress.report(
+                &format!("{} {}", cell.transport.label(), size_label(cell.size)),
                 rep + 1,
-                opts.reps,
-                size_label(cell.size),
-                cell.transport.label()
-            ));
-            match measure_throughput(&exe, cell.transport, cell.size, cell.messages, opts.timeout) {
+                &throughput_outcome(cell, &result),
+            );
+            match result {
                 Ok(sample) => cell.samples.push(sample),
                 Err(e) => cell.errors.push(format!("repetition {}: {e}", rep + 1)),
             }
         }
         for cell in &mut latency {
-            progress.step(&format!(
-                "rep {}/{} latency {} {}",
-                rep + 1,
-                opts.reps,
-                size_label(cell.size),
-                cell.transport.label()
-            ));
             let trips = opts.scale.round_trips(cell.size);
-            match measure_latency(&exe, cell.transport, cell.size, trips, opts.timeout) {
+            let result = measure_latency(&exe, cell.transport, cell.size, trips, opts.timeout);
+            let outcome = match &result {
+                Ok(lat) => format!(
+                    "p50 {:.1} us, p99 {:.1} us{}",
+                    lat.p50_us,
+                    lat.p99_us,
+                    lat.loans.map(loans_outcome).unwrap_or_default()
+                ),
+                Err(e) => format!("FAILED: {e}"),
+            };
+            progress.report(
+                &format!(
+                    "latency {} {}",
+                    cell.transport.label(),
+                    size_label(cell.size)
+                ),
+                rep + 1,
+                &outcome,
+            );
+            match result {
                 Ok(lat) => {
                     cell.p50_us.push(lat.p50_us);
                     cell.p99_us.push(lat.p99_us);
@@ -666,7 +793,6 @@ fn run(opts: &Options, command: String) -> Result<Results, String> {
             }
         }
     }
-    progress.finish();
     Ok(Results {
         machine: Machine::detect(),
         command,
@@ -725,6 +851,50 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("bench: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_selects_rows_in_table_order() {
+        let (rows, latency) = parse_only("unix, pvm-loan,lat-pvm-loan").unwrap();
+        assert_eq!(rows, [Transport::PvmLoan, Transport::UNIX]);
+        assert_eq!(latency, [Transport::PvmLoan]);
+        let (rows, latency) = parse_only("latency").unwrap();
+        assert!(rows.is_empty());
+        assert_eq!(latency, LATENCY_ROWS);
+        let (rows, _) = parse_only("throughput,pvm").unwrap();
+        assert_eq!(rows, Transport::ALL);
+        assert!(
+            parse_only("tokio-pvm")
+                .unwrap_err()
+                .contains("pvm-block-on")
+        );
+        assert!(parse_only(" , ").is_err());
+        assert!(parse_only("lat-raw").is_err());
+    }
+
+    #[test]
+    fn usage_names_every_row() {
+        for t in Transport::ALL {
+            assert!(USAGE.contains(t.key()), "{}", t.key());
+        }
+        for t in LATENCY_ROWS {
+            assert!(USAGE.contains(&format!("lat-{}", t.key())), "{}", t.key());
+        }
+    }
+
+    #[test]
+    fn keys_are_distinct() {
+        for (i, a) in Transport::ALL.iter().enumerate() {
+            for b in &Transport::ALL[i + 1..] {
+                assert_ne!(a.key(), b.key());
+                assert_ne!(a.label(), b.label());
+            }
         }
     }
 }

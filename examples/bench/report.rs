@@ -151,6 +151,37 @@ fn num(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
+/// Where the notes under the tables collect.
+#[derive(Default)]
+struct Notes {
+    /// Failed repetitions.
+    failed: Vec<String>,
+    /// Rows whose loans did not all come from the loan region.
+    heap_loans: Vec<String>,
+}
+
+/// The row mark and note for `loans`, if not all were shared.
+fn loan_mark(notes: &mut Notes, what: String, loans: &[Loans]) -> String {
+    match heap_loans(loans) {
+        Some((short, note)) => {
+            notes.heap_loans.push(format!("{what}: {note}"));
+            format!("  {short}")
+        }
+        None => String::new(),
+    }
+}
+
+/// The row mark for failed repetitions, and their notes.
+fn error_mark(notes: &mut Notes, what: &str, errors: &[String]) -> &'static str {
+    if errors.is_empty() {
+        return "";
+    }
+    notes
+        .failed
+        .extend(errors.iter().map(|e| format!("{what}: {e}")));
+    " *"
+}
+
 /// The aligned text report.
 pub(crate) fn text(results: &Results) -> String {
     let mut out = String::new();
@@ -164,10 +195,42 @@ pub(crate) fn text(results: &Results) -> String {
     let _ = writeln!(out, "command: {}", results.command);
     let _ = writeln!(
         out,
-        "{} repetition(s), interleaved (each repetition: each size, each transport, then the \
-         latency runs); medians shown",
+        "{} repetition(s), interleaved (each repetition: each size, each row, then the \
+         latency rows); medians shown",
         results.reps
     );
+    let mut notes = Notes::default();
+    if !results.cells.is_empty() {
+        throughput_table(&mut out, results, &mut notes);
+    }
+    if !results.latency.is_empty() {
+        latency_table(&mut out, results, &mut notes);
+    }
+    if !notes.heap_loans.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "heap loans: a loan comes from the heap, and its message travels as an ordinary \
+             one, when it is small enough to travel inline (up to 256 B by default), when the \
+             loan region is full, or when the zero-copy lane is not open:"
+        );
+        for note in &notes.heap_loans {
+            let _ = writeln!(out, "  {note}");
+        }
+    }
+    if !notes.failed.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "* failed repetitions:");
+        for note in &notes.failed {
+            let _ = writeln!(out, "  {note}");
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "wall time: {:.1} s", results.wall.as_secs_f64());
+    out
+}
+
+fn throughput_table(out: &mut String, results: &Results, notes: &mut Notes) {
     let mut counts = Vec::new();
     for size in &results.sizes {
         if let Some(c) = results.cells.iter().find(|c| c.size == *size) {
@@ -176,7 +239,6 @@ pub(crate) fn text(results: &Results) -> String {
     }
     let _ = writeln!(out, "messages per measurement: {}", counts.join(", "));
     let _ = writeln!(out);
-
     let _ = writeln!(out, "throughput");
     let header = format!(
         "{:>8}  {:<26}  {:>12}  {:>8}  {:>9}  {:>8}  {:>7}",
@@ -184,25 +246,14 @@ pub(crate) fn text(results: &Results) -> String {
     );
     let _ = writeln!(out, "{header}");
     let _ = writeln!(out, "{}", "-".repeat(header.len()));
-    let mut notes = Vec::new();
-    let mut loan_notes = Vec::new();
     let mut last_size = None;
     for cell in &results.cells {
         if last_size.is_some_and(|s| s != cell.size) {
             let _ = writeln!(out);
         }
         last_size = Some(cell.size);
-        let s = summarize(cell, unix_reference(results, cell.size, cell.transport));
-        let mark = if cell.errors.is_empty() {
-            ""
-        } else {
-            notes.extend(
-                cell.errors
-                    .iter()
-                    .map(|e| format!("{} {}: {e}", size_label(cell.size), cell.transport.label())),
-            );
-            " *"
-        };
+        let what = format!("{} {}", size_label(cell.size), cell.transport.label());
+        let mark = error_mark(notes, &what, &cell.errors);
         if cell.samples.is_empty() {
             let _ = writeln!(
                 out,
@@ -213,23 +264,14 @@ pub(crate) fn text(results: &Results) -> String {
             );
             continue;
         }
+        let s = summarize(cell, unix_reference(results, cell.size, cell.transport));
         let spread = match (s.gb_per_s_min, s.gb_per_s_max, s.gb_per_s) {
             (Some(lo), Some(hi), Some(mid)) if mid > 0.0 => {
                 format!("{:.0}%", (hi - lo) / mid * 100.0)
             }
             _ => "-".to_owned(),
         };
-        let loans = match heap_loans(&cell_loans(cell)) {
-            Some((short, note)) => {
-                loan_notes.push(format!(
-                    "{} {}: {note}",
-                    size_label(cell.size),
-                    cell.transport.label()
-                ));
-                format!("  {short}")
-            }
-            None => String::new(),
-        };
+        let loans = loan_mark(notes, what, &cell_loans(cell));
         let _ = writeln!(
             out,
             "{:>8}  {:<26}  {:>12}  {:>8}  {:>9}  {:>8}  {:>7}{mark}{loans}",
@@ -245,121 +287,89 @@ pub(crate) fn text(results: &Results) -> String {
         );
     }
     let _ = writeln!(out);
-    let _ = writeln!(
-        out,
+    for line in [
         "GB = 10^9 bytes. Rates count the messages after the first, timed in the receiving \
-         process from the first message's arrival to the last one's."
-    );
-    let _ = writeln!(
-        out,
+         process from the first message's arrival to the last one's.",
+        "Data: every tokio-pvm and unix row sends fresh messages (each copied from a rotating \
+         offset of a 64 MiB pseudo-random source into a new buffer, stamped with its sequence \
+         number in its first and last 8 bytes, which the receiver checks), except the \
+         (resent buffer) rows: one pre-built message sent again and again, hot in the caches; \
+         their receiver checks its first and last byte.",
+        "tokio-pvm (loan): the fresh messages written straight into Connection::loan buffers, \
+         both sides with Config::loan_region(max(64 MiB, 4 x size)); the receiver reads them \
+         in place.",
+        "Runtime: both children run their work in a task spawned on a multi-thread runtime, \
+         except [current_thread] (a current_thread runtime) and [block_on] (directly in a \
+         multi-thread runtime's block_on, as a plain #[tokio::main] loop does); those rows \
+         run up to 4 KiB only.",
         "CPU s/GB: user + system time of all processes of the measurement (both children; \
-         memcpy: its one child), whole lifetimes, per GB moved; getrusage(RUSAGE_CHILDREN)."
-    );
-    let _ = writeln!(
-        out,
-        "vs unix: GB/s over the unix+LengthDelimitedCodec row of the same size. spread: \
-         (max - min) / median of GB/s over the repetitions."
-    );
-    let _ = writeln!(
-        out,
+         memcpy: its one child), whole lifetimes, per GB moved; getrusage(RUSAGE_CHILDREN).",
+        "vs unix: GB/s over the Unix row of the same size, data and runtime: unix \
+         [current_thread] or unix [block_on] for the rows of that flavor, unix (resent \
+         buffer) for the resent rows, unix+LengthDelimitedCodec for the others. spread: \
+         (max - min) / median of GB/s over the repetitions.",
         "raw: one reused destination buffer; rotated: the same loop into as many buffers as \
          the default window holds (16 MiB, at most 1024), used in turn, as a transport's \
-         receive buffers are."
-    );
+         receive buffers are.",
+    ] {
+        let _ = writeln!(out, "{line}");
+    }
+}
 
-    if !results.latency.is_empty() {
-        let _ = writeln!(out);
-        let _ = writeln!(out, "one-way latency (round trip / 2, ping-pong)");
-        let header = format!(
-            "{:>8}  {:<26}  {:>11}  {:>9}  {:>9}",
-            "size", "transport", "round trips", "p50 us", "p99 us"
+fn latency_table(out: &mut String, results: &Results, notes: &mut Notes) {
+    let _ = writeln!(out);
+    let _ = writeln!(out, "one-way latency (round trip / 2, ping-pong)");
+    let header = format!(
+        "{:>8}  {:<26}  {:>11}  {:>9}  {:>9}",
+        "size", "transport", "round trips", "p50 us", "p99 us"
+    );
+    let _ = writeln!(out, "{header}");
+    let _ = writeln!(out, "{}", "-".repeat(header.len()));
+    for cell in &results.latency {
+        let what = format!(
+            "latency {} {}",
+            size_label(cell.size),
+            cell.transport.label()
         );
-        let _ = writeln!(out, "{header}");
-        let _ = writeln!(out, "{}", "-".repeat(header.len()));
-        for cell in &results.latency {
-            let mark = if cell.errors.is_empty() {
-                ""
-            } else {
-                notes.extend(cell.errors.iter().map(|e| {
-                    format!(
-                        "latency {} {}: {e}",
-                        size_label(cell.size),
-                        cell.transport.label()
-                    )
-                }));
-                " *"
-            };
-            if cell.p50_us.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "{:>8}  {:<26}  ERROR: all {} repetition(s) failed, see below",
-                    size_label(cell.size),
-                    cell.transport.label(),
-                    cell.errors.len()
-                );
-                continue;
-            }
-            let loans = match heap_loans(&cell.loans) {
-                Some((short, note)) => {
-                    loan_notes.push(format!(
-                        "latency {} {}: {note}",
-                        size_label(cell.size),
-                        cell.transport.label()
-                    ));
-                    format!("  {short}")
-                }
-                None => String::new(),
-            };
+        let mark = error_mark(notes, &what, &cell.errors);
+        if cell.p50_us.is_empty() {
             let _ = writeln!(
                 out,
-                "{:>8}  {:<26}  {:>11}  {:>9}  {:>9}{mark}{loans}",
+                "{:>8}  {:<26}  ERROR: all {} repetition(s) failed, see below",
                 size_label(cell.size),
                 cell.transport.label(),
-                grouped(cell.rounds),
-                num(median(cell.p50_us.iter().copied()), 1),
-                num(median(cell.p99_us.iter().copied()), 1),
+                cell.errors.len()
             );
+            continue;
         }
-        let _ = writeln!(out);
+        let loans = loan_mark(notes, what, &cell.loans);
         let _ = writeln!(
             out,
-            "Round trips per repetition after a warm-up; p50 and p99 are medians over the \
-             repetitions."
+            "{:>8}  {:<26}  {:>11}  {:>9}  {:>9}{mark}{loans}",
+            size_label(cell.size),
+            cell.transport.label(),
+            grouped(cell.rounds),
+            num(median(cell.p50_us.iter().copied()), 1),
+            num(median(cell.p99_us.iter().copied()), 1),
         );
-        let _ = writeln!(
-            out,
-            "tokio-pvm: both sides use send() = feed + flush, and flush returns only once the \
-             peer has pulled and acknowledged the message, so every round trip includes two \
-             acknowledgements (the transport's delivery guarantee)."
-        );
-        let _ = writeln!(
-            out,
-            "unix: send() = feed + flush, which returns once the frame is written into the \
-             socket."
-        );
-    }
-    if !loan_notes.is_empty() {
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "heap loans: a loan comes from the heap, and its message travels as an ordinary \
-             one, when it is small enough to travel inline (up to 256 B by default), when the \
-             loan region is full, or when the zero-copy lane is not open:"
-        );
-        for note in &loan_notes {
-            let _ = writeln!(out, "  {note}");
-        }
-    }
-    if !notes.is_empty() {
-        let _ = writeln!(out);
-        let _ = writeln!(out, "* failed repetitions:");
-        for note in notes {
-            let _ = writeln!(out, "  {note}");
-        }
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "wall time: {:.1} s", results.wall.as_secs_f64());
-    out
+    for line in [
+        "Round trips per repetition after a warm-up; p50 and p99 are medians over the \
+         repetitions.",
+        "Each round trip: the pinger makes a fresh message (as for throughput; in a loan for \
+         the loan row), sends it and waits for the echo. The tokio-pvm and unix echoes send \
+         back the message they received; the loan echo copies it into a loan of its own, as \
+         an application that loans would (a received loaned message lies in the pinger's \
+         region).",
+        "tokio-pvm: both sides use send() = feed + flush, and flush returns only once the \
+         peer has taken and acknowledged the message, so every round trip includes two \
+         acknowledgements (the transport's delivery guarantee).",
+        "unix: send() = feed + flush, which returns once the frame is written into the \
+         socket.",
+    ] {
+        let _ = writeln!(out, "{line}");
+    }
 }
 
 /// A JSON string literal.
