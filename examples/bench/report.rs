@@ -515,4 +515,98 @@ mod tests {
         assert_eq!(json_str("a\"b\n"), "\"a\\\"b\\n\"");
         assert_eq!(json_num(Some(f64::NAN)), "null");
     }
+
+    /// Results with a loan row that fell back to the heap in one repetition, a failed row and
+    /// a latency row.
+    fn sample_results() -> Results {
+        use crate::{Cell, Sample};
+        use std::time::Duration;
+        let sample = |ms, loans| Sample {
+            elapsed: Duration::from_millis(ms),
+            cpu: Duration::from_millis(2 * ms),
+            loans,
+        };
+        let loans = |shared| Loans {
+            shared,
+            total: 100,
+            zero_copy: true,
+        };
+        let cell = |transport, samples, errors| Cell {
+            size: 4096,
+            transport,
+            messages: 100,
+            samples,
+            errors,
+        };
+        Results {
+            machine: Machine::detect(),
+            command: "bench \"quoted\"".to_owned(),
+            reps: 2,
+            quick: true,
+            sizes: vec![4096],
+            cells: vec![
+                cell(
+                    Transport::PvmLoan,
+                    vec![sample(10, Some(loans(100))), sample(12, Some(loans(97)))],
+                    vec![],
+                ),
+                cell(
+                    Transport::UNIX,
+                    vec![sample(20, None)],
+                    vec!["repetition 2: it broke".to_owned()],
+                ),
+                cell(
+                    Transport::Raw,
+                    vec![],
+                    vec!["repetition 1: gone".to_owned()],
+                ),
+            ],
+            latency: vec![LatencyCell {
+                size: 64,
+                transport: Transport::PvmLoan,
+                rounds: 10,
+                p50_us: vec![5.0, 7.0],
+                p99_us: vec![9.0, 11.0],
+                loans: vec![loans(0), loans(0)],
+                errors: vec![],
+            }],
+            wall: Duration::from_secs(3),
+        }
+    }
+
+    #[test]
+    fn text_marks_heap_loans_and_failures() {
+        let out = text(&sample_results());
+        assert!(out.contains("heap loans: 3 of 100 (worst rep)"), "{out}");
+        assert!(
+            out.contains(
+                "4 KiB tokio-pvm (loan): loans from the heap, per repetition: 0 of 100, 3 of 100"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("heap loans: 100 of 100 (worst rep)"), "{out}");
+        assert!(out.contains("ERROR: all 1 repetition(s) failed"), "{out}");
+        assert!(
+            out.contains("4 KiB unix+LengthDelimitedCodec: repetition 2: it broke"),
+            "{out}"
+        );
+        // The loan row's median GB/s (of 10 and 12 ms) over the Unix row's (20 ms).
+        assert!(out.contains("1.83x"), "{out}");
+    }
+
+    #[test]
+    fn json_parses_and_carries_loans() {
+        let out = json(&sample_results());
+        let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+        let rows = v["throughput"].as_array().unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0]["transport"], "tokio-pvm (loan)");
+        assert_eq!(rows[0]["ratio_reference"], "unix+LengthDelimitedCodec");
+        assert_eq!(rows[0]["loans_shared"], serde_json::json!([100, 97]));
+        assert_eq!(rows[0]["loans_total"], serde_json::json!([100, 100]));
+        assert_eq!(rows[0]["zero_copy"], serde_json::json!([true, true]));
+        assert!(rows[1]["loans_shared"].is_null());
+        assert_eq!(rows[2]["ok_reps"], 0);
+        assert_eq!(v["latency"][0]["loans_shared"], serde_json::json!([0, 0]));
+    }
 }
