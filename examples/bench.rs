@@ -2,8 +2,8 @@
 //! the raw `process_vm_readv` ceiling and a single-threaded `memcpy`, between real processes.
 //!
 //! ```text
-//! cargo run --release --example bench [-- --json] [--reps N] [--sizes LIST] [--quick]
-//!                                        [--timeout SECS]
+//! cargo run --release --example bench [-- --json] [--reps N] [--sizes LIST] [--only LIST]
+//!                                        [--quick] [--timeout SECS]
 //! ```
 //!
 //! # Processes
@@ -13,24 +13,56 @@
 //! for them to exit. Nothing is timed in this process. A child that fails, or a measurement
 //! that takes longer than `--timeout` (default 120 s), kills the measurement's children and
 //! becomes an error row; the run goes on. Socket files live in the temporary directory, named
-//! after this process's id, and are removed.
+//! after this process's id, and are removed. Each measurement prints one line on standard
+//! error as it finishes (`[12/96] tokio-pvm 1 MiB rep 2: 4.123 GB/s, 3,931 msg/s`); the
+//! tables (or the JSON) come on standard output at the end.
+//!
+//! # Data
+//! The primary rows send *fresh* messages, as an application does: the sender builds one
+//! source buffer of pseudo-random bytes before it connects (64 MiB, or the message size if
+//! larger; untimed), then for every message allocates a new `BytesMut::with_capacity(size)`,
+//! copies `size` bytes into it from the source at an offset that moves on by `size` each
+//! message (back to 0 at the end), stamps the message's sequence number (u64, little-endian)
+//! into its first 8 and its last 8 bytes, `freeze()`s it and `feed`s it. Below 16 bytes the
+//! stamps get what fits without overlapping (the head stamp the first `min(size, 8)` bytes,
+//! the tail stamp the last `min(size - 8, 8)` bytes, if any), each holding the number's low
+//! bytes. The receiver checks every message's length and both stamps against the number it
+//! expects next: in order, nothing lost. (`bench/fresh.rs` has the producer and the checker,
+//! shared by every row that sends fresh data.)
+//!
+//! The *resent* rows send what the benchmark sent before: a clone of one pre-built `Bytes` for
+//! every message (byte `i` is `i % 251`), whose receiver checks the length and the first and
+//! last byte. A buffer that never changes stays hot and clean in the caches, which flatters a
+//! pull; next to the fresh rows, they show by how much.
 //!
 //! # Throughput rows
 //! For each message size, every row moves the same number of messages of that size: 4 GiB
 //! worth, but at least 64 and at most 1,000,000 messages (64 B: 1,000,000; 1 KiB: 1,000,000;
 //! 16 KiB: 262,144; 256 KiB: 16,384; 1 MiB: 4,096; 16 MiB: 256). With `--quick`: 64 MiB
-//! worth, 8 to 20,000 messages.
+//! worth, 8 to 20,000 messages. In table order:
 //!
 //! * `tokio-pvm`: a receiver child binds a [`tokio_pvm::Listener`], accepts, and calls
 //!   `next()` until the stream ends; a sender child connects with
-//!   `Connection::connect_with`, `feed`s a clone of one pre-built `Bytes` for every message
-//!   (so the sender measures the transport, not allocation), then `close()`s, which returns
-//!   once the receiver has pulled and acknowledged everything. Default [`tokio_pvm::Config`]
-//!   apart from the largest message size.
+//!   `Connection::connect_with`, `feed`s every message (fresh data), then `close()`s, which
+//!   returns once the receiver has pulled and acknowledged everything. Default
+//!   [`tokio_pvm::Config`] apart from the largest message size (64 MiB or the message size).
+//! * `tokio-pvm (loan)`: the zero-copy lane. Both sides set
+//!   `Config::loan_region(max(64 MiB, 4 x size))`: room for the window in flight, the
+//!   receiver's buffer and the message being written. The sender writes the same fresh data
+//!   and stamps straight into `Connection::loan(size)`, `freeze()`s the buffer and `feed`s
+//!   it; the receiver (the same checker) reads the message in place. The sender reports how
+//!   many of its loans were in the region: a loan that does not fit, or one of a message
+//!   small enough to travel inline (up to 256 B by default, so every 64 B loan), comes from
+//!   the heap and travels as an ordinary message. A row with any heap loan says so in the
+//!   table (`heap loans: N of M`) with every repetition's count below it.
 //! * `unix+LengthDelimitedCodec`: the same two roles over `tokio::net::UnixStream` with
 //!   `tokio_util::codec::Framed` and a `LengthDelimitedCodec` (frames up to 64 MiB, as
-//!   `tokio-pvm`'s default): `feed` per message, `close()` at the end (flush, then shut the
-//!   write side down); the receiver reads frames until end of stream.
+//!   `tokio-pvm`'s default), fresh data: `feed` per message, `close()` at the end (flush,
+//!   then shut the write side down); the receiver reads frames until end of stream.
+//! * `tokio-pvm [current_thread]`, `unix [current_thread]`, `tokio-pvm [block_on]`,
+//!   `unix [block_on]`: the two rows above in other runtime flavors (see below), for message
+//!   sizes up to 4 KiB only, where the runtime's share of each message's cost is largest.
+//! * `tokio-pvm (resent buffer)`, `unix (resent buffer)`: the primary rows with resent data.
 //! * `process_vm_readv (raw)`: the ceiling for anything built on cross memory attach. A source
 //!   child allocates and fills one buffer of the message size, reports its pid and address,
 //!   and sleeps; a reader child copies that buffer with `process_vm_readv` (continuing after
@@ -38,46 +70,70 @@
 //!   allocation, no acknowledgement.
 //! * `process_vm_readv (rotated)`: the same loop, but into as many pre-faulted buffers as the
 //!   transport's default window holds messages of that size (16 MiB, at most 1024), used in
-//!   turn. A transport hands every message
-//!   over in a buffer of its own while others are being filled, so its destination is this
-//!   one, not a buffer that stays in the cache.
+//!   turn. A transport hands every message over in a buffer of its own while others are being
+//!   filled, so its destination is this one, not a buffer that stays in the cache.
 //! * `memcpy (1 thread)`: one child copies between two pre-faulted buffers: what one core can
 //!   copy, for scale.
 //!
-//! Both Tokio rows run both children on a multi-thread runtime with the default worker count
-//! (one per CPU), with the work in a spawned task. Every receiver checks each message's length
-//! and its first and last byte, then drops it.
+//! # Runtime flavors
+//! Both children of a Tokio row run the same flavor:
+//!
+//! * by default (the rows without brackets), the work runs in a task spawned on a
+//!   multi-thread runtime with the default worker count (one per CPU), and the main thread
+//!   waits for it in `block_on`;
+//! * `[current_thread]`: in `block_on` of a `current_thread` runtime, one thread for
+//!   everything (a connection's driver task runs only when the work yields);
+//! * `[block_on]`: directly in `block_on` of a multi-thread runtime, what a loop in a plain
+//!   `#[tokio::main] async fn main` does: the work runs on the main thread, spawned tasks
+//!   (the connection's driver) on the workers.
 //!
 //! # What is timed
-//! The receiving child (the reader, for the raw row; the copying child for `memcpy`) starts
+//! The receiving child (the reader, for the raw rows; the copying child for `memcpy`) starts
 //! its clock when the first message has arrived and stops it when the last one has. Rates
-//! count the N - 1 messages in between, so process start, connection set-up and handshake
-//! stay out. msg/s and GB/s (10^9 bytes per second) follow from that; "vs unix" is GB/s over
-//! the Unix-socket row of the same size.
+//! count the N - 1 messages in between, so process start, making the source buffer,
+//! connection set-up and handshake stay out; making every message (allocation, copy, stamps)
+//! is in, as it is in an application. msg/s and GB/s (10^9 bytes per second) follow. "vs unix"
+//! is GB/s over the Unix row of the same size that sends the same kind of data on the same
+//! runtime flavor: `unix [current_thread]` or `unix [block_on]` for the rows of that flavor,
+//! `unix (resent buffer)` for the resent rows, `unix+LengthDelimitedCodec` for all others
+//! (the loan row, raw, rotated and memcpy included). Without that row (`--only`), it is "-".
 //!
 //! # CPU
 //! Before and after each measurement this process reads `getrusage(RUSAGE_CHILDREN)`, user +
 //! system time of all its children that have been waited for. It reads the second value only
 //! after every child of the measurement has been reaped, so the difference is the CPU time of
-//! exactly those processes (both, or one for `memcpy`), over their whole lives, start-up and
-//! handshake included. CPU s/GB divides it by the N × size bytes moved. With two processes
-//! working at once, CPU s/GB can exceed 1 / (GB/s).
+//! exactly those processes (both, or one for `memcpy`), over their whole lives, start-up,
+//! source buffer and handshake included. CPU s/GB divides it by the N × size bytes moved.
+//! With two processes working at once, CPU s/GB can exceed 1 / (GB/s).
 //!
 //! # Latency
-//! One-way latency, for 64 B and 1 MiB, over `tokio-pvm` and the Unix socket + codec: an echo
-//! child sends every message back; a pinger child sends one message, waits for the echo,
-//! records half the round trip, and repeats, after a few untimed round trips of warm-up. Both
-//! use `send` (feed + flush). For `tokio-pvm`, flush returns only once the peer has pulled and
-//! acknowledged the message: part of what the transport promises, so part of its latency.
-//! Small-message latency is mostly thread wake-ups; where a wake-up across CPUs is expensive
-//! (virtual machines), it depends on whether the scheduler puts the two processes on one CPU
-//! or on two, and can change between runs.
+//! One-way latency, for 64 B and 1 MiB, of three rows: `tokio-pvm`, `tokio-pvm (loan)` and the
+//! Unix socket + codec, each on the default runtime flavor. An echo child sends every message
+//! back; a pinger child starts its clock, makes a fresh message (the same producer as for
+//! throughput), sends it, waits for the echo, stops the clock, checks the echo's stamps,
+//! records half the round trip, and repeats, after a few untimed round trips of warm-up. The
+//! `tokio-pvm` and Unix echoes send back the message they received (the `Bytes`, or the
+//! frame). In the loan row both sides loan, with the region of the throughput row: the pinger
+//! writes its message into a loan, and the echo copies what it received into a fresh loan of
+//! its own and sends that, which is what an application that loans does (a received loaned
+//! message lies in the pinger's region, which the echo can read but not lend). Both sides'
+//! heap loans show as in the throughput table. Every side uses `send` (feed + flush). For
+//! `tokio-pvm`, flush returns only once the peer has taken and acknowledged the message: part
+//! of what the transport promises, so part of its latency. Small-message latency is mostly
+//! thread wake-ups; where a wake-up across CPUs is expensive (virtual machines), it depends on
+//! whether the scheduler puts the two processes on one CPU or on two, and can change between
+//! runs.
 //!
-//! # Repetitions
+//! # Repetitions and options
 //! Every measurement runs `--reps` times (default 5), interleaved: for each repetition, for
-//! each size, for each transport, then the latency measurements. Tables show medians; "spread" is (max - min) / median of
-//! GB/s. `--quick` makes a much smaller run (1 repetition unless `--reps` is given) as a smoke
-//! test. `--json` prints the results as JSON instead of tables.
+//! each size, for each row, then the latency rows. Tables show medians; "spread" is
+//! (max - min) / median of GB/s. `--quick` makes a much smaller run (1 repetition unless
+//! `--reps` is given) as a smoke test. `--only LIST` measures only the named rows (their names
+//! are in `--help`; `lat-` names the latency rows; `throughput` and `latency` all of either),
+//! in table order. `--json` prints the results as JSON instead of tables: every row, with its
+//! label, the row its ratio divides by (`ratio_reference`), and for rows that loan the shared
+//! and total loan counts and whether the lane was open, per successful repetition
+//! (`loans_shared`, `loans_total`, `zero_copy`; `null` for the other rows).
 
 #[path = "bench/child.rs"]
 mod child;
@@ -102,7 +158,15 @@ const USAGE: &str = "\
 usage: bench [--json] [--reps N] [--sizes LIST] [--only LIST] [--quick] [--timeout SECS]
 
 Compares tokio-pvm with a Unix socket + LengthDelimitedCodec, raw process_vm_readv and a
-single-threaded memcpy, each measurement between separate child processes.
+single-threaded memcpy, each measurement between separate child processes. The tokio-pvm
+and unix rows send fresh messages (each one allocated, copied from a 64 MiB pseudo-random
+source and stamped with its sequence number), except the (resent buffer) rows, which send
+one pre-built buffer again and again. tokio-pvm (loan) writes the fresh messages into loans
+of the zero-copy lane. The [current_thread] and [block_on] rows (sizes up to 4 KiB) run both
+sides on those runtime flavors; the others in a task spawned on a multi-thread runtime.
+Latency: tokio-pvm, tokio-pvm (loan) and unix at 64 B and 1 MiB. One line per finished
+measurement goes to stderr; the tables (or JSON) to stdout. The methodology is in the
+comment at the top of examples/bench.rs.
 
   --json          print the results as JSON instead of tables
   --reps N        repetitions of every measurement (default 5; 1 with --quick)
