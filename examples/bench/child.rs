@@ -287,7 +287,7 @@ fn ready() {
 /// The loan region of both sides of a connection that loans messages of `size` bytes: 64 MiB
 /// or 4 messages, whichever is larger (room for the window in flight, the receive buffer and
 /// the message being written).
-pub(crate) fn loan_region(size: usize) -> usize {
+fn loan_region(size: usize) -> usize {
     size.saturating_mul(4).max(64 << 20)
 }
 
