@@ -5,6 +5,8 @@
 //!
 //! * `READY`: a listener is bound and the peer may be started.
 //! * `SRC PID ADDR`: (raw source) the buffer to read lives at `ADDR` in process `PID`.
+//! * `SOURCE CPU_NS`: (a throughput sender, first) the CPU time it took to build what it makes
+//!   its messages from (the fresh source, or the one resent message).
 //! * `DONE MESSAGES ELAPSED_NS`: a receiver's result; the clock ran from the moment the first
 //!   message had arrived to the moment the last one had.
 //! * `LAT ROUND_TRIPS P50_NS P99_NS`: a pinger's one-way latency (round trip / 2).
@@ -19,11 +21,13 @@ use std::future::Future;
 use std::hint::black_box;
 use std::io::Read;
 use std::str::FromStr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use nix::errno::Errno;
+use nix::sys::resource::{UsageWho, getrusage};
+use nix::sys::time::TimeVal;
 use nix::sys::uio::{RemoteIoVec, process_vm_readv};
 use nix::unistd::Pid;
 use tokio::net::{UnixListener, UnixStream};
@@ -542,8 +546,30 @@ async fn pvm_recv(a: StreamArgs) -> Result<(), String> {
     receive_all(&mut conn, &a).await
 }
 
+/// Makes a sender's [`Producer`] and reports, on a `SOURCE CPU_NS` line, the CPU time that
+/// took (this thread's, from `getrusage(RUSAGE_THREAD)`): benchmark scaffolding, which the
+/// parent takes out of the measurement's CPU time.
+fn make_producer(data: Data, size: usize) -> Result<Producer, String> {
+    let before = thread_cpu()?;
+    let producer = Producer::new(data, size);
+    let took = thread_cpu()?.saturating_sub(before);
+    println!("SOURCE {}", took.as_nanos());
+    Ok(producer)
+}
+
+/// User + system CPU time of the calling thread.
+fn thread_cpu() -> Result<Duration, String> {
+    let usage =
+        getrusage(UsageWho::RUSAGE_THREAD).map_err(|e| format!("getrusage(RUSAGE_THREAD): {e}"))?;
+    let tv = |t: TimeVal| {
+        Duration::from_secs(t.tv_sec().max(0) as u64)
+            + Duration::from_micros(t.tv_usec().max(0) as u64)
+    };
+    Ok(tv(usage.user_time()) + tv(usage.system_time()))
+}
+
 async fn pvm_send(a: StreamArgs) -> Result<(), String> {
-    let mut producer = Producer::new(a.data, a.size);
+    let mut producer = make_producer(a.data, a.size)?;
     let mut conn = Connection::connect_with(&a.path, pvm_config(a.size, a.data))
         .await
         .map_err(|e| format!("connecting to {}: {e}", a.path))?;
@@ -579,7 +605,7 @@ async fn unix_recv(a: StreamArgs) -> Result<(), String> {
 
 async fn unix_send(a: StreamArgs) -> Result<(), String> {
     no_loans(a.data)?;
-    let mut producer = Producer::new(a.data, a.size);
+    let mut producer = make_producer(a.data, a.size)?;
     let stream = UnixStream::connect(&a.path)
         .await
         .map_err(|e| format!("connecting to {}: {e}", a.path))?;

@@ -303,7 +303,8 @@ fn throughput_table(out: &mut String, results: &Results, notes: &mut Notes) {
          multi-thread runtime's block_on, as a plain #[tokio::main] loop does); those rows \
          run up to 4 KiB only.",
         "CPU s/GB: user + system time of all processes of the measurement (both children; \
-         memcpy: its one child), whole lifetimes, per GB moved; getrusage(RUSAGE_CHILDREN).",
+         memcpy: its one child), whole lifetimes less the sender's building of its message \
+         source, per GB moved; getrusage(RUSAGE_CHILDREN).",
         "vs unix: GB/s over the Unix row of the same size, data and runtime: unix \
          [current_thread] or unix [block_on] for the rows of that flavor, unix (resent \
          buffer) for the resent rows, unix+LengthDelimitedCodec for the others. spread: \
