@@ -29,6 +29,13 @@
 //! # }
 //! ```
 //!
+//! # Zero copy
+//! With [`Config::loan_region`] set on both sides, a message written into a buffer from
+//! [`Sender::loan`] is not copied again: the receiver's `Bytes` point into a sealed
+//! shared-memory region the sender passed at the handshake, and the memory is lent again once
+//! the receiving application drops them. It is opt-in because the memory stays the sender's
+//! (see the method's documentation and the README's security model).
+//!
 //! # Probe and poke
 //! The [`probe`] module uses the same system calls for a second job: a process publishes a few
 //! blocks of typed fields (updated with plain memory writes, no system call, except for the

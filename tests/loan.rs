@@ -294,6 +294,35 @@ async fn a_peer_region_larger_than_this_sides_own_is_not_mapped() {
     assert!(out[2].starts_with("received 60 in_place "), "{out:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_receiver_gives_back_what_it_had_not_read() {
+    const LEN: usize = 256 << 10;
+    let (mut a, b) = Connection::pair_with(config(1 << 20)).await.unwrap();
+    assert!(a.zero_copy());
+    for seq in 0..4 {
+        let mut buf = a.loan(LEN);
+        assert!(buf.is_shared());
+        buf.copy_from_slice(&pattern(seq, LEN));
+        a.send(buf.freeze()).await.unwrap();
+    }
+    // The peer's transport holds all four (acknowledged, unread): the region is full.
+    assert!(!a.loan(LEN).is_shared());
+    let (_b_tx, b_rx) = b.split();
+    drop(b_rx);
+    // Its discarded messages are released: the region is lent again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !a.loan(LEN).is_shared() {
+        assert!(std::time::Instant::now() < deadline, "never released");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // And sends now fail as to a closed socket.
+    let err = a
+        .send(bytes::Bytes::from_static(b"late"))
+        .await
+        .unwrap_err();
+    assert!(err.is_peer_gone(), "{err}");
+}
+
 // ----- a hostile lender, speaking the wire protocol by hand ---------------------------------
 
 const T_REGION: u8 = 10;
