@@ -147,7 +147,7 @@ mod fmt;
 mod fresh;
 #[path = "bench/report.rs"]
 mod report;
-#[path = "bench/spawn.rs"]
+#[path = "common/spawn.rs"]
 mod spawn;
 
 use std::path::{Path, PathBuf};
@@ -614,7 +614,7 @@ fn run_throughput(
     let mut group = Group::new(exe, timeout);
     let (s, n) = (size.to_string(), messages.to_string());
     if let Some((recv, send, flavor, data)) = transport.stream_roles() {
-        let path = RemoveOnDrop(socket_path());
+        let path = RemoveOnDrop(socket_path("tokio-pvm-bench"));
         let args = [
             path_arg(&path.0)?,
             s,
@@ -622,9 +622,9 @@ fn run_throughput(
             flavor.arg().to_owned(),
             data.arg().to_owned(),
         ];
-        let receiver = group.spawn(recv, &args)?;
+        let receiver = group.spawn_role(recv, &args)?;
         expect_line(group.line(receiver)?, "READY")?;
-        let sender = group.spawn(send, &args)?;
+        let sender = group.spawn_role(send, &args)?;
         let setup_cpu = parse_source(&group.line(sender)?)?;
         let report = group.line(receiver)?;
         let loans = match data {
@@ -650,20 +650,20 @@ fn run_throughput(
                 _ => 1,
             };
             let rotate = buffers.to_string();
-            let source = group.spawn("raw-src", std::slice::from_ref(&s))?;
+            let source = group.spawn_role("raw-src", std::slice::from_ref(&s))?;
             let line = group.line(source)?;
             let (pid, addr) = match line.split_whitespace().collect::<Vec<_>>()[..] {
                 ["SRC", pid, addr] => (pid.to_owned(), addr.to_owned()),
                 _ => return Err(format!("unexpected report {line:?} from raw-src")),
             };
-            let reader = group.spawn("raw-dst", &[pid, addr, s, n, rotate])?;
+            let reader = group.spawn_role("raw-dst", &[pid, addr, s, n, rotate])?;
             let report = group.line(reader)?;
             group.close_stdin(source);
             group.wait_all()?;
             report
         }
         Transport::Memcpy => {
-            let copier = group.spawn("memcpy", &[s, n])?;
+            let copier = group.spawn_role("memcpy", &[s, n])?;
             let report = group.line(copier)?;
             group.wait_all()?;
             report
@@ -722,12 +722,12 @@ fn measure_latency(
         other => return Err(format!("no latency measurement for {}", other.label())),
     };
     let mut group = Group::new(exe, timeout);
-    let path = RemoveOnDrop(socket_path());
+    let path = RemoveOnDrop(socket_path("tokio-pvm-bench"));
     let p = path_arg(&path.0)?;
     let (s, d) = (size.to_string(), data.arg().to_owned());
-    let echo = group.spawn(echo, &[p.clone(), s.clone(), d.clone()])?;
+    let echo = group.spawn_role(echo, &[p.clone(), s.clone(), d.clone()])?;
     expect_line(group.line(echo)?, "READY")?;
-    let pinger = group.spawn(ping, &[p, s, d, warmup.to_string(), rounds.to_string()])?;
+    let pinger = group.spawn_role(ping, &[p, s, d, warmup.to_string(), rounds.to_string()])?;
     let line = group.line(pinger)?;
     let loans = match data {
         Data::Loan => {

@@ -206,7 +206,7 @@ pub(crate) fn run(opts: &Options, command: String) -> Result<Results, String> {
 /// when the returned guard drops, in case a child was killed), a service name for iceoryx2,
 /// nothing used for ipc-channel (its one-shot server picks its own name).
 fn rendezvous(peer: Peer) -> (String, Option<RemoveOnDrop>) {
-    let name = unique_name();
+    let name = unique_name("tokio-pvm-peers");
     match peer {
         Peer::Pvm { .. } | Peer::Unix(_) => {
             let path = std::env::temp_dir().join(format!("{name}.sock"));
@@ -268,7 +268,7 @@ fn run_throughput(
     job.addr = ready_addr(&group.line(receiver)?)?;
     group.spawn(&format!("{} send", peer.id()), &job.args(peer, Role::Send))?;
     let report = group.line(receiver)?;
-    group.close_stdin();
+    group.close_all_stdin();
     group.wait_all()?;
     drop(group);
     parse_done(&report, messages)
@@ -314,7 +314,7 @@ fn measure_latency(
     job.warmup = warmup;
     let pinger = group.spawn(&format!("{} ping", peer.id()), &job.args(peer, Role::Ping))?;
     let line = group.line(pinger)?;
-    group.close_stdin();
+    group.close_all_stdin();
     group.wait_all()?;
     let bad = || format!("unexpected report {line:?}");
     match line.split_whitespace().collect::<Vec<_>>()[..] {

@@ -16,6 +16,7 @@ mod flavor;
 mod payload;
 mod peers;
 mod report;
+#[path = "../../../examples/common/spawn.rs"]
 mod spawn;
 
 use std::process::ExitCode;

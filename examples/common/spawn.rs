@@ -1,5 +1,6 @@
 //! Starting, watching and reaping the child processes of one measurement, and the CPU time of
-//! reaped children.
+//! reaped children: shared by `examples/bench` and `benches/peers` (which includes this file
+//! with `#[path]`).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -89,8 +90,24 @@ impl Group {
         Ok(self.kids.len() - 1)
     }
 
+    /// Starts `exe --child ROLE ARGS...`; returns its index in the group.
+    #[allow(dead_code)] // each including crate uses one of the two ways to start a child
+    pub(crate) fn spawn_role(&mut self, role: &str, args: &[String]) -> Result<usize, String> {
+        let mut all = Vec::with_capacity(args.len() + 1);
+        all.push(role.to_owned());
+        all.extend_from_slice(args);
+        self.spawn(role, &all)
+    }
+
+    /// Closes child `k`'s standard input.
+    #[allow(dead_code)]
+    pub(crate) fn close_stdin(&mut self, k: usize) {
+        self.kids[k].stdin = None;
+    }
+
     /// Closes every child's standard input: the signal for a lingering sender to exit.
-    pub(crate) fn close_stdin(&mut self) {
+    #[allow(dead_code)]
+    pub(crate) fn close_all_stdin(&mut self) {
         for kid in &mut self.kids {
             kid.stdin = None;
         }
@@ -215,12 +232,17 @@ impl Drop for Group {
     }
 }
 
-/// A name no other measurement of any run uses: this process's id and a counter. A socket path
-/// under the temporary directory is made from it, and so is an iceoryx2 service name.
-pub(crate) fn unique_name() -> String {
+/// A name no other measurement of any run uses: `prefix`, this process's id and a counter.
+pub(crate) fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("tokio-pvm-peers-{}-{n}", std::process::id())
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// A fresh socket path under the temporary directory, named by [`unique_name`].
+#[allow(dead_code)]
+pub(crate) fn socket_path(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{}.sock", unique_name(prefix)))
 }
 
 /// Removes a socket file when dropped (the children normally remove it themselves; this
