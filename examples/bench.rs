@@ -145,6 +145,8 @@ mod child;
 mod fmt;
 #[path = "bench/fresh.rs"]
 mod fresh;
+#[path = "common/machine.rs"]
+mod machine;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "common/spawn.rs"]

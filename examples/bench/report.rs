@@ -6,34 +6,7 @@ use std::fmt::Write as _;
 use crate::child::Loans;
 use crate::{Cell, LatencyCell, Results, Transport};
 
-/// What the results were measured on.
-#[derive(Debug, Clone)]
-pub(crate) struct Machine {
-    pub(crate) nproc: usize,
-    pub(crate) cpu: String,
-    pub(crate) kernel: String,
-}
-
-impl Machine {
-    /// CPUs this process may run on (as `nproc` counts them), the CPU model from
-    /// `/proc/cpuinfo` and the kernel release (as `uname -r` prints it).
-    pub(crate) fn detect() -> Machine {
-        let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|info| {
-                info.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_owned())
-            })
-            .unwrap_or_else(|| "unknown CPU".to_owned());
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "unknown kernel".to_owned());
-        Machine { nproc, cpu, kernel }
-    }
-}
+pub(crate) use crate::machine::Machine;
 
 /// The median of `values` (the mean of the middle two for an even count).
 fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {

@@ -13,6 +13,10 @@
 
 mod bench;
 mod flavor;
+#[path = "../../../examples/common/fmt.rs"]
+mod fmt;
+#[path = "../../../examples/common/machine.rs"]
+mod machine;
 mod payload;
 mod peers;
 mod report;

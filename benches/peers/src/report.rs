@@ -7,33 +7,8 @@ use serde_json::{Value, json};
 use crate::bench::{Cell, LatencyCell, Results};
 use crate::peers::{FLAVOR_SIZE, Peer, Wake, iceoryx};
 
-/// What the results were measured on.
-#[derive(Debug, Clone)]
-pub(crate) struct Machine {
-    pub(crate) nproc: usize,
-    pub(crate) cpu: String,
-    pub(crate) kernel: String,
-}
-
-impl Machine {
-    /// CPUs this process may run on, the CPU model from `/proc/cpuinfo` and the kernel release.
-    pub(crate) fn detect() -> Machine {
-        let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|info| {
-                info.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_owned())
-            })
-            .unwrap_or_else(|| "unknown CPU".to_owned());
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "unknown kernel".to_owned());
-        Machine { nproc, cpu, kernel }
-    }
-}
+pub(crate) use crate::fmt::grouped;
+pub(crate) use crate::machine::Machine;
 
 /// The version a `Cargo.toml` gives `name` (`name = "=X.Y.Z"`, or `version = ...` under
 /// `[package]` for `package`).
@@ -138,19 +113,6 @@ pub(crate) fn size_label(size: usize) -> String {
         s if s >= 1 << 10 && s.is_multiple_of(1 << 10) => format!("{} KiB", s >> 10),
         s => format!("{s} B"),
     }
-}
-
-/// `1234567` as `1,234,567`.
-pub(crate) fn grouped(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Three significant digits or so: 0.0123, 0.123, 1.23, 12.3, 123.
