@@ -151,6 +151,8 @@ mod machine;
 mod report;
 #[path = "common/spawn.rs"]
 mod spawn;
+#[path = "common/stats.rs"]
+mod stats;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -365,22 +367,7 @@ struct Options {
 }
 
 fn parse_size(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let unit = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("bad size {text:?}")),
-    };
-    let n: usize = digits.parse().map_err(|_| format!("bad size {text:?}"))?;
-    match n.checked_mul(unit) {
-        Some(0) => Err(format!("size {text:?}: messages must have at least 1 byte")),
-        Some(size) => Ok(size),
-        None => Err(format!("size {text:?} is too large")),
-    }
+    stats::parse_size(text, 1, "messages must have at least 1 byte")
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {

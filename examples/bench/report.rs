@@ -8,20 +8,7 @@ use crate::{Cell, LatencyCell, Results, Transport};
 
 pub(crate) use crate::machine::Machine;
 
-/// The median of `values` (the mean of the middle two for an even count).
-fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
-    let mut v: Vec<f64> = values.into_iter().collect();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    Some(if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    })
-}
+pub(crate) use crate::stats::median;
 
 /// Medians and spread of one throughput cell.
 #[derive(Debug, Clone, Copy, Default)]

@@ -22,6 +22,8 @@ mod peers;
 mod report;
 #[path = "../../../examples/common/spawn.rs"]
 mod spawn;
+#[path = "../../../examples/common/stats.rs"]
+mod stats;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -113,25 +115,11 @@ impl Options {
 }
 
 fn parse_size(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let unit = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("bad size {text:?}")),
-    };
-    let n: usize = digits.parse().map_err(|_| format!("bad size {text:?}"))?;
-    match n.checked_mul(unit) {
-        Some(size) if size < payload::MIN_SIZE => Err(format!(
-            "size {text:?}: messages need at least {} bytes (two 8-byte stamps)",
-            payload::MIN_SIZE
-        )),
-        Some(size) => Ok(size),
-        None => Err(format!("size {text:?} is too large")),
-    }
+    let why = format!(
+        "messages need at least {} bytes (two 8-byte stamps)",
+        payload::MIN_SIZE
+    );
+    stats::parse_size(text, payload::MIN_SIZE, &why)
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
