@@ -408,44 +408,50 @@ async fn run_once(
 }
 
 fn print_outcome(o: &Outcome, size: usize, copy: f64) {
-    let nominal = if o.failed > 0 {
-        " (nominal: not every subscriber got everything)"
-    } else {
-        ""
-    };
     println!("subscribers            {}", o.subscribers);
     println!("message size           {} bytes", fmt::grouped(size));
     println!("messages               {}", fmt::grouped(o.messages));
-    println!(
-        "delivered              {} bytes = {} x {} x {}, {:.3} GB{nominal}",
-        fmt::grouped(o.delivered),
-        o.subscribers,
-        o.messages,
-        size,
-        o.delivered as f64 / 1e9
-    );
-    println!("wall time              {:.3} s", o.seconds);
-    println!(
-        "delivered rate         {:.2} GB/s, all subscribers together",
-        o.delivered_gb_per_sec()
-    );
+    if o.failed > 0 {
+        // Rates over deliveries that did not all happen would mislead: none are shown.
+        println!(
+            "delivered              not measured: {} of {} subscribers did not receive and \
+             verify every message (their reports below say why)",
+            o.failed, o.subscribers
+        );
+    } else {
+        println!(
+            "delivered              {} bytes = {} x {} x {}, {:.3} GB",
+            fmt::grouped(o.delivered),
+            o.subscribers,
+            o.messages,
+            size,
+            o.delivered as f64 / 1e9
+        );
+        println!("wall time              {:.3} s", o.seconds);
+        println!(
+            "delivered rate         {:.2} GB/s, all subscribers together",
+            o.delivered_gb_per_sec()
+        );
+    }
     println!(
         "publisher CPU          {:.3} s (user {:.3}, sys {:.3})",
         o.cpu.total(),
         o.cpu.user,
         o.cpu.system
     );
-    println!(
-        "publisher CPU per GB   {:.4} s per GB published, {:.4} s per GB delivered",
-        o.cpu_per_gb_published(),
-        o.cpu_per_gb_delivered()
-    );
-    println!(
-        "copying instead        at least {:.4} s per GB published ({} x {copy:.4} s/GB, one \
-         copy each)",
-        o.subscribers as f64 * copy,
-        o.subscribers
-    );
+    if o.failed == 0 {
+        println!(
+            "publisher CPU per GB   {:.4} s per GB published, {:.4} s per GB delivered",
+            o.cpu_per_gb_published(),
+            o.cpu_per_gb_delivered()
+        );
+        println!(
+            "copying instead        at least {:.4} s per GB published ({} x {copy:.4} s/GB, one \
+             copy each)",
+            o.subscribers as f64 * copy,
+            o.subscribers
+        );
+    }
     if o.regenerated > 0 {
         println!(
             "note                   {} message buffers were generated afresh (the pooled one \

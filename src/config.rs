@@ -52,6 +52,7 @@ pub struct Config {
     pub(crate) loan_region: usize,
     uid_policy: UidPolicy,
     pub(crate) slow_subscriber: SlowSubscriber,
+    pub(crate) slow_subscriber_grace: Duration,
 }
 
 /// What a [`Fanout`](crate::Fanout) does with a subscriber whose window is full when a message
@@ -63,9 +64,14 @@ pub enum SlowSubscriber {
     /// so the slowest subscriber sets the pace (backpressure). The default.
     #[default]
     Wait,
-    /// Drop it: its connection ends with an error of kind
-    /// [`LimitExceeded`](crate::ErrorKind::LimitExceeded) on both sides, and the others go on.
-    /// The window ([`Config::window`]) is the slack a subscriber gets.
+    /// Drop it if it stays without room: the publisher waits for a subscriber whose window is
+    /// full for at most [`Config::slow_subscriber_grace`] (1 s by default); one that has made
+    /// no room by then is dropped, its connection ends with an error of kind
+    /// [`LimitExceeded`](crate::ErrorKind::LimitExceeded) on both sides, and the others go on
+    /// ([`Fanout::take_departed`](crate::Fanout::take_departed) and a `warn!` event report
+    /// it). A subscriber that keeps pulling is never dropped for being slower than the
+    /// publisher's bursts: it slows the publisher down, as with `Wait`, by at most the grace
+    /// time per message.
     Drop,
 }
 
@@ -83,6 +89,8 @@ pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default for [`Config::linger`]: how long a dropped sending side keeps serving the peer.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
+/// Default for [`Config::slow_subscriber_grace`]: 1 second.
+pub const DEFAULT_SLOW_SUBSCRIBER_GRACE: Duration = Duration::from_secs(1);
 /// Default handshake timeout: 10 seconds.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a listener gives a new connection to send its HELLO: 2 seconds.
@@ -110,6 +118,7 @@ impl Default for Config {
             loan_region: 0,
             uid_policy: UidPolicy::SameUid,
             slow_subscriber: SlowSubscriber::Wait,
+            slow_subscriber_grace: DEFAULT_SLOW_SUBSCRIBER_GRACE,
         }
     }
 }
@@ -340,9 +349,17 @@ impl Config {
     }
 
     /// What a [`Fanout`](crate::Fanout) built from this configuration does with a subscriber
-    /// that falls a whole window behind (default [`SlowSubscriber::Wait`]).
+    /// whose window is full (default [`SlowSubscriber::Wait`]).
     pub fn slow_subscriber(mut self, policy: SlowSubscriber) -> Config {
         self.slow_subscriber = policy;
+        self
+    }
+
+    /// With [`SlowSubscriber::Drop`], how long a subscriber may stay without room in its
+    /// window before it is dropped (default [`DEFAULT_SLOW_SUBSCRIBER_GRACE`], 1 s). Until
+    /// then the publisher waits for it.
+    pub fn slow_subscriber_grace(mut self, grace: Duration) -> Config {
+        self.slow_subscriber_grace = grace;
         self
     }
 

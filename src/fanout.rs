@@ -2,8 +2,12 @@
 //! per subscriber.
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
 
 use bytes::Bytes;
 use futures::Sink;
@@ -28,6 +32,8 @@ struct Subscriber {
     sender: Sender,
     /// `poll_ready` returned `Ready` for it since the last `start_send`.
     ready: bool,
+    /// Since when its window has been full (under [`SlowSubscriber::Drop`]).
+    full_since: Option<Instant>,
 }
 
 /// A [`Sink`] of [`Bytes`] that delivers every message to every subscriber connection.
@@ -44,8 +50,9 @@ struct Subscriber {
 ///
 /// - **Flow control** follows [`Config::slow_subscriber`]: with [`SlowSubscriber::Wait`]
 ///   `poll_ready` waits until every subscriber has room in its window; with
-///   [`SlowSubscriber::Drop`] a subscriber whose window is full when a message is published is
-///   dropped with an error, and the others go on.
+///   [`SlowSubscriber::Drop`] it waits for a subscriber without room for at most
+///   [`Config::slow_subscriber_grace`] (1 s), then drops that subscriber with an error, and
+///   the others go on.
 /// - **Joining and leaving** happen between messages: [`Fanout::subscribe`] and
 ///   [`Fanout::unsubscribe`] take `&mut self`. A subscriber receives the messages published
 ///   after it joined. A subscriber that goes away (exits, is killed, closes its connection) is
@@ -81,6 +88,9 @@ struct Subscriber {
 pub struct Fanout {
     subs: Vec<Subscriber>,
     policy: SlowSubscriber,
+    grace: Duration,
+    /// Wakes `poll_ready` when the earliest grace time of a full subscriber ends.
+    grace_timer: Option<Pin<Box<Sleep>>>,
     next_id: u64,
     departed: Vec<(SubscriberId, Error)>,
 }
@@ -97,6 +107,8 @@ impl Fanout {
         Fanout {
             subs: Vec::new(),
             policy: config.slow_subscriber,
+            grace: config.slow_subscriber_grace,
+            grace_timer: None,
             next_id: 0,
             departed: Vec::new(),
         }
@@ -117,6 +129,7 @@ impl Fanout {
             id,
             sender,
             ready: false,
+            full_since: None,
         });
         id
     }
@@ -167,6 +180,25 @@ impl Fanout {
         self.departed.push((sub.id, why));
     }
 
+    /// Drops subscriber `i`, whose window stayed full for the whole grace time.
+    fn drop_slow(&mut self, i: usize) {
+        let sub = &self.subs[i];
+        let (n, bytes) = sub.sender.in_flight();
+        let why = Error::new(
+            ErrorKind::LimitExceeded,
+            format!(
+                "{} was dropped by the publisher: its window stayed full for {:?} ({n} \
+                 messages, {bytes} bytes not yet pulled); pull faster, or have the publisher \
+                 use SlowSubscriber::Wait, a longer Config::slow_subscriber_grace or a larger \
+                 window",
+                sub.id, self.grace
+            ),
+        );
+        tracing::warn!(subscriber = sub.id.0, "{why}");
+        sub.sender.abort(why.clone());
+        self.depart(i, why);
+    }
+
     /// Polls `op` on every subscriber; removes those that fail. Returns whether any is still
     /// pending.
     fn poll_each(
@@ -194,49 +226,63 @@ impl Sink<Bytes> for Fanout {
     type Error = Error;
 
     /// Ready once every subscriber has room (or, with [`SlowSubscriber::Drop`], once those
-    /// without room are dropped). Never fails: subscribers that fail are removed.
+    /// that stayed without room for the grace time are dropped). Never fails: subscribers
+    /// that fail are removed.
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let this = &mut *self;
-        let mut pending = false;
-        let mut i = 0;
-        while i < this.subs.len() {
-            let sub = &mut this.subs[i];
-            if sub.ready {
-                i += 1;
-                continue;
-            }
-            match Pin::new(&mut sub.sender).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    sub.ready = true;
+        loop {
+            let mut pending = false;
+            // The earliest moment a full subscriber's grace time ends.
+            let mut wake_at: Option<Instant> = None;
+            let mut i = 0;
+            while i < this.subs.len() {
+                let sub = &mut this.subs[i];
+                if sub.ready {
                     i += 1;
+                    continue;
                 }
-                Poll::Ready(Err(e)) => this.depart(i, e),
-                Poll::Pending => match this.policy {
-                    SlowSubscriber::Wait => {
+                match Pin::new(&mut sub.sender).poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        sub.ready = true;
+                        sub.full_since = None;
+                        i += 1;
+                    }
+                    Poll::Ready(Err(e)) => this.depart(i, e),
+                    Poll::Pending if this.policy == SlowSubscriber::Drop => {
+                        let now = Instant::now();
+                        let since = *sub.full_since.get_or_insert(now);
+                        let ends = since + this.grace;
+                        if now >= ends {
+                            this.drop_slow(i);
+                        } else {
+                            pending = true;
+                            wake_at = Some(wake_at.map_or(ends, |w| w.min(ends)));
+                            i += 1;
+                        }
+                    }
+                    Poll::Pending => {
                         pending = true;
                         i += 1;
                     }
-                    SlowSubscriber::Drop => {
-                        let (n, bytes) = sub.sender.in_flight();
-                        let why = Error::new(
-                            ErrorKind::LimitExceeded,
-                            format!(
-                                "{} was dropped by the publisher: it fell a whole window behind \
-                                 ({n} messages, {bytes} bytes not yet pulled); pull faster, or \
-                                 have the publisher use SlowSubscriber::Wait or a larger window",
-                                sub.id
-                            ),
-                        );
-                        sub.sender.abort(why.clone());
-                        this.depart(i, why);
-                    }
-                },
+                }
             }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(Ok(()))
+            if !pending {
+                this.grace_timer = None;
+                return Poll::Ready(Ok(()));
+            }
+            let Some(at) = wake_at else {
+                return Poll::Pending;
+            };
+            let timer = this
+                .grace_timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            if timer.deadline() != at {
+                timer.as_mut().reset(at);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // A grace time ended while we looked: look again.
         }
     }
 

@@ -81,7 +81,8 @@ mod sys;
 pub use bytestream::{ByteReader, ByteStream, ByteWriter, DEFAULT_GATHER};
 pub use config::{
     Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LINGER, DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_PULL_TIMEOUT, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, SlowSubscriber,
+    DEFAULT_PULL_TIMEOUT, DEFAULT_SLOW_SUBSCRIBER_GRACE, DEFAULT_WINDOW_BYTES,
+    DEFAULT_WINDOW_MESSAGES, SlowSubscriber,
 };
 pub use connection::{Connection, Mode, PeerInfo, Receiver, ReuniteError, Sender};
 pub use error::{Error, ErrorKind, Result};

@@ -47,9 +47,31 @@ fn fanout_child() {
     let line = rt.block_on(async move {
         let config = match role.as_str() {
             "read_wide" => Config::new().window(1024, 64 << 20),
+            "readme" => Config::new(),
             _ => config(),
         };
+        if role == "readme" {
+            // Started before the publisher binds (its code is the README's, which binds).
+            for _ in 0..1000 {
+                if path.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         let mut conn = Connection::connect_with(&path, config).await.unwrap();
+        if role == "readme" {
+            // The README's publisher sends 1 MiB messages of 7s.
+            let mut seen = 0u64;
+            while let Some(msg) = conn.next().await {
+                match msg {
+                    Ok(m) if m.len() == 1 << 20 && m.iter().all(|&b| b == 7) => seen += 1,
+                    Ok(m) => return format!("RESULT bad message {seen} ({} bytes)", m.len()),
+                    Err(e) => return format!("RESULT error {:?} {seen} {e}", e.kind()),
+                }
+            }
+            return format!("RESULT ok {seen}");
+        }
         if role == "stall" {
             // Hold the connection without reading; the parent kills us or we read late.
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -284,6 +306,40 @@ async fn drop_policy_removes_a_slow_subscriber_with_an_error() {
         slow.starts_with("RESULT error LimitExceeded") && slow.contains("dropped"),
         "the slow subscriber is told why: {slow}"
     );
+}
+
+/// The README's `Fanout` example, as written there (only the socket path differs), with four
+/// subscriber processes that read as fast as they can: none is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_drop_policy_example_delivers_everything_to_readers() {
+    let path = socket_path("readme");
+    let subs: Vec<Sub> = (0..4).map(|_| Sub::spawn("readme", &path)).collect();
+    let departed = timeout(LIMIT, readme_publish(&path))
+        .await
+        .expect("no hang");
+    assert!(departed.is_empty(), "nobody dropped: {departed:?}");
+    for sub in subs {
+        assert_eq!(sub.result(), "RESULT ok 100");
+    }
+}
+
+async fn readme_publish(path: &Path) -> Vec<String> {
+    let mut departed = Vec::new();
+    // From README.md, "One message, many receivers".
+    let config = Config::new().slow_subscriber(SlowSubscriber::Drop);
+    let listener = Listener::bind_with(path, config.clone()).unwrap();
+    let mut fanout = Fanout::new(&config);
+    for _ in 0..4 {
+        fanout.subscribe(listener.accept().await.unwrap());
+    }
+    for _ in 0..100 {
+        fanout.feed(Bytes::from(vec![7u8; 1 << 20])).await.unwrap(); // 4 pulls, no copy here
+    }
+    fanout.close().await.unwrap(); // every remaining subscriber has everything; then CLOSE to each
+    for (id, why) in fanout.take_departed() {
+        departed.push(format!("{id} left: {why}"));
+    }
+    departed
 }
 
 async fn read_all(mut conn: Connection) -> Vec<Bytes> {
