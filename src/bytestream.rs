@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::io::StreamReader;
 
 use crate::connection::{Connection, Receiver, Sender};
+use crate::error::Error;
 use crate::{Mode, PeerInfo};
 
 /// How many written bytes [`ByteStream`] gathers into one message by default.
@@ -77,7 +78,7 @@ pub struct ByteStream {
 /// `AsyncRead + AsyncBufRead`. Dropping it closes the reading direction (see [`ByteStream`]).
 #[derive(Debug)]
 pub struct ByteReader {
-    inner: StreamReader<Receiver, Bytes>,
+    inner: StreamReader<ReadSide, Bytes>,
 }
 
 /// The writing half of a [`ByteStream`], from [`ByteStream::into_split`]: `AsyncWrite`.
@@ -102,7 +103,7 @@ impl ByteStream {
         let (tx, rx) = conn.split();
         ByteStream {
             reader: ByteReader {
-                inner: StreamReader::new(rx),
+                inner: StreamReader::new(ReadSide(rx)),
             },
             writer: ByteWriter {
                 sender: tx,
@@ -143,7 +144,7 @@ impl ByteStream {
 impl ByteReader {
     /// The receiving half underneath.
     pub fn get_ref(&self) -> &Receiver {
-        self.inner.get_ref()
+        &self.inner.get_ref().0
     }
 
     /// The peer's credentials, as the kernel reported them.
@@ -273,5 +274,20 @@ impl AsyncWrite for ByteStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.writer).poll_shutdown(cx)
+    }
+}
+
+/// The receiving half as the byte reader sees it: its errors as a socket's reads report them
+/// (a peer that vanished is a reset connection, not a broken pipe, which is what writes see).
+#[derive(Debug)]
+struct ReadSide(Receiver);
+
+impl futures::Stream for ReadSide {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.0)
+            .poll_next(cx)
+            .map(|item| item.map(|r| r.map_err(Error::into_read_error)))
     }
 }

@@ -31,6 +31,17 @@ enum UidPolicy {
 ///     .handshake_timeout(Duration::from_secs(2));
 /// assert_eq!(config.get_max_message_size(), 256 << 20);
 /// ```
+///
+/// The setters take the configuration by value and return the changed one, so a call whose
+/// result is not used changes nothing; they are `#[must_use]`, and the compiler says so:
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// let config = tokio_pvm::Config::new();
+/// config.window(1, 2); // error: unused `Config` that must be used
+/// ```
+///
+/// (The getters are named `get_*`: on a by-value builder the plain names are the setters.)
 #[derive(Debug, Clone)]
 pub struct Config {
     pub(crate) max_message_size: u64,
@@ -133,6 +144,7 @@ impl Config {
     /// Largest message this side accepts, in bytes (default 64 MiB). A larger message from the
     /// peer ends the connection with [`ErrorKind::LimitExceeded`](crate::ErrorKind); sending a
     /// larger message than the peer accepts fails that send with the same kind.
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn max_message_size(mut self, bytes: u64) -> Config {
         self.max_message_size = bytes;
         self
@@ -145,6 +157,7 @@ impl Config {
     /// count past the limit, so the memory a sender holds is bounded by `bytes` plus one
     /// message. The receiver announces its window in the handshake and treats a peer that
     /// overruns it as a protocol violation.
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn window(mut self, messages: u32, bytes: u64) -> Config {
         self.window_messages = messages.max(1);
         self.window_bytes = bytes.max(1);
@@ -152,6 +165,7 @@ impl Config {
     }
 
     /// How long connecting, accepting and pairing may take, handshake included (default 10 s).
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn handshake_timeout(mut self, timeout: Duration) -> Config {
         self.handshake_timeout = timeout;
         self
@@ -169,6 +183,7 @@ impl Config {
     /// listener drops the oldest connection still without a whole HELLO at once to make room
     /// for the next one, without waiting for this timeout. Raise it only for clients that
     /// stall between connecting and sending, such as a client stopped in a debugger.
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn hello_timeout(mut self, timeout: Duration) -> Config {
         self.hello_timeout = timeout;
         self
@@ -188,6 +203,7 @@ impl Config {
     /// descriptors (the socket and, when this side pulls, a pidfd) and up to its
     /// [`buffer_pool`](Config::buffer_pool) in recycled buffers, so the limit bounds what
     /// clients can make the listener's process hold. Ignored by `connect` and `pair`.
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn max_connections(mut self, connections: usize) -> Config {
         self.max_connections = Some(connections.max(1));
         self
@@ -197,12 +213,14 @@ impl Config {
     /// being pulled (default 256 bytes: below that a pull costs more than the copy it saves;
     /// at most 16 MiB). Capped by the peer's
     /// [`max_inline_size`](Config::max_inline_size).
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn inline_threshold(mut self, bytes: u32) -> Config {
         self.inline_threshold = bytes.min(MAX_INLINE);
         self
     }
 
     /// Largest inline payload this side accepts from the peer (default 64 KiB, at most 16 MiB).
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn max_inline_size(mut self, bytes: u32) -> Config {
         self.max_inline_size = bytes.min(MAX_INLINE);
         self
@@ -213,6 +231,7 @@ impl Config {
     /// a 1 MiB pull takes about 50 µs here, while a hand-off to the pool and back costs a
     /// wake-up of tens of microseconds). One poll pulls about this many bytes in place at most
     /// (the first message of a run always fits). With 0 every pull goes to the blocking pool.
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn blocking_threshold(mut self, bytes: u64) -> Config {
         self.blocking_threshold = bytes;
         self
@@ -220,6 +239,7 @@ impl Config {
 
     /// How many blocking-pool pulls may run at once for one connection (default 4, at least 1).
     /// Messages are still delivered in order.
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn max_pulls_in_flight(mut self, pulls: usize) -> Config {
         self.max_pulls_in_flight = pulls.max(1);
         self
@@ -241,6 +261,7 @@ impl Config {
     /// runtime thread and have no timeout: a peer of the same user (the only kind this side
     /// pulls from, see the README's security model) can stall that thread, as it could kill
     /// or trace this process. Set `blocking_threshold(0)` to move every pull off the runtime.
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn pull_timeout(mut self, timeout: Duration) -> Config {
         self.pull_timeout = timeout;
         self
@@ -259,6 +280,7 @@ impl Config {
     /// stream over lost messages) and the buffers are released. `Duration::ZERO` releases
     /// them at once. Only the end of the process (or of its Tokio runtime, which owns the
     /// driver task) loses them sooner.
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn linger(mut self, linger: Duration) -> Config {
         self.linger = linger;
         self
@@ -270,6 +292,7 @@ impl Config {
     /// keeps (default 32 MiB; 0 turns recycling off). All connections of the process together
     /// keep at most [`set_process_buffer_pool`](crate::set_process_buffer_pool) idle bytes
     /// (64 MiB by default).
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn buffer_pool(mut self, bytes: usize) -> Config {
         self.pool_bytes = bytes;
         self
@@ -281,6 +304,7 @@ impl Config {
     /// message naming the cause and the fix: [`ErrorKind::PermissionDenied`](crate::ErrorKind)
     /// when the kernel refuses the read, `Protocol` when the cookie read back does not match
     /// (another pid namespace, a forwarder), `Unsupported` without cross memory attach.
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn require_pull(mut self, require: bool) -> Config {
         self.require_pull = require;
         self
@@ -293,6 +317,7 @@ impl Config {
     /// Without it (the default), a process declares its first peer as its one permitted reader
     /// (`PR_SET_PTRACER` takes a single pid); later peers cannot pull from it and receive its
     /// messages inline (see [`Mode::Inline`](crate::Mode::Inline)).
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn allow_any_ptracer(mut self, allow: bool) -> Config {
         self.any_ptracer = allow;
         self
@@ -317,12 +342,14 @@ impl Config {
     /// side's own region (a peer's region costs address space, and pages the peer never wrote
     /// are allocated here when read), and every offset is checked. Where `memfd_create`, `mmap` or descriptor passing are refused, the connection
     /// falls back to the other lanes and says so in a `warn!` event.
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn loan_region(mut self, bytes: usize) -> Config {
         self.loan_region = bytes;
         self
     }
 
     /// Most address ranges one descriptor may carry (default and maximum 1024, `IOV_MAX`).
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn max_ranges(mut self, ranges: u32) -> Config {
         self.max_ranges = ranges.clamp(1, IOV_MAX as u32);
         self
@@ -332,6 +359,7 @@ impl Config {
     ///
     /// Reading another user's memory still needs the kernel's permission (CAP_SYS_PTRACE or
     /// matching credentials); this only stops the connection from being refused up front.
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn allow_uid(mut self, uid: u32) -> Config {
         match &mut self.uid_policy {
             UidPolicy::SameUid => self.uid_policy = UidPolicy::Listed(vec![uid]),
@@ -343,6 +371,7 @@ impl Config {
 
     /// Accept peers of any uid. Any local user who can reach the socket path can then connect;
     /// protect the path with file permissions.
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn allow_any_uid(mut self) -> Config {
         self.uid_policy = UidPolicy::Any;
         self
@@ -350,6 +379,7 @@ impl Config {
 
     /// What a [`Fanout`](crate::Fanout) built from this configuration does with a subscriber
     /// whose window is full (default [`SlowSubscriber::Wait`]).
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn slow_subscriber(mut self, policy: SlowSubscriber) -> Config {
         self.slow_subscriber = policy;
         self
@@ -358,6 +388,7 @@ impl Config {
     /// With [`SlowSubscriber::Drop`], how long a subscriber may stay without room in its
     /// window before it is dropped (default [`DEFAULT_SLOW_SUBSCRIBER_GRACE`], 1 s). Until
     /// then the publisher waits for it.
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn slow_subscriber_grace(mut self, grace: Duration) -> Config {
         self.slow_subscriber_grace = grace;
         self

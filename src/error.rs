@@ -280,6 +280,19 @@ impl From<io::Error> for Error {
     }
 }
 
+impl Error {
+    /// This error as a socket's read would report it: a peer that went away is
+    /// [`ConnectionReset`](io::ErrorKind::ConnectionReset) (a write reports
+    /// [`BrokenPipe`](io::ErrorKind::BrokenPipe), as the `From` conversion gives).
+    pub(crate) fn into_read_error(self) -> io::Error {
+        if self.kind() == ErrorKind::PeerGone {
+            io::Error::new(io::ErrorKind::ConnectionReset, self)
+        } else {
+            io::Error::from(self)
+        }
+    }
+}
+
 impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
         let kind = match err.kind() {

@@ -207,6 +207,31 @@ async fn sender_killed_mid_stream_ends_the_stream_with_an_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_stream_reading_from_a_killed_peer_sees_a_reset_not_a_broken_pipe() {
+    use tokio::io::AsyncReadExt;
+    let dir = temp_dir("kill-sender-bytes");
+    let path = dir.join("s");
+    let mut listener = Listener::bind(&path).unwrap();
+    let mut child = ChildProc::spawn("flood", &[path.to_str().unwrap(), "1048576"]);
+    let mut reader = tokio_pvm::ByteStream::new(accept(&mut listener).await);
+    let mut buf = vec![0u8; 1 << 20];
+    reader.read_exact(&mut buf).await.unwrap();
+    child.kill();
+    let err = timeout(Duration::from_secs(5), async {
+        loop {
+            if let Err(e) = reader.read(&mut buf).await {
+                break e;
+            }
+        }
+    })
+    .await
+    .expect("no error within 5 s of the peer's death");
+    // What a socket's read reports when the peer is gone with data unsent (a write would say
+    // BrokenPipe).
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_killed_mid_stream_fails_the_sender_and_releases_buffers() {
     let dir = temp_dir("kill-receiver");
     let path = dir.join("s");
