@@ -86,7 +86,15 @@ async fn run(args: Args) -> Result<String, String> {
         connect::connect(&args.path, config).await
     } else {
         match Listener::bind_with(&args.path, config) {
-            Ok(listener) => listener.accept().await,
+            Ok(listener) => {
+                eprintln!(
+                    "listening on {}; waiting for a producer running as uid {} (peers of other \
+                     users are refused: see Config::allow_uid)",
+                    args.path.display(),
+                    nix::unistd::geteuid()
+                );
+                listener.accept().await
+            }
             Err(e) => Err(e),
         }
     }

@@ -452,6 +452,16 @@ fn connect_error(path: &Path, e: io::Error) -> Error {
             format!("no listener at {p}: the socket file does not exist; start the listener first"),
             e,
         ),
+        io::ErrorKind::ConnectionRefused
+            if std::fs::symlink_metadata(path)
+                .is_ok_and(|m| !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())) =>
+        {
+            Error::with_source(
+                ErrorKind::Io,
+                format!("no listener at {p}: it is not a socket; check the path"),
+                e,
+            )
+        }
         io::ErrorKind::ConnectionRefused => Error::with_source(
             ErrorKind::Io,
             format!("no listener at {p}: the socket file is stale (its listener has exited)"),

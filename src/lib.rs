@@ -29,6 +29,13 @@
 //! # }
 //! ```
 //!
+//! # Where to start
+//! `cargo run --release --example demo` moves a million small messages and two gigabytes
+//! between two processes and prints the rates; `examples/producer.rs` and
+//! `examples/consumer.rs` are the smallest complete pair of programs (run the consumer, then
+//! the producer, in two terminals), and `cargo test` runs the suite. The README walks through
+//! the rest.
+//!
 //! # Zero copy
 //! With [`Config::loan_region`] set on both sides, a message written into a buffer from
 //! [`Sender::loan`] is not copied again: the receiver's `Bytes` point into a sealed

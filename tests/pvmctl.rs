@@ -509,6 +509,40 @@ fn help_documents_examples_and_exit_codes() {
     assert_eq!(run.code, Some(2), "{run:#?}");
 }
 
+/// A first user's mistakes get an error that names the cause and the fix, not a quiet success.
+#[test]
+fn a_missing_directory_is_an_error_that_names_it() {
+    let run = pvmctl(&["--dir", "/nonexistent-tokio-pvm", "list"], None).failure(1);
+    assert!(
+        run.stderr.contains("/nonexistent-tokio-pvm") && run.stderr.contains("no such directory"),
+        "{run:#?}"
+    );
+    let empty = std::env::temp_dir().join(format!("tokio-pvm-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = empty.to_str().unwrap();
+    let run = pvmctl(
+        &[
+            "--dir",
+            e,
+            "export",
+            "--textfile",
+            "/nonexistent-tf",
+            "--once",
+        ],
+        None,
+    )
+    .failure(1);
+    assert!(
+        run.stderr.contains("/nonexistent-tf") && run.stderr.contains("mkdir -p"),
+        "{run:#?}"
+    );
+    // With no publisher, --once still writes the file, and says that it has no metrics.
+    let run = pvmctl(&["--dir", e, "export", "--textfile", e, "--once"], None).success();
+    assert!(run.stderr.contains("no publishing processes"), "{run:#?}");
+    assert!(empty.join("tokio_pvm.prom").exists());
+    let _ = std::fs::remove_dir_all(&empty);
+}
+
 /// Issue 10, item 8: `dump`, `set`, `export PID` and `watch PID` refuse a manifest directory
 /// that others may write to, or that is a symbolic link, as `list` does (exit status 3,
 /// naming the directory and the fix), and write nothing.

@@ -448,6 +448,19 @@ async fn listener_replaces_stale_socket_but_never_a_live_one() {
     // Connecting where nothing listens names the cause.
     let err = Connection::connect(dir.join("missing")).await.unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
+    // ... and to a regular file says what it is, not that a socket is stale.
+    let err = Connection::connect(&path).await.unwrap_err();
+    assert!(err.to_string().contains("is not a socket"), "{err}");
+    // Binding into a directory that does not exist names the directory and the fix.
+    let nowhere = dir.join("no-such-dir").join("s");
+    let err = Listener::bind(&nowhere).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&dir.join("no-such-dir").display().to_string())
+            && text.contains("does not exist")
+            && text.contains("create it"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

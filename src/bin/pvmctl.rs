@@ -291,6 +291,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let dirs = if cli.dirs.is_empty() {
         search_dirs()
     } else {
+        // A directory named on the command line must exist: "no publishing processes" in a
+        // mistyped directory would look like an answer.
+        for dir in &cli.dirs {
+            if !dir.is_dir() {
+                return Err(Failure::new(
+                    EXIT_FAILURE,
+                    format!(
+                        "--dir {}: no such directory (publishing processes create it); check \
+                         the path, or leave --dir out to search the default directories",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
         cli.dirs
     };
     match cli.command {
@@ -968,12 +982,28 @@ fn export_once(dirs: &[PathBuf], targets: &Targets, textfile: &Path) -> Result<(
             }
         }
     }
+    if metrics.families.is_empty() {
+        note(&format!(
+            "no publishing processes in {}: the textfile has no metrics",
+            dir_list(dirs)
+        ));
+    }
     write_textfile(textfile, &metrics.render())?;
     first_problem.map_or(Ok(()), Err)
 }
 
 /// Writes `text` to `dir/tokio_pvm.prom` through a temporary file in `dir` and a rename.
 fn write_textfile(dir: &Path, text: &str) -> Result<(), Failure> {
+    if !dir.is_dir() {
+        return Err(Failure::new(
+            EXIT_FAILURE,
+            format!(
+                "--textfile {}: no such directory; create it (mkdir -p {0}) and point \
+                 node_exporter's --collector.textfile.directory at it",
+                dir.display()
+            ),
+        ));
+    }
     let path = dir.join(TEXTFILE_NAME);
     // Not ending in .prom, so that the collector never reads it.
     let tmp = dir.join(format!(".{TEXTFILE_NAME}.{}.tmp", std::process::id()));

@@ -472,6 +472,21 @@ fn bind_path(path: &Path) -> Result<OwnedFd> {
     match sys::bind(&fd, path) {
         Ok(()) => return Ok(fd),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.display().to_string(),
+                _ => ".".to_owned(),
+            };
+            return Err(Error::with_source(
+                ErrorKind::Io,
+                format!(
+                    "cannot bind {}: the directory {dir} does not exist; create it first \
+                     (for example with std::fs::create_dir_all) or choose another path",
+                    path.display()
+                ),
+                e,
+            ));
+        }
         Err(e) => return Err(ctx("binding", e)),
     }
     // Something is at the path. Only a socket nobody listens on may be replaced.
