@@ -45,7 +45,10 @@ pub(crate) async fn handshake_until(
         fd = sys::raw(&fd),
         peer_pid = tracing::field::Empty
     );
-    match tokio::time::timeout_at(deadline, run(fd, config).instrument(span)).await {
+    // The connection's span is a sibling of the handshake's, not its child: its events are not
+    // prefixed with a handshake that is over.
+    let outer = tracing::Span::current();
+    match tokio::time::timeout_at(deadline, run(fd, config, outer).instrument(span)).await {
         Ok(result) => result,
         Err(_) => Err(Error::new(
             ErrorKind::Timeout,
@@ -58,7 +61,7 @@ pub(crate) async fn handshake_until(
     }
 }
 
-async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
+async fn run(fd: OwnedFd, config: &Config, outer: tracing::Span) -> Result<Arc<Shared>> {
     let socket = ControlSocket::new(fd).map_err(|e| Error::io("registering the socket", e))?;
     let (pid, uid, gid) = socket
         .peer_credentials()
@@ -262,7 +265,12 @@ async fn run(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
         linger: config.linger,
     };
     debug!(?negotiated, uid, gid, "handshake complete");
-    let span = debug_span!("tokio_pvm::connection", peer_pid = pid, peer_uid = uid);
+    let span = debug_span!(
+        parent: &outer,
+        "tokio_pvm::connection",
+        peer_pid = pid,
+        peer_uid = uid
+    );
     claim.keep();
     let modes = Modes {
         recv: recv_mode,
