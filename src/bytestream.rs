@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use futures::Sink;
+use futures_sink::Sink;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::io::StreamReader;
 
@@ -282,7 +282,7 @@ impl AsyncWrite for ByteStream {
 #[derive(Debug)]
 struct ReadSide(Receiver);
 
-impl futures::Stream for ReadSide {
+impl futures_core::Stream for ReadSide {
     type Item = io::Result<Bytes>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {

@@ -10,7 +10,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{Sink, Stream};
+use futures_core::Stream;
+use futures_sink::Sink;
 
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
@@ -126,7 +127,7 @@ impl Mode {
 /// # Example
 /// ```
 /// use bytes::Bytes;
-/// use futures::{SinkExt, StreamExt};
+/// use futures_util::{SinkExt, StreamExt};
 /// use tokio_pvm::Connection;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -251,7 +252,7 @@ impl Connection {
     ///
     /// ```
     /// use bytes::Bytes;
-    /// use futures::{SinkExt, StreamExt};
+    /// use futures_util::{SinkExt, StreamExt};
     /// use tokio_pvm::Connection;
     ///
     /// /// The code under test: answers every message with its length.
@@ -390,7 +391,7 @@ impl Sender {
     /// control socket costs less than a loan's bookkeeping. Never waits.
     ///
     /// ```
-    /// use futures::SinkExt;
+    /// use futures_util::SinkExt;
     /// use tokio_pvm::{Config, Connection};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
@@ -400,7 +401,7 @@ impl Sender {
     /// let mut buf = tx.loan(4096);
     /// buf.fill(7); // write the message in place
     /// tx.send(buf.freeze()).await?;
-    /// # use futures::StreamExt;
+    /// # use futures_util::StreamExt;
     /// assert_eq!(b.next().await.unwrap()?[..], [7; 4096]);
     /// # Ok(())
     /// # }

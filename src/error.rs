@@ -160,6 +160,7 @@ impl Error {
     }
 
     /// Classifies a failed read or write of a probed process's memory.
+    #[cfg(feature = "probe")]
     pub(crate) fn remote_access(pid: i32, what: &str, err: io::Error) -> Error {
         let (kind, message) = match err.raw_os_error() {
             Some(nix::libc::ESRCH) => (

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use bytes::Bytes;
-use futures::Sink;
+use futures_sink::Sink;
 
 use crate::config::{Config, SlowSubscriber};
 use crate::connection::{Connection, Sender};
@@ -68,7 +68,7 @@ struct Subscriber {
 ///
 /// ```no_run
 /// use bytes::Bytes;
-/// use futures::SinkExt;
+/// use futures_util::SinkExt;
 /// use tokio_pvm::{Config, Fanout, Listener, SlowSubscriber};
 ///
 /// # async fn run() -> tokio_pvm::Result<()> {

@@ -1,16 +1,16 @@
 //! Fast local transport for Tokio: move `Bytes` between processes on one Linux host with
 //! `process_vm_readv` ("cross memory attach").
 //!
-//! A sender hands [`Bytes`](bytes::Bytes) to a [`Sink`](futures::Sink). Only a small
+//! A sender hands [`Bytes`](bytes::Bytes) to a [`Sink`](futures_sink::Sink). Only a small
 //! descriptor (sequence number, length, addresses) travels over a Unix-domain control socket;
 //! the receiver copies the payload straight out of the sender's memory with one
 //! `process_vm_readv` call, acknowledges, and only then does the sender release its buffer.
-//! The receiver sees a [`Stream`](futures::Stream) of `Bytes`. One copy, made by the kernel
+//! The receiver sees a [`Stream`](futures_core::Stream) of `Bytes`. One copy, made by the kernel
 //! from the sender's memory into the receiver's, no socket buffer in between.
 //!
 //! ```no_run
 //! use bytes::Bytes;
-//! use futures::{SinkExt, StreamExt};
+//! use futures_util::{SinkExt, StreamExt};
 //! use tokio_pvm::{Connection, Listener};
 //!
 //! # async fn demo() -> Result<(), tokio_pvm::Error> {
@@ -48,8 +48,10 @@
 //! blocks of typed fields (updated with plain memory writes, no system call, except for the
 //! lock taken when the process itself writes a tunable block), an outside probe
 //! reads consistent snapshots of them, and an operator tool writes new values into blocks
-//! marked tunable. The `pvmctl` binary (default `cli` feature) lists, dumps, watches, sets and
-//! exports them for Prometheus.
+//! marked tunable. The `pvmctl` tool (its own crate in the repository's `pvmctl/` directory)
+//! lists, dumps, watches, sets and exports them for Prometheus. The module is behind the
+//! default `probe` feature; `default-features = false` leaves it (and its JSON dependencies)
+//! out for a transport-only user.
 //!
 //! # Security model
 //! The receiver reads the sender's memory, so the kernel must allow it: the same uid (and a
@@ -79,6 +81,7 @@ mod handshake;
 mod listener;
 mod loan;
 mod pool;
+#[cfg(feature = "probe")]
 pub mod probe;
 mod protocol;
 mod pull;

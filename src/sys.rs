@@ -5,6 +5,9 @@
 //! and the few `/proc` reads the probe needs. The rest of the
 //! crate sees `OwnedFd`, slices and `io::Result`, never a raw pointer or an errno.
 
+// Some calls serve only the probe.
+#![cfg_attr(not(feature = "probe"), allow(dead_code))]
+
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

@@ -45,7 +45,7 @@ const ACCEPT_BATCH: usize = 16;
 ///
 /// [`accept`] and its poll form [`poll_accept`](Listener::poll_accept) take `&self`: one
 /// listener may be shared (in an [`Arc`]) by several tasks accepting at once, each connection
-/// going to exactly one of them, and `poll_accept` makes a [`Stream`](futures::Stream) of
+/// going to exactly one of them, and `poll_accept` makes a [`Stream`](futures_core::Stream) of
 /// connections (see its example).
 ///
 /// # Overload
@@ -89,7 +89,7 @@ const ACCEPT_BATCH: usize = 16;
 /// use std::time::Duration;
 ///
 /// use bytes::Bytes;
-/// use futures::{SinkExt, StreamExt};
+/// use futures_util::{SinkExt, StreamExt};
 /// use tokio::task::JoinSet;
 /// use tokio_pvm::{Connection, Listener};
 /// use tokio_util::sync::CancellationToken;
@@ -272,7 +272,7 @@ impl Listener {
 
     /// Polls for the next connection whose handshake succeeds: [`accept`](Listener::accept)
     /// as a poll function, for a hand-written [`Future`](std::future::Future) or
-    /// [`Stream`](futures::Stream).
+    /// [`Stream`](futures_core::Stream).
     ///
     /// `Ready` carries what `accept` would return, with the same guarantees (failed
     /// handshakes are dropped and logged, an out-of-descriptors episode is reported once and
@@ -299,7 +299,7 @@ impl Listener {
     /// say, after mapping each connection to the I/O type it wants):
     ///
     /// ```
-    /// use futures::StreamExt;
+    /// use futures_util::StreamExt;
     /// use tokio_pvm::{Connection, Listener};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
@@ -308,7 +308,7 @@ impl Listener {
     /// # std::fs::create_dir_all(&dir).unwrap();
     /// # let path = dir.join("incoming.sock");
     /// let listener = Listener::bind(&path)?;
-    /// let mut incoming = futures::stream::poll_fn(|cx| listener.poll_accept(cx).map(Some));
+    /// let mut incoming = futures_util::stream::poll_fn(|cx| listener.poll_accept(cx).map(Some));
     /// # let client = tokio::spawn(Connection::connect(path.clone()));
     /// // Never ends: `None` never comes.
     /// let conn = incoming.next().await.expect("a connection or an error")?;

@@ -415,7 +415,7 @@ impl Block {
         }
         let manifest = block.lock.lock().unwrap_or_else(PoisonError::into_inner);
         let _lock = match manifest.as_ref() {
-            Some(file) => match super::manifest::lock_exclusive(file) {
+            Some(file) => match super::lock::lock_exclusive(file) {
                 Ok(lock) => Some(lock),
                 Err(e) => {
                     tracing::warn!(block = %block.name, error = %e, "updating a tunable block without the writers' lock");
@@ -436,10 +436,7 @@ impl Block {
         }
         let manifest = block.lock.lock().unwrap_or_else(PoisonError::into_inner);
         let _lock = match manifest.as_ref() {
-            Some(file) => Some(super::manifest::lock_exclusive_within(
-                file,
-                Duration::ZERO,
-            )?),
+            Some(file) => Some(super::lock::lock_exclusive_within(file, Duration::ZERO)?),
             None => None,
         };
         Ok(block.write(f))

@@ -2,7 +2,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError};
@@ -12,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::block::{Block, BlockMemory};
 use super::layout::{BLOCK_VERSION, FieldInfo, FieldKind, Layout, MAX_FIELDS, check_name};
+use super::lock::lock_exclusive;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
 
@@ -21,8 +21,6 @@ const FORMAT: u32 = 1;
 const MAX_MANIFEST: u64 = 1 << 20;
 /// Most blocks in one manifest.
 pub const MAX_BLOCKS: usize = 64;
-/// How long a writer waits for another writer's lock.
-const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The environment variable that overrides where manifests live.
 pub const DIR_ENV: &str = "TOKIO_PVM_DIR";
 
@@ -306,29 +304,6 @@ fn entry(b: &BlockMemory) -> BlockEntry {
             })
             .collect(),
     }
-}
-
-/// Takes the lock that serialises writers of a process's tunable blocks, waiting up to 5 s.
-pub(crate) fn lock_exclusive(file: &File) -> Result<sys::FileLock<'_>> {
-    lock_exclusive_within(file, LOCK_TIMEOUT)
-}
-
-/// Like [`lock_exclusive`], waiting up to `timeout`.
-pub(crate) fn lock_exclusive_within(file: &File, timeout: Duration) -> Result<sys::FileLock<'_>> {
-    sys::FileLock::exclusive(file.as_fd(), timeout).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::WouldBlock {
-            Error::new(
-                ErrorKind::Timeout,
-                format!(
-                    "another writer held the manifest's lock for more than {:?}; a tool may be \
-                     stopped in the middle of a write",
-                    timeout
-                ),
-            )
-        } else {
-            Error::io("locking the manifest", e)
-        }
-    })
 }
 
 /// A publishing process, as its manifest describes it.

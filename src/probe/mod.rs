@@ -48,6 +48,7 @@
 mod access;
 mod block;
 mod layout;
+mod lock;
 mod manifest;
 mod reader;
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures_core::Stream;
 
 use super::access::{self, Remote};
 use super::block::{READ_ATTEMPTS, Snapshot};
@@ -47,7 +47,7 @@ pub struct Change {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use futures::StreamExt;
+/// use futures_util::StreamExt;
 /// use tokio_pvm::probe::Probe;
 ///
 /// # async fn run() -> tokio_pvm::Result<()> {
@@ -322,7 +322,7 @@ impl Probe {
         // the runtime that polls the stream.
         let period = interval.max(Duration::from_millis(1));
         let probe = self.clone();
-        futures::stream::unfold(Some((probe, None)), move |state| async move {
+        futures_util::stream::unfold(Some((probe, None)), move |state| async move {
             let (probe, ticker) = state?;
             let mut ticker = ticker.unwrap_or_else(|| {
                 let mut t = tokio::time::interval(period);
@@ -609,7 +609,7 @@ mod hostile_input {
         let manifest = first.manifest_path().to_owned();
         // A tool holding the writers' lock (another open file description).
         let tool = File::open(&manifest).unwrap();
-        let held = manifest::lock_exclusive(&tool).unwrap();
+        let held = crate::probe::lock::lock_exclusive(&tool).unwrap();
         let started = Instant::now();
         let err = block.try_update(|w| w.set(n, 1)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
@@ -626,7 +626,7 @@ mod hostile_input {
     /// A zero interval is taken as 1 ms, not a panic.
     #[tokio::test]
     async fn watch_with_a_zero_interval() {
-        use futures::StreamExt;
+        use futures_util::StreamExt;
         let d = dir("watch");
         let mut b = BlockBuilder::new("stats");
         b.u64("n");

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use futures::Stream;
+use futures_core::Stream;
 use tracing::debug;
 
 use super::{Guard, Role, recv};

@@ -48,8 +48,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::Sink;
-use futures::task::AtomicWaker;
+use futures_sink::Sink;
+use futures_util::task::AtomicWaker;
 use nix::sys::socket::Shutdown;
 use tokio_util::codec::Framed;
 use tracing::debug;
