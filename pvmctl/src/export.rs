@@ -26,12 +26,26 @@ pub(crate) fn export_once(
     targets: &Targets,
     textfile: &Path,
 ) -> Result<(), Failure> {
+    let (metrics, first_problem) = collect(dirs, targets);
+    if metrics.families.is_empty() {
+        note(&format!(
+            "no publishing processes in {}: the textfile has no metrics",
+            dir_list(dirs)
+        ));
+    }
+    write_textfile(textfile, &metrics.render())?;
+    first_problem.map_or(Ok(()), Err)
+}
+
+/// Reads the targets into metrics; also the first problem with a process named on the command
+/// line (each problem is reported on stderr). A discovered process that exited meanwhile is
+/// left out quietly.
+pub(crate) fn collect(dirs: &[PathBuf], targets: &Targets) -> (Metrics, Option<Failure>) {
     let mut metrics = Metrics::default();
     let mut first_problem = None;
     for r in targets.read(dirs) {
         match &r {
             Reading::Read(probe, snapshots) => metrics.add(probe.info(), snapshots),
-            // A discovered process that exited since: nothing to report.
             _ if r.gone() && !targets.named() => {}
             Reading::Unreadable(_, e) | Reading::Missing(_, e) => {
                 warn(&format!("process {}: {e}", r.pid()));
@@ -41,14 +55,7 @@ pub(crate) fn export_once(
             }
         }
     }
-    if metrics.families.is_empty() {
-        note(&format!(
-            "no publishing processes in {}: the textfile has no metrics",
-            dir_list(dirs)
-        ));
-    }
-    write_textfile(textfile, &metrics.render())?;
-    first_problem.map_or(Ok(()), Err)
+    (metrics, first_problem)
 }
 
 /// Writes `text` to `dir/tokio_pvm.prom` through a temporary file in `dir` and a rename.
@@ -162,6 +169,15 @@ impl Metrics {
                 family.source
             ));
         }
+    }
+
+    /// How many processes have at least one sample.
+    pub(crate) fn processes(&self) -> usize {
+        let mut pids = HashSet::new();
+        for family in self.families.values() {
+            pids.extend(family.pids.iter().copied());
+        }
+        pids.len()
     }
 
     /// The text format: `# HELP`, `# TYPE` and the samples of each metric; no timestamps.

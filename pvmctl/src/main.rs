@@ -26,6 +26,7 @@ mod dump;
 mod export;
 mod list;
 mod output;
+mod serve;
 mod set;
 mod targets;
 mod watch;
@@ -35,6 +36,7 @@ use dump::*;
 use export::*;
 use list::*;
 use output::*;
+use serve::*;
 use set::*;
 use targets::*;
 use watch::*;
@@ -197,6 +199,12 @@ enum Command {
     /// Write every field in the Prometheus text format, for node_exporter's textfile collector.
     #[command(long_about = EXPORT_ABOUT)]
     Export(ExportArgs),
+    /// Serve every field over HTTP for Prometheus to scrape (GET /metrics, GET /-/healthy).
+    ///
+    /// Each scrape looks for publishing processes again and reads them, as `export` does; a
+    /// process that exits during a scrape is left out. Stops on SIGTERM or SIGINT after the
+    /// scrapes under way are answered.
+    Serve(ServeArgs),
     /// Remove the manifests of processes that are gone, and print their paths.
     Clean,
 }
@@ -214,6 +222,17 @@ struct ExportArgs {
     #[arg(long)]
     once: bool,
     /// The processes to export; all publishing processes if none.
+    #[arg(value_parser = clap::value_parser!(i32).range(1..))]
+    pids: Vec<i32>,
+}
+
+/// The options of `pvmctl serve`.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The address to listen on; port 0 picks a free port (printed at start).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    listen: std::net::SocketAddr,
+    /// The processes to serve; all publishing processes if none.
     #[arg(value_parser = clap::value_parser!(i32).range(1..))]
     pids: Vec<i32>,
 }
@@ -335,6 +354,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => watch(dirs, Targets::new(pids), interval, count),
         Command::Set { pid, assignment } => set(&dirs, pid, &assignment),
         Command::Export(args) => export(&dirs, &args),
+        Command::Serve(args) => serve(dirs, &args),
         Command::Clean => clean(&dirs),
     }
 }

@@ -437,6 +437,102 @@ fn export_once_writes_a_complete_prom_file() {
     assert!(text.is_empty(), "{text}");
 }
 
+/// `GET path` over a plain TCP connection, as an HTTP/1.1 scraper sends it: the status code
+/// and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connecting to pvmctl serve");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a header and a body");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+#[test]
+fn serve_answers_scrapes_with_the_text_format_and_stops_on_sigterm() {
+    let server = Server::start("serve");
+    let dir = server.dir().to_str().unwrap().to_owned();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_pvmctl"))
+        .args(["--dir", &dir, "serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running pvmctl serve");
+    let mut first = String::new();
+    BufReader::new(serve.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("serving http://")
+        .and_then(|a| a.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("first line: {first:?}"))
+        .to_owned();
+
+    // A scrape, parsed by a published parser of the text format.
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    // The processes' metrics as `export` writes them, then the scrape's own (unlabelled).
+    let fields: Vec<&str> = body.lines().filter(|l| !l.contains("pvmctl_scrape")).collect();
+    check_exposition(&fields.join("\n"));
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("the text format parses");
+    let pid = server.pid.to_string();
+    let players = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "tokio_pvm_tuning_max_players")
+        .expect("a sample of the server's tunable field");
+    assert_eq!(players.labels.get("pid"), Some(pid.as_str()));
+    assert_eq!(players.labels.get("program"), Some("game_server"));
+    assert!(matches!(players.value, prometheus_parse::Value::Gauge(v) if v == 64.0));
+    let duration = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "pvmctl_scrape_duration_seconds")
+        .expect("the scrape's own duration");
+    assert!(matches!(duration.value, prometheus_parse::Value::Gauge(v) if v > 0.0 && v < 5.0));
+    assert_eq!(http_get(&addr, "/-/healthy"), (200, "OK\n".to_owned()));
+    assert_eq!(http_get(&addr, "/elsewhere").0, 404);
+
+    // The target goes away: the next scrape still answers, without it.
+    drop(server);
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains(&format!("pid=\"{pid}\"")), "{body}");
+    assert!(body.contains("pvmctl_scrape_processes 0"), "{body}");
+
+    // SIGTERM: a clean exit, promptly.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pvmctl serve did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
 #[test]
 fn watch_prints_count_ticks_and_exits() {
     let server = Server::start("watch");
