@@ -9,7 +9,8 @@
 //! `$TOKIO_PVM_DIR`, else `$XDG_RUNTIME_DIR/tokio-pvm/`, else `/tmp/tokio-pvm-<uid>/`):
 //!
 //! - `stats`: `players` (u64), `rooms` (u64, `ceil(players / 8)`), `tick_ms` (f64, how long
-//!   the last tick's work took), `bytes_in` and `bytes_out` (u64, growing with the players),
+//!   the last tick's work took), `bytes_in` and `bytes_out` (u64 counters, growing with the
+//!   players: exported as Prometheus counters, shown with their rate by `pvmctl watch`),
 //!   `map` (text, at most 32 bytes). Updated every tick with plain memory writes.
 //! - `tuning`, **tunable**: `max_players` (u64, default 64) and `tick_rate_hz` (u64, default
 //!   20, clamped to 1..=1000). The server checks it every tick with
@@ -232,7 +233,9 @@ impl World {
             .bytes_out
             .saturating_add(self.players * (200 + (noise >> 16) % 100));
         self.ticks += 1;
-        self.last_tick_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // Nanoseconds over 10^6: one rounding, so 52077 ns is 0.052077, not the
+        // 0.052077000000000005 that seconds times 1000 gives.
+        self.last_tick_ms = started.elapsed().as_nanos() as f64 / 1e6;
     }
 
     fn rooms(&self) -> u64 {
@@ -286,8 +289,8 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
         players: b.u64("players"),
         rooms: b.u64("rooms"),
         tick_ms: b.f64("tick_ms"),
-        bytes_in: b.u64("bytes_in"),
-        bytes_out: b.u64("bytes_out"),
+        bytes_in: b.counter("bytes_in"),
+        bytes_out: b.counter("bytes_out"),
         map: b.string("map", 32),
     };
     let mut stats = b.build()?;

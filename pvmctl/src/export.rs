@@ -103,6 +103,8 @@ pub(crate) struct Metrics {
 pub(crate) struct Family {
     /// The `# HELP` text.
     help: String,
+    /// The `# TYPE`: `gauge` or `counter`.
+    kind: &'static str,
     /// The `block.field` of the first sample, to name collisions.
     source: String,
     /// The samples, each the label set and value that follow the name.
@@ -121,27 +123,36 @@ impl Metrics {
         );
         for snap in snapshots {
             for (field, (_, value)) in snap.layout().fields().iter().zip(snap.values()) {
-                let name = format!("tokio_pvm_{}_{}", snap.block(), field.name());
+                let counter = field.metric() == Metric::Counter;
+                let name = format!(
+                    "tokio_pvm_{}_{}{}",
+                    snap.block(),
+                    field.name(),
+                    if counter { "_total" } else { "" }
+                );
                 let help = format!(
-                    "Field {} ({}) of block {} of a tokio-pvm process{}",
+                    "Field {} ({}{}) of block {} of a tokio-pvm process{}",
                     field.name(),
                     field.kind(),
+                    if counter { ", a counter" } else { "" },
                     snap.block(),
                     if snap.is_tunable() { " (tunable)" } else { "" }
                 );
                 let source = format!("{}.{}", snap.block(), field.name());
-                self.add_sample(info.pid(), &labels, (name, help, &source), &value);
+                let kind = if counter { "counter" } else { "gauge" };
+                self.add_sample(info.pid(), &labels, (name, help, &source, kind), &value);
             }
         }
     }
 
     /// Adds one field's sample; a string becomes an `_info` metric with a `value` label.
-    /// `name` is the metric, with its `help` text, from field `source` (`block.field`).
+    /// `name` is the metric, with its `help` text and `# TYPE` `kind`, from field `source`
+    /// (`block.field`).
     pub(crate) fn add_sample(
         &mut self,
         pid: i32,
         labels: &str,
-        (name, help, source): (String, String, &str),
+        (name, help, source, kind): (String, String, &str, &'static str),
         value: &Value,
     ) {
         let (name, sample) = match value {
@@ -156,6 +167,7 @@ impl Metrics {
         };
         let family = self.families.entry(name.clone()).or_insert_with(|| Family {
             help,
+            kind,
             source: source.to_owned(),
             samples: Vec::new(),
             pids: HashSet::new(),
@@ -185,7 +197,7 @@ impl Metrics {
         let mut out = String::new();
         for (name, family) in &self.families {
             let _ = writeln!(out, "# HELP {name} {}", escape_help(&family.help));
-            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "# TYPE {name} {}", family.kind);
             for sample in &family.samples {
                 let _ = writeln!(out, "{name}{sample}");
             }

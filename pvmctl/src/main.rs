@@ -8,7 +8,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
 use std::io::{self, IsTerminal, Write};
@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Map, Value as Json, json};
-use tokio_pvm::probe::{Discovery, FieldKind, Probe, ProcessInfo, Snapshot, Value, search_dirs};
+use tokio_pvm::probe::{
+    Discovery, FieldKind, Metric, Probe, ProcessInfo, Snapshot, Value, search_dirs,
+};
 use tokio_pvm::{Error, ErrorKind};
 
 mod clean;

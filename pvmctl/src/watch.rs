@@ -21,6 +21,7 @@ pub(crate) fn watch(
         interval,
         seen: BTreeMap::new(),
         tty: io::stdout().is_terminal(),
+        counters: HashMap::new(),
     };
     runtime()?.block_on(watcher.run(count))
 }
@@ -38,6 +39,8 @@ pub(crate) struct Watcher {
     seen: BTreeMap<i32, Option<String>>,
     /// Whether stdout is a terminal (redraw) or not (append).
     tty: bool,
+    /// Each counter's value at the last tick, and when it was read: (pid, `block.field`).
+    counters: HashMap<(i32, String), (u64, std::time::Instant)>,
 }
 
 impl Watcher {
@@ -75,9 +78,12 @@ impl Watcher {
         if live.is_empty() && !self.targets.named() {
             let _ = writeln!(out, "no publishing processes in {}", dir_list(&self.dirs));
         }
+        let now = std::time::Instant::now();
+        let mut counters = HashMap::new();
         for r in &live {
-            out.push_str(&process_section(r));
+            out.push_str(&self.process_section(r, now, &mut counters));
         }
+        self.counters = counters;
         for line in self.exits(readings) {
             out.push_str(&line);
             out.push('\n');
@@ -113,9 +119,49 @@ impl Watcher {
     }
 }
 
-/// A process's part of a tick: a heading, then its fields (or why they could not be read).
-pub(crate) fn process_section(r: &Reading) -> String {
-    let mut out = match r.info() {
+impl Watcher {
+    /// A process's part of a tick; a counter's value is followed by its rate since the last
+    /// tick. The counters read go into `counters`.
+    pub(crate) fn process_section(
+        &self,
+        r: &Reading,
+        now: std::time::Instant,
+        counters: &mut HashMap<(i32, String), (u64, std::time::Instant)>,
+    ) -> String {
+        let Reading::Read(_, snapshots) = r else {
+            return process_section(r);
+        };
+        let mut rows = field_rows(snapshots);
+        let fields = snapshots.iter().flat_map(|snap| {
+            snap.layout()
+                .fields()
+                .iter()
+                .zip(snap.values())
+                .map(move |(info, (name, value))| (snap.block(), info, name, value))
+        });
+        for (row, (block, info, name, value)) in rows.iter_mut().zip(fields) {
+            let (Metric::Counter, Value::U64(count)) = (info.metric(), value) else {
+                continue;
+            };
+            let key = (r.pid(), format!("{block}.{name}"));
+            if let Some(&(before, at)) = self.counters.get(&key) {
+                let secs = now.duration_since(at).as_secs_f64();
+                if count >= before && secs > 0.0 {
+                    let rate = (count - before) as f64 / secs;
+                    row[2].push_str(&format!("  ({rate:.1}/s)"));
+                }
+            }
+            counters.insert(key, (count, now));
+        }
+        let mut out = process_heading(r);
+        out.push_str(&columns(&rows, "  "));
+        out
+    }
+}
+
+/// The heading of a process's part of a tick: pid, program, uptime.
+fn process_heading(r: &Reading) -> String {
+    match r.info() {
         Some(info) => format!(
             "{}  {}  up {}\n",
             r.pid(),
@@ -123,7 +169,12 @@ pub(crate) fn process_section(r: &Reading) -> String {
             uptime_text(info)
         ),
         None => format!("{}\n", r.pid()),
-    };
+    }
+}
+
+/// A process's part of a tick: a heading, then its fields (or why they could not be read).
+pub(crate) fn process_section(r: &Reading) -> String {
+    let mut out = process_heading(r);
     match r {
         Reading::Read(_, snapshots) => out.push_str(&columns(&field_rows(snapshots), "  ")),
         Reading::Unreadable(_, e) | Reading::Missing(_, e) => {

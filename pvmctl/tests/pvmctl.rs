@@ -343,7 +343,10 @@ fn check_exposition(text: &str) {
             assert!(helped.insert(name.to_owned()), "HELP twice for {name}");
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
-            assert_eq!(kind, "gauge", "{line}");
+            // Counters (declared with BlockBuilder::counter) end in _total, as Prometheus
+            // names them; everything else is a gauge.
+            let want = if name.ends_with("_total") { "counter" } else { "gauge" };
+            assert_eq!(kind, want, "{line}");
             assert!(typed.insert(name.to_owned()), "TYPE twice for {name}");
         } else {
             let (series, value) = line.rsplit_once("} ").expect("name{labels} value");
@@ -427,6 +430,12 @@ fn export_once_writes_a_complete_prom_file() {
         server.pid
     );
     assert!(text.lines().any(|l| l == sample), "{text}");
+    // The game server declares its traffic as counters.
+    assert!(
+        text.contains("# TYPE tokio_pvm_stats_bytes_in_total counter")
+            && text.contains("# TYPE tokio_pvm_stats_players gauge"),
+        "{text}"
+    );
 
     // A named process that is gone: the file is still written, and the status says so.
     let dead = dead_pid().to_string();
@@ -558,6 +567,15 @@ fn watch_prints_count_ticks_and_exits() {
         );
         assert!(tick.contains("  stats.players "), "{tick}");
     }
+    // A counter shows its rate from the second tick on (the server's traffic grows).
+    let bytes_in = |tick: &str| -> String {
+        tick.lines()
+            .find(|l| l.contains("stats.bytes_in"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(!bytes_in(ticks[0]).contains("/s)"), "{}", ticks[0]);
+    assert!(bytes_in(ticks[1]).ends_with("/s)"), "{}", ticks[1]);
     assert!(
         !run.stdout.contains('\x1b'),
         "no screen clearing into a pipe"

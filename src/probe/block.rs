@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::layout::{
-    BLOCK_VERSION, FieldInfo, FieldKind, HEADER_LEN, Layout, MAGIC, MAX_BLOCK, MAX_FIELDS,
+    BLOCK_VERSION, FieldInfo, FieldKind, Metric, HEADER_LEN, Layout, MAGIC, MAX_BLOCK, MAX_FIELDS,
     MAX_STRING, SEQ_OFFSET, Value, check_name,
 };
 use crate::error::{Error, ErrorKind, Result};
@@ -152,6 +152,7 @@ impl BlockBuilder {
             name: name.to_owned(),
             kind,
             offset: self.next,
+            metric: Metric::Gauge,
         });
         self.next += kind.size();
         Field {
@@ -164,6 +165,17 @@ impl BlockBuilder {
     /// Declares a `u64` field.
     pub fn u64(&mut self, name: &str) -> Field<u64> {
         self.add(name, FieldKind::U64)
+    }
+
+    /// Declares a `u64` field that counts something and only goes up while the process runs
+    /// (requests served, bytes sent). It is written like any `u64` field; tools export it as
+    /// a Prometheus counter (named with `_total`) and `pvmctl watch` shows its rate.
+    pub fn counter(&mut self, name: &str) -> Field<u64> {
+        let field = self.add(name, FieldKind::U64);
+        if let Some(last) = self.fields.last_mut() {
+            last.metric = Metric::Counter;
+        }
+        field
     }
 
     /// Declares an `i64` field.

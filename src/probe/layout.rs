@@ -232,12 +232,27 @@ impl fmt::Display for Value {
     }
 }
 
+/// What a field measures, for tools that export it: a value that goes up and down, or a
+/// count that only goes up (whose rate is what one watches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Metric {
+    /// A value that may go up and down (players online, a queue's length): a Prometheus
+    /// gauge. The default.
+    #[default]
+    Gauge,
+    /// A count that only goes up while the process runs (requests served, bytes sent): a
+    /// Prometheus counter, named with `_total`; `pvmctl watch` shows its rate.
+    Counter,
+}
+
 /// One field of a block: its name, type and place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldInfo {
     pub(crate) name: String,
     pub(crate) kind: FieldKind,
     pub(crate) offset: usize,
+    pub(crate) metric: Metric,
 }
 
 impl FieldInfo {
@@ -259,6 +274,11 @@ impl FieldInfo {
     /// Bytes the field takes.
     pub fn size(&self) -> usize {
         self.kind.size()
+    }
+
+    /// What the field measures (see [`BlockBuilder::counter`](super::BlockBuilder::counter)).
+    pub fn metric(&self) -> Metric {
+        self.metric
     }
 }
 
@@ -379,6 +399,7 @@ mod tests {
                     name: name.into(),
                     kind,
                     offset,
+                    metric: Metric::Gauge,
                 })
                 .collect(),
             size,

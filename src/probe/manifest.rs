@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::block::{Block, BlockMemory};
-use super::layout::{BLOCK_VERSION, FieldInfo, FieldKind, Layout, MAX_FIELDS, check_name};
+use super::layout::{BLOCK_VERSION, FieldInfo, FieldKind, Layout, MAX_FIELDS, Metric, check_name};
 use super::lock::lock_exclusive;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
@@ -53,6 +53,9 @@ struct FieldEntry {
     size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     capacity: Option<u64>,
+    /// `"counter"` for a counter; absent for a gauge (and in manifests older than counters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metric: Option<String>,
 }
 
 /// The directory this process publishes into: `$TOKIO_PVM_DIR`, else
@@ -299,6 +302,10 @@ fn entry(b: &BlockMemory) -> BlockEntry {
                 size: f.size() as u64,
                 capacity: match f.kind {
                     FieldKind::Str { capacity } => Some(capacity as u64),
+                    _ => None,
+                },
+                metric: match f.metric {
+                    Metric::Counter => Some("counter".to_owned()),
                     _ => None,
                 },
             })
@@ -616,10 +623,21 @@ fn block_info(b: &BlockEntry) -> std::result::Result<BlockInfo, String> {
             },
             (k, _) => return Err(format!("field {:?} has unknown kind {k:?}", f.name)),
         };
+        let metric = match (f.metric.as_deref(), kind) {
+            (None, _) => Metric::Gauge,
+            (Some("counter"), FieldKind::U64) => Metric::Counter,
+            (Some(m), _) => {
+                return Err(format!(
+                    "field {:?} has metric {m:?}; only \"counter\" on a u64 field is known",
+                    f.name
+                ));
+            }
+        };
         let info = FieldInfo {
             name: f.name.clone(),
             kind,
             offset: usize::try_from(f.offset).unwrap_or(usize::MAX),
+            metric,
         };
         if f.size != kind.size() as u64 {
             return Err(format!(

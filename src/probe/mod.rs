@@ -54,7 +54,7 @@ mod reader;
 
 pub use block::{Block, BlockBuilder, Field, FieldType, Scalar, Snapshot, Text, Writer};
 pub use layout::{
-    FieldInfo, FieldKind, Layout, MAX_BLOCK, MAX_FIELDS, MAX_NAME, MAX_STRING, Value,
+    FieldInfo, FieldKind, Layout, MAX_BLOCK, MAX_FIELDS, MAX_NAME, MAX_STRING, Metric, Value,
 };
 pub use manifest::{
     BlockInfo, DIR_ENV, Discovery, MAX_BLOCKS, ProcessInfo, Publication, publish_dir, search_dirs,

@@ -570,6 +570,37 @@ mod hostile_input {
     }
 
     /// A FIFO under a manifest's name neither blocks discovery nor is read.
+    /// A field declared as a counter reaches a probe as one, through the manifest; a manifest
+    /// that calls a non-`u64` field a counter is skipped with a reason.
+    #[test]
+    fn counters_are_declared_through_the_manifest() {
+        use crate::probe::Metric;
+        let dir = std::env::temp_dir().join(format!("pvm-counter-{}", std::process::id()));
+        let mut b = BlockBuilder::new("traffic");
+        let sent = b.counter("sent");
+        b.u64("queued");
+        let mut traffic = b.build().unwrap();
+        let publication = Publication::publish_in(&dir, &[&traffic]).unwrap();
+        traffic.set(sent, 7);
+        let probe =
+            Probe::attach_in(std::slice::from_ref(&dir), std::process::id() as i32).unwrap();
+        let snap = probe.read("traffic").unwrap();
+        let metrics: Vec<Metric> = snap.layout().fields().iter().map(|f| f.metric()).collect();
+        assert_eq!(metrics, [Metric::Counter, Metric::Gauge]);
+        assert_eq!(snap.value("sent"), Some(Value::U64(7)));
+
+        let manifest = dir.join(format!("{}.json", std::process::id()));
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        assert_eq!(text.matches("\"metric\": \"counter\"").count(), 1, "{text}");
+        std::fs::write(&manifest, text.replace("\"counter\"", "\"histogram\"")).unwrap();
+        let found = Probe::discover_in(std::slice::from_ref(&dir));
+        assert!(found.processes.is_empty());
+        let (_, why) = &found.skipped[0];
+        assert!(why.to_string().contains("histogram"), "{why}");
+        drop(publication);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_fifo_named_like_a_manifest_does_not_block_discovery() {
         let d = dir("fifo");
