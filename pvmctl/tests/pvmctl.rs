@@ -345,7 +345,11 @@ fn check_exposition(text: &str) {
             let (name, kind) = rest.split_once(' ').unwrap();
             // Counters (declared with BlockBuilder::counter) end in _total, as Prometheus
             // names them; everything else is a gauge.
-            let want = if name.ends_with("_total") { "counter" } else { "gauge" };
+            let want = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
             assert_eq!(kind, want, "{line}");
             assert!(typed.insert(name.to_owned()), "TYPE twice for {name}");
         } else {
@@ -493,7 +497,10 @@ fn serve_answers_scrapes_with_the_text_format_and_stops_on_sigterm() {
     let (status, body) = http_get(&addr, "/metrics");
     assert_eq!(status, 200, "{body}");
     // The processes' metrics as `export` writes them, then the scrape's own (unlabelled).
-    let fields: Vec<&str> = body.lines().filter(|l| !l.contains("pvmctl_scrape")).collect();
+    let fields: Vec<&str> = body
+        .lines()
+        .filter(|l| !l.contains("pvmctl_scrape"))
+        .collect();
     check_exposition(&fields.join("\n"));
     let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
         .expect("the text format parses");

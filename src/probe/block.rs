@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::layout::{
-    BLOCK_VERSION, FieldInfo, FieldKind, Metric, HEADER_LEN, Layout, MAGIC, MAX_BLOCK, MAX_FIELDS,
-    MAX_STRING, SEQ_OFFSET, Value, check_name,
+    BLOCK_VERSION, FieldInfo, FieldKind, HEADER_LEN, Layout, MAGIC, MAX_BLOCK, MAX_FIELDS,
+    MAX_STRING, Metric, SEQ_OFFSET, Value, check_name,
 };
 use crate::error::{Error, ErrorKind, Result};
 
