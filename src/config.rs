@@ -336,8 +336,9 @@ impl Config {
     /// the heap instead.
     ///
     /// **The trade-off**: a received loaned message stays in the sender's memory, so a
-    /// hostile sender can change it after delivery (a pulled message is a private copy). Open
-    /// the lane only to peers you trust with that. The receiver is protected against
+    /// hostile sender can change it after delivery, even while the receiving code reads it
+    /// (copy it before validating it if the sender is not trusted; a pulled message is a
+    /// private copy). Open the lane only to peers you trust with that. The receiver is protected against
     /// everything else: the file must be sealed and of the announced size, no larger than this
     /// side's own region (a peer's region costs address space, and pages the peer never wrote
     /// are allocated here when read), and every offset is checked. Where `memfd_create`, `mmap` or descriptor passing are refused, the connection

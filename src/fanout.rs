@@ -251,13 +251,16 @@ impl Sink<Bytes> for Fanout {
                     Poll::Pending if this.policy == SlowSubscriber::Drop => {
                         let now = Instant::now();
                         let since = *sub.full_since.get_or_insert(now);
-                        let ends = since + this.grace;
-                        if now >= ends {
-                            this.drop_slow(i);
-                        } else {
-                            pending = true;
-                            wake_at = Some(wake_at.map_or(ends, |w| w.min(ends)));
-                            i += 1;
+                        // A grace too long to add up (Duration::MAX: "never") never ends.
+                        match since.checked_add(this.grace) {
+                            Some(ends) if now >= ends => this.drop_slow(i),
+                            ends => {
+                                pending = true;
+                                if let Some(ends) = ends {
+                                    wake_at = Some(wake_at.map_or(ends, |w| w.min(ends)));
+                                }
+                                i += 1;
+                            }
                         }
                     }
                     Poll::Pending => {

@@ -189,10 +189,25 @@ async fn run(fd: OwnedFd, config: &Config, outer: tracing::Span) -> Result<Arc<S
     let both_lend = lend.is_some() && theirs.loan_region > 0;
     if let (true, Some((region, fd))) = (both_lend, &lend) {
         let frame = crate::codec::region_frame(region.size() as u64);
-        io.get_ref()
-            .send_with_fd(&frame, fd.as_fd())
-            .await
-            .map_err(|e| Error::io("passing the loan region to the peer", e))?;
+        let socket = io.get_ref();
+        if let Err(e) = socket.send_with_fd(&frame, Some(fd.as_fd())).await {
+            // Descriptor passing refused (an LSM, too many in flight): the frame goes alone,
+            // and the peer, finding no descriptor with it, leaves this direction's lane closed.
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) {
+                return Err(Error::io("passing the loan region to the peer", e));
+            }
+            warn!(
+                peer_pid = pid,
+                "cannot pass the loan region to peer process {pid} ({e}); its lane stays closed"
+            );
+            socket
+                .send_with_fd(&frame, None)
+                .await
+                .map_err(|e| Error::io("sending the loan region frame", e))?;
+        }
     }
     let borrow = if both_lend {
         match next_frame(&mut io, pid).await? {
@@ -245,6 +260,7 @@ async fn run(fd: OwnedFd, config: &Config, outer: tracing::Span) -> Result<Arc<S
     let negotiated = Negotiated {
         send_window_messages: config.window_messages.min(theirs.window_messages).max(1),
         send_window_bytes: config.window_bytes.min(theirs.window_bytes).max(1),
+        recv_max_message: config.max_message_size,
         send_max_message: match send_mode {
             Mode::Pull => theirs.max_message_size,
             Mode::Inline(_) => theirs.max_message_size.min(u64::from(u32::MAX - 16)),

@@ -49,7 +49,9 @@ struct Mapping {
 }
 
 // SAFETY: the mapping is plain memory that lives as long as this value; who may write where
-// is settled by the region that owns it (a loan is written only through its one `LoanBuf`).
+// is settled by the region that owns it (a loan is written only through its one `LoanBuf`;
+// the file is sealed with F_SEAL_FUTURE_WRITE before the peer gets it, so no other process can
+// write it).
 unsafe impl Send for Mapping {}
 // SAFETY: as above; shared references only read.
 unsafe impl Sync for Mapping {}
@@ -120,8 +122,11 @@ impl LendRegion {
             .ok_or_else(|| std::io::Error::from_raw_os_error(nix::libc::EFBIG))?;
         let fd = sys::loan_memfd(size)?;
         let ptr = sys::map_shared(fd.as_fd(), size, true)?;
+        let map = Mapping { ptr, len: size };
+        // Only now: this mapping stays writable, the peer's cannot be.
+        sys::seal_loan_file(fd.as_fd())?;
         let region = LendRegion {
-            map: Mapping { ptr, len: size },
+            map,
             free: Mutex::new(FreeList {
                 extents: BTreeMap::from([(0, size)]),
             }),
@@ -191,8 +196,10 @@ impl Drop for Slot {
 /// [`freeze`](LoanBuf::freeze) it into `Bytes` and send those through the same connection.
 /// On a connection whose [zero-copy lane](crate::Connection::zero_copy) is open, the buffer is
 /// in memory the receiver maps: the message is not copied again, the receiver reads it in
-/// place. Otherwise (the lane is off, the region is full, or the `Bytes` go to another
-/// connection) it is ordinary heap memory and travels as any other message does.
+/// place. Otherwise (the lane is off, the region is full, or the message is small enough to
+/// travel inline) it is ordinary heap memory and travels as any other message does. A loan's
+/// `Bytes` sent on another connection are pulled from the region like any other memory; they
+/// stay in the region, which the first connection's peer can read.
 ///
 /// The bytes start zeroed the first time a part of the region is used; a reused part holds
 /// whatever an earlier message left there, so write every byte you send (or
@@ -264,7 +271,9 @@ impl DerefMut for LoanBuf {
         match &mut self.inner {
             Inner::Shared(slot) => {
                 // SAFETY: as in `Slot::as_ref`; the slot is borrowed mutably, so this is the
-                // only reference to its bytes. The peer maps them read-only.
+                // only reference to its bytes. The file is sealed against writes by anyone but
+                // this process's own mapping (F_SEAL_FUTURE_WRITE), so the peer cannot touch
+                // them.
                 unsafe { std::slice::from_raw_parts_mut(slot.region.map.at(slot.offset), slot.len) }
             }
             Inner::Heap(b) => b,
@@ -442,6 +451,24 @@ mod tests {
         assert_eq!(region.offset_of(&b), None);
         drop(frozen);
         assert!(region.try_loan(8192).is_some(), "freed on drop");
+    }
+
+    #[test]
+    fn the_peer_cannot_write_a_lent_region() {
+        let (region, fd) = LendRegion::create(8192).unwrap();
+        // A writable mapping or a write through the descriptor the peer gets is refused ...
+        let err = sys::map_shared(fd.as_fd(), 8192, true).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::libc::EPERM), "{err}");
+        let file = std::fs::File::from(fd.try_clone().unwrap());
+        let err = std::os::unix::fs::FileExt::write_at(&file, b"x", 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::libc::EPERM), "{err}");
+        // ... while this side's own mapping stays writable.
+        let mut loan = region.try_loan(64).unwrap();
+        loan[0] = 9;
+        assert!(
+            PeerRegion::map(&fd, 8192).is_ok(),
+            "a read-only mapping is fine"
+        );
     }
 
     #[test]

@@ -19,8 +19,9 @@ use crate::sys;
 pub(crate) struct ControlSocket {
     fd: AsyncFd<OwnedFd>,
     /// Descriptors received with the bytes (`SCM_RIGHTS`), while they are accepted (during
-    /// the handshake, for the peer's loan region); `None` otherwise, and the kernel then
-    /// closes any descriptor a peer sends.
+    /// the handshake, for the peer's loan region): at most one is kept, any other is closed
+    /// at once, so a peer cannot fill this process's descriptor table. `None` otherwise, and
+    /// the kernel then closes any descriptor a peer sends.
     fds: Option<Vec<OwnedFd>>,
 }
 
@@ -51,17 +52,19 @@ impl ControlSocket {
         (!fds.is_empty()).then(|| fds.remove(0))
     }
 
-    /// Sends `buf` with `fd` attached, waiting for room in the socket.
-    pub(crate) async fn send_with_fd(&self, mut buf: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
-        let mut attached = false;
+    /// Sends `buf` with `fd` attached (or without a descriptor), waiting for room in the
+    /// socket.
+    pub(crate) async fn send_with_fd(
+        &self,
+        mut buf: &[u8],
+        fd: Option<BorrowedFd<'_>>,
+    ) -> io::Result<()> {
+        let mut attached = fd.is_none();
         while !buf.is_empty() {
             let mut guard = self.fd.writable().await?;
-            let sent = guard.try_io(|sock| {
-                if attached {
-                    sys::send(sock.as_fd(), buf)
-                } else {
-                    sys::send_with_fd(sock.as_fd(), buf, fd)
-                }
+            let sent = guard.try_io(|sock| match fd {
+                Some(fd) if !attached => sys::send_with_fd(sock.as_fd(), buf, fd),
+                _ => sys::send(sock.as_fd(), buf),
             });
             match sent {
                 Ok(Ok(n)) => {
@@ -112,7 +115,12 @@ impl AsyncRead for ControlSocket {
             let unfilled = unsafe { buf.unfilled_mut() };
             let fds = &mut this.fds;
             match guard.try_io(|fd| match fds {
-                Some(fds) => sys::recv_with_fds(fd.as_fd(), unfilled, fds),
+                Some(fds) => {
+                    let n = sys::recv_with_fds(fd.as_fd(), unfilled, fds);
+                    // Only the first descriptor is ever used (the REGION frame's).
+                    fds.truncate(1);
+                    n
+                }
                 None => sys::recv(fd.as_fd(), unfilled),
             }) {
                 Ok(Ok(n)) => {

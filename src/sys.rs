@@ -969,12 +969,19 @@ pub(crate) fn process_real_gid(pid: i32) -> io::Result<u32> {
 
 // ----- the zero-copy lane: shared memory and descriptor passing ---------------------------------
 
-/// Seals a loan region's file carries: it can neither shrink (a mapping of a truncated file
-/// raises `SIGBUS` on access) nor grow, and the seals cannot change.
-const LOAN_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+/// Seals a loan region's file carries once its owner has mapped it: it can neither shrink (a
+/// mapping of a truncated file raises `SIGBUS` on access) nor grow, nobody can map it
+/// writable or write to it any more (the owner's mapping made before stays writable: the peer
+/// that gets the descriptor cannot change what the owner lends), and the seals cannot change.
+const LOAN_SEALS: libc::c_int =
+    libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
 
-/// A new anonymous shared-memory file of `size` bytes (`memfd_create`), sealed so that it
-/// cannot be shrunk: the file behind this process's loaned messages.
+/// `statfs` type of tmpfs/shmem, where a plain `memfd` lives (hugetlbfs files can lose pages
+/// to a hole punched in them, which no seal short of a write seal prevents).
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// A new anonymous shared-memory file of `size` bytes (`memfd_create`), not sealed yet (see
+/// [`seal_loan_file`]): the file behind this process's loaned messages.
 pub(crate) fn loan_memfd(size: usize) -> io::Result<OwnedFd> {
     let name = c"tokio-pvm-loans";
     // SAFETY: `name` is a valid NUL-terminated string; the flags are valid for memfd_create.
@@ -990,11 +997,17 @@ pub(crate) fn loan_memfd(size: usize) -> io::Result<OwnedFd> {
     if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: as above.
+    Ok(fd)
+}
+
+/// Seals a loan region's file after its owner mapped it writable (kernels before 5.1 lack
+/// `F_SEAL_FUTURE_WRITE` and refuse: no lane there).
+pub(crate) fn seal_loan_file(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain system call on a descriptor the caller owns.
     if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, LOAN_SEALS) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(fd)
+    Ok(())
 }
 
 /// Checks a loan region's file received from a peer before it is mapped: its size must be
@@ -1011,6 +1024,21 @@ pub(crate) fn check_loan_file(fd: BorrowedFd<'_>, size: usize) -> Result<(), Str
     }
     if seals & libc::F_SEAL_SHRINK == 0 {
         return Err("its file is not sealed against shrinking".into());
+    }
+    let mut fs = MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `fs` is valid for writes of one `statfs`; fstatfs fills it on success.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), fs.as_mut_ptr()) } < 0 {
+        return Err(format!("fstatfs failed: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: fstatfs returned 0, so it filled `fs`.
+    let fs = unsafe { fs.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    if fs.f_type as i64 != TMPFS_MAGIC {
+        return Err(format!(
+            "its file is not plain shared memory (file system type {:#x}; a hugetlbfs file \
+             can lose pages under the mapping)",
+            fs.f_type
+        ));
     }
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `st` is valid for writes of one `stat`; fstat fills it on success.

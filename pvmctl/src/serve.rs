@@ -8,7 +8,7 @@ use std::time::Instant;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -18,6 +18,16 @@ use super::*;
 /// How long a stop waits for the scrapes under way.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a client may take to send a request's header.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a scrape may take before the request is answered with 503 (the reads go on in
+/// the background and the next scrape waits for them).
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+
 /// The content type of the text format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -26,6 +36,10 @@ const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 struct Scraper {
     dirs: Vec<PathBuf>,
     targets: std::sync::Mutex<Targets>,
+    /// One scrape at a time: reads run on the blocking pool, so the server keeps accepting,
+    /// answering `/-/healthy` and watching signals while a target is slow; concurrent
+    /// scrapes queue here instead of piling up reads.
+    one_at_a_time: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// `pvmctl serve`.
@@ -37,6 +51,7 @@ pub(crate) fn serve(dirs: Vec<PathBuf>, args: &ServeArgs) -> Result<(), Failure>
     let scraper = Arc::new(Scraper {
         dirs,
         targets: std::sync::Mutex::new(Targets::new(args.pids.clone())),
+        one_at_a_time: Arc::new(tokio::sync::Mutex::new(())),
     });
     rt.block_on(run(scraper, args.listen))
 }
@@ -57,9 +72,16 @@ async fn run(scraper: Arc<Scraper>, addr: SocketAddr) -> Result<(), Failure> {
     let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
+            permit = slots.clone().acquire_owned() => {
+                let Ok(permit) = permit else { break };
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                };
                 let stream = match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
@@ -72,14 +94,17 @@ async fn run(scraper: Arc<Scraper>, addr: SocketAddr) -> Result<(), Failure> {
                 let scraper = scraper.clone();
                 let service = hyper::service::service_fn(move |req| {
                     let scraper = scraper.clone();
-                    async move { Ok::<_, Infallible>(respond(&scraper, &req)) }
+                    async move { Ok::<_, Infallible>(respond(scraper, req).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     // A client that goes away mid-request is its own business.
                     let _ = conn.await;
+                    drop(permit);
                 });
             }
             _ = term.recv() => break,
@@ -87,24 +112,52 @@ async fn run(scraper: Arc<Scraper>, addr: SocketAddr) -> Result<(), Failure> {
         }
     }
     drop(listener);
-    if tokio::time::timeout(STOP_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn(&format!(
-            "connections still open {STOP_GRACE:?} after the stop signal were closed"
-        ));
+    tokio::select! {
+        done = tokio::time::timeout(STOP_GRACE, graceful.shutdown()) => {
+            if done.is_err() {
+                warn(&format!(
+                    "connections still open {STOP_GRACE:?} after the stop signal were closed"
+                ));
+            }
+        }
+        // A second signal: stop now.
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
     Ok(())
 }
 
 /// Answers one request.
-fn respond(scraper: &Scraper, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(scraper: Arc<Scraper>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
+            // The turn goes with the reads: a scrape that outlives its request (timed out) still
+            // holds it, and the next one waits for it.
+            let turn = scraper.one_at_a_time.clone().lock_owned().await;
             let started = Instant::now();
-            let text = scrape(scraper, started);
-            reply(StatusCode::OK, TEXT_FORMAT, text)
+            let reads = tokio::task::spawn_blocking({
+                let scraper = scraper.clone();
+                move || {
+                    let _turn = turn;
+                    scrape(&scraper, started)
+                }
+            });
+            match tokio::time::timeout(SCRAPE_TIMEOUT, reads).await {
+                Ok(Ok(text)) => reply(StatusCode::OK, TEXT_FORMAT, text),
+                Ok(Err(e)) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("the scrape failed: {e}\n"),
+                ),
+                Err(_) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!(
+                        "the processes did not answer within {SCRAPE_TIMEOUT:?} (one may be \
+                         stuck in the kernel); try again\n"
+                    ),
+                ),
+            }
         }
         (&Method::GET, "/-/healthy") => reply(StatusCode::OK, "text/plain", "OK\n".into()),
         (&Method::GET, "/") => reply(

@@ -75,9 +75,13 @@ impl Future for Driver {
             // watchdog wakes the driver if it stops.
             wakers.watched.store(true, Ordering::Relaxed);
         }
-        if reading && wakers.parked[Role::Recv as usize].load(Ordering::Relaxed) {
+        if reading
+            && wakers.parked[Role::Recv as usize].load(Ordering::Relaxed)
+            && !wakers.released.load(Ordering::Relaxed)
+        {
             // The application waits on its stream: whatever woke the driver woke it too, and
-            // it does the work on its own thread.
+            // it does the work on its own thread. (Loans the application released while it
+            // waits woke only the driver: those it sends.)
             return this.poll_linger(cx);
         }
         let Some(mut g) = this.shared.try_enter_driver() else {

@@ -115,6 +115,14 @@ impl Guard<'_> {
                         "SHARED message received, but this side mapped no loan region of the peer",
                     ));
                 };
+                let max = self.state.limits.recv_max_message;
+                if len > max {
+                    return Err(Error::limit(format!(
+                        "the peer announced a {len}-byte loaned message, larger than this \
+                         side's limit of {max} bytes; raise Config::max_message_size on the \
+                         receiver"
+                    )));
+                }
                 let Some(data) = region.message(offset, len) else {
                     return Err(Error::protocol(format!(
                         "SHARED message of {len} bytes at offset {offset} is empty or lies \

@@ -216,6 +216,8 @@ pub(crate) struct Negotiated {
     pub(crate) send_window_bytes: u64,
     /// Largest message the peer accepts.
     pub(crate) send_max_message: u64,
+    /// Largest message this side accepts (its own `Config::max_message_size`).
+    pub(crate) recv_max_message: u64,
     /// Messages up to this size are sent inline.
     pub(crate) inline_threshold: u32,
     /// Largest BATCH body the peer accepts.

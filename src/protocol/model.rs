@@ -29,6 +29,7 @@ fn limits() -> Negotiated {
         send_window_messages: WINDOW,
         send_window_bytes: WINDOW_BYTES,
         send_max_message: MAX_LEN as u64,
+        recv_max_message: MAX_LEN as u64,
         inline_threshold: 256,
         batch_body_max: 1 << 16,
         recv_window_messages: WINDOW,
