@@ -387,8 +387,9 @@ impl Config {
     }
 
     /// With [`SlowSubscriber::Drop`], how long a subscriber may stay without room in its
-    /// window before it is dropped (default [`DEFAULT_SLOW_SUBSCRIBER_GRACE`], 1 s). Until
-    /// then the publisher waits for it.
+    /// window (or, while the publisher flushes or closes, acknowledge nothing) before it is
+    /// dropped (default [`DEFAULT_SLOW_SUBSCRIBER_GRACE`], 1 s). Until then the publisher
+    /// waits for it. `Duration::MAX` never drops.
     #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn slow_subscriber_grace(mut self, grace: Duration) -> Config {
         self.slow_subscriber_grace = grace;

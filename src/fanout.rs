@@ -187,8 +187,9 @@ impl Fanout {
         let why = Error::new(
             ErrorKind::LimitExceeded,
             format!(
-                "{} was dropped by the publisher: its window stayed full for {:?} ({n} \
-                 messages, {bytes} bytes not yet pulled); pull faster, or have the publisher \
+                "{} was dropped by the publisher: its window stayed full (or, while the \
+                 publisher flushed, it acknowledged nothing) for {:?} ({n} messages, {bytes} \
+                 bytes not yet pulled); pull faster, or have the publisher \
                  use SlowSubscriber::Wait, a longer Config::slow_subscriber_grace or a larger \
                  window",
                 sub.id, self.grace
@@ -199,61 +200,32 @@ impl Fanout {
         self.depart(i, why);
     }
 
-    /// Polls `op` on every subscriber; removes those that fail. Returns whether any is still
-    /// pending.
-    fn poll_each(
+    /// Polls `op` on every subscriber: `Ready` once it is `Ready` for all of them (those that
+    /// fail are removed). Under [`SlowSubscriber::Drop`], one that stays pending for the grace
+    /// time is dropped, and a timer wakes the task when the earliest grace time ends.
+    fn poll_subscribers(
         &mut self,
         cx: &mut Context<'_>,
-        mut op: impl FnMut(Pin<&mut Sender>, &mut Context<'_>) -> Poll<Result<()>>,
-    ) -> bool {
-        let mut pending = false;
-        let mut i = 0;
-        while i < self.subs.len() {
-            match op(Pin::new(&mut self.subs[i].sender), cx) {
-                Poll::Ready(Ok(())) => i += 1,
-                Poll::Ready(Err(e)) => self.depart(i, e),
-                Poll::Pending => {
-                    pending = true;
-                    i += 1;
-                }
-            }
-        }
-        pending
-    }
-}
-
-impl Sink<Bytes> for Fanout {
-    type Error = Error;
-
-    /// Ready once every subscriber has room (or, with [`SlowSubscriber::Drop`], once those
-    /// that stayed without room for the grace time are dropped). Never fails: subscribers
-    /// that fail are removed.
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let this = &mut *self;
+        mut op: impl FnMut(&mut Subscriber, &mut Context<'_>) -> Poll<Result<()>>,
+    ) -> Poll<()> {
         loop {
             let mut pending = false;
-            // The earliest moment a full subscriber's grace time ends.
+            // The earliest moment a stalled subscriber's grace time ends.
             let mut wake_at: Option<Instant> = None;
             let mut i = 0;
-            while i < this.subs.len() {
-                let sub = &mut this.subs[i];
-                if sub.ready {
-                    i += 1;
-                    continue;
-                }
-                match Pin::new(&mut sub.sender).poll_ready(cx) {
+            while i < self.subs.len() {
+                match op(&mut self.subs[i], cx) {
                     Poll::Ready(Ok(())) => {
-                        sub.ready = true;
-                        sub.full_since = None;
+                        self.subs[i].full_since = None;
                         i += 1;
                     }
-                    Poll::Ready(Err(e)) => this.depart(i, e),
-                    Poll::Pending if this.policy == SlowSubscriber::Drop => {
+                    Poll::Ready(Err(e)) => self.depart(i, e),
+                    Poll::Pending if self.policy == SlowSubscriber::Drop => {
                         let now = Instant::now();
-                        let since = *sub.full_since.get_or_insert(now);
+                        let since = *self.subs[i].full_since.get_or_insert(now);
                         // A grace too long to add up (Duration::MAX: "never") never ends.
-                        match since.checked_add(this.grace) {
-                            Some(ends) if now >= ends => this.drop_slow(i),
+                        match since.checked_add(self.grace) {
+                            Some(ends) if now >= ends => self.drop_slow(i),
                             ends => {
                                 pending = true;
                                 if let Some(ends) = ends {
@@ -270,13 +242,13 @@ impl Sink<Bytes> for Fanout {
                 }
             }
             if !pending {
-                this.grace_timer = None;
-                return Poll::Ready(Ok(()));
+                self.grace_timer = None;
+                return Poll::Ready(());
             }
             let Some(at) = wake_at else {
                 return Poll::Pending;
             };
-            let timer = this
+            let timer = self
                 .grace_timer
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
             if timer.deadline() != at {
@@ -287,6 +259,25 @@ impl Sink<Bytes> for Fanout {
             }
             // A grace time ended while we looked: look again.
         }
+    }
+}
+
+impl Sink<Bytes> for Fanout {
+    type Error = Error;
+
+    /// Ready once every subscriber has room (or, with [`SlowSubscriber::Drop`], once those
+    /// that stayed without room for the grace time are dropped). Never fails: subscribers
+    /// that fail are removed.
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.poll_subscribers(cx, |sub, cx| {
+            if sub.ready {
+                return Poll::Ready(Ok(()));
+            }
+            let r = Pin::new(&mut sub.sender).poll_ready(cx);
+            sub.ready = matches!(r, Poll::Ready(Ok(())));
+            r
+        })
+        .map(Ok)
     }
 
     /// Announces `item` to every subscriber (a reference each, no copy). Subscribers that fail
@@ -311,19 +302,13 @@ impl Sink<Bytes> for Fanout {
 
     /// Ready once every subscriber has pulled every message announced to it.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if self.poll_each(cx, |s, cx| s.poll_flush(cx)) {
-            Poll::Pending
-        } else {
-            Poll::Ready(Ok(()))
-        }
+        self.poll_subscribers(cx, |sub, cx| Pin::new(&mut sub.sender).poll_flush(cx))
+            .map(Ok)
     }
 
     /// Closes every subscriber connection (each after its messages are pulled).
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if self.poll_each(cx, |s, cx| s.poll_close(cx)) {
-            Poll::Pending
-        } else {
-            Poll::Ready(Ok(()))
-        }
+        self.poll_subscribers(cx, |sub, cx| Pin::new(&mut sub.sender).poll_close(cx))
+            .map(Ok)
     }
 }

@@ -342,6 +342,38 @@ async fn readme_publish(path: &Path) -> Vec<String> {
     departed
 }
 
+/// `send` (feed, then flush) with the drop policy: a subscriber that stops reading stalls the
+/// flush, and is dropped after the grace time instead of hanging the publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_dropped_while_the_publisher_flushes() {
+    let config = Config::new()
+        .window(WINDOW, 64 << 20)
+        .slow_subscriber(SlowSubscriber::Drop)
+        .slow_subscriber_grace(Duration::from_millis(200));
+    let (stalled_pub, _stalled) = Connection::pair_with(config.clone()).await.unwrap();
+    let (reader_pub, reader) = Connection::pair_with(config.clone()).await.unwrap();
+    let reading = tokio::spawn(read_all(reader));
+    let mut fanout = Fanout::new(&config);
+    fanout.subscribe(stalled_pub);
+    fanout.subscribe(reader_pub);
+    timeout(LIMIT, async {
+        for i in 0..40 {
+            fanout.send(message(i)).await.unwrap();
+        }
+        fanout.close().await.unwrap();
+    })
+    .await
+    .expect("the publisher does not hang on a subscriber that stopped reading");
+    let departed = fanout.take_departed();
+    assert_eq!(departed.len(), 1, "{departed:?}");
+    assert_eq!(departed[0].1.kind(), ErrorKind::LimitExceeded);
+    let got = timeout(LIMIT, reading).await.unwrap().unwrap();
+    assert_eq!(got.len(), 40);
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(*m, message(i as u64));
+    }
+}
+
 async fn read_all(mut conn: Connection) -> Vec<Bytes> {
     let mut got = Vec::new();
     while let Some(msg) = conn.next().await {
