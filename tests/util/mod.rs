@@ -266,6 +266,7 @@ pub fn run_child_role_with(roles: impl FnOnce(&str, &[String]) -> Option<i32>) {
     if let Some(code) = roles(&role, &args) {
         std::process::exit(code);
     }
+    #[cfg(feature = "probe")]
     if let Some(code) = probe_roles::run(&role, &args) {
         std::process::exit(code);
     }
@@ -501,6 +502,7 @@ async fn child_main(role: &str, args: &[String]) -> i32 {
 /// publishes blocks, writes or reads them, or probes another child, and reports on stdout with
 /// `RESULT ` lines. Every role that waits for the parent gives up after [`probe_roles::LIFETIME`]
 /// so that no child outlives a test run that died.
+#[cfg(feature = "probe")]
 pub mod probe_roles {
     use std::path::{Path, PathBuf};
     use std::time::{Duration, Instant};
