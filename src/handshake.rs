@@ -74,11 +74,6 @@ async fn run(fd: OwnedFd, config: &Config, outer: tracing::Span) -> Result<Arc<S
         max_inline: config.max_inline_size,
     };
     let mut io = Framed::new(socket, FrameCodec::new(limits));
-    let lend = lend_region(config);
-    if lend.is_some() {
-        // The peer's region file may arrive with any read from now on.
-        io.get_mut().accept_fds();
-    }
 
     let own_uid = nix::unistd::geteuid().as_raw();
     if !config.accepts_uid(own_uid, uid) {
@@ -101,6 +96,13 @@ async fn run(fd: OwnedFd, config: &Config, outer: tracing::Span) -> Result<Arc<S
         )
         .await;
         return Err(err);
+    }
+
+    // Only for an accepted peer: a region costs a memfd and a mapping.
+    let lend = lend_region(config);
+    if lend.is_some() {
+        // The peer's region file may arrive with any read from now on (nothing was read yet).
+        io.get_mut().accept_fds();
     }
 
     let claim = permit_reader(pid, config);

@@ -18,11 +18,11 @@ use crate::sys;
 #[derive(Debug)]
 pub(crate) struct ControlSocket {
     fd: AsyncFd<OwnedFd>,
-    /// Descriptors received with the bytes (`SCM_RIGHTS`), while they are accepted (during
-    /// the handshake, for the peer's loan region): at most one is kept, any other is closed
-    /// at once, so a peer cannot fill this process's descriptor table. `None` otherwise, and
-    /// the kernel then closes any descriptor a peer sends.
-    fds: Option<Vec<OwnedFd>>,
+    /// While descriptors are accepted (`Some`: during the handshake, for the peer's loan
+    /// region), the first one received with the bytes (`SCM_RIGHTS`); any other is closed at
+    /// once, so a peer cannot fill this process's descriptor table. `None` otherwise, and the
+    /// kernel then closes any descriptor a peer sends.
+    fds: Option<Option<OwnedFd>>,
 }
 
 impl ControlSocket {
@@ -38,18 +38,17 @@ impl ControlSocket {
     ///
     /// [`take_fd`]: ControlSocket::take_fd
     pub(crate) fn accept_fds(&mut self) {
-        self.fds.get_or_insert_with(Vec::new);
+        self.fds.get_or_insert(None);
     }
 
-    /// Stops keeping descriptors; any kept and not taken are closed.
+    /// Stops keeping descriptors; one kept and not taken is closed.
     pub(crate) fn refuse_fds(&mut self) {
         self.fds = None;
     }
 
-    /// The first descriptor received and not taken yet.
+    /// The first descriptor received, if not taken yet.
     pub(crate) fn take_fd(&mut self) -> Option<OwnedFd> {
-        let fds = self.fds.as_mut()?;
-        (!fds.is_empty()).then(|| fds.remove(0))
+        self.fds.as_mut()?.take()
     }
 
     /// Sends `buf` with `fd` attached (or without a descriptor), waiting for room in the
@@ -115,12 +114,7 @@ impl AsyncRead for ControlSocket {
             let unfilled = unsafe { buf.unfilled_mut() };
             let fds = &mut this.fds;
             match guard.try_io(|fd| match fds {
-                Some(fds) => {
-                    let n = sys::recv_with_fds(fd.as_fd(), unfilled, fds);
-                    // Only the first descriptor is ever used (the REGION frame's).
-                    fds.truncate(1);
-                    n
-                }
+                Some(kept) => sys::recv_with_fds(fd.as_fd(), unfilled, kept),
                 None => sys::recv(fd.as_fd(), unfilled),
             }) {
                 Ok(Ok(n)) => {

@@ -1119,12 +1119,12 @@ pub(crate) fn send_with_fd(
 }
 
 /// Like [`recv`], but also takes the descriptors that arrive with the bytes (`SCM_RIGHTS`,
-/// close-on-exec) and appends them to `fds`. Room is made for a few; the kernel closes any
-/// beyond that.
+/// close-on-exec): the first one goes into `kept` if it is empty, every other is closed at
+/// once. Room is made for a few; the kernel closes any beyond that.
 pub(crate) fn recv_with_fds(
     sock: BorrowedFd<'_>,
     buf: &mut [MaybeUninit<u8>],
-    fds: &mut Vec<OwnedFd>,
+    kept: &mut Option<OwnedFd>,
 ) -> io::Result<usize> {
     const MAX_FDS: usize = 4;
     // Room for one SCM_RIGHTS message of MAX_FDS descriptors, aligned for `cmsghdr`.
@@ -1164,7 +1164,11 @@ pub(crate) fn recv_with_fds(
                 let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
                 let payload = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
                 for i in 0..payload / size_of::<libc::c_int>() {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                    let fd = OwnedFd::from_raw_fd(data.add(i).read_unaligned());
+                    // Dropping a descriptor that is not kept closes it.
+                    if kept.is_none() {
+                        *kept = Some(fd);
+                    }
                 }
             }
             c = libc::CMSG_NXTHDR(&raw const msg, c);

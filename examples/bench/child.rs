@@ -533,16 +533,20 @@ where
         .map_err(|e| format!("closing after {count} messages: {e}"))
 }
 
-async fn pvm_recv(a: StreamArgs) -> Result<(), String> {
-    let path = &a.path;
-    let listener = Listener::bind_with(path, pvm_config(a.size, a.data))
-        .map_err(|e| format!("binding {path}: {e}"))?;
+/// Binds a listener at `path`, says `READY`, and accepts the one connection.
+async fn pvm_accept(path: &str, config: Config) -> Result<Connection, String> {
+    let listener = Listener::bind_with(path, config).map_err(|e| format!("binding {path}: {e}"))?;
     ready();
-    let mut conn = listener
+    let conn = listener
         .accept()
         .await
         .map_err(|e| format!("accepting on {path}: {e}"))?;
     drop(listener); // removes the socket file
+    Ok(conn)
+}
+
+async fn pvm_recv(a: StreamArgs) -> Result<(), String> {
+    let mut conn = pvm_accept(&a.path, pvm_config(a.size, a.data)).await?;
     receive_all(&mut conn, &a).await
 }
 
@@ -588,9 +592,12 @@ fn no_loans(data: Data) -> Result<(), String> {
     Ok(())
 }
 
-async fn unix_recv(a: StreamArgs) -> Result<(), String> {
-    no_loans(a.data)?;
-    let path = &a.path;
+/// Binds a Unix listener at `path`, says `READY`, accepts the one connection and removes the
+/// socket file: the connection framed for messages of `size` bytes.
+async fn unix_accept(
+    path: &str,
+    size: usize,
+) -> Result<Framed<UnixStream, LengthDelimitedCodec>, String> {
     let listener = UnixListener::bind(path).map_err(|e| format!("binding {path}: {e}"))?;
     ready();
     let (stream, _) = listener
@@ -599,7 +606,12 @@ async fn unix_recv(a: StreamArgs) -> Result<(), String> {
         .map_err(|e| format!("accepting on {path}: {e}"))?;
     drop(listener);
     let _ = std::fs::remove_file(path);
-    let mut framed = Framed::new(stream, codec(a.size));
+    Ok(Framed::new(stream, codec(size)))
+}
+
+async fn unix_recv(a: StreamArgs) -> Result<(), String> {
+    no_loans(a.data)?;
+    let mut framed = unix_accept(&a.path, a.size).await?;
     receive_all(&mut framed, &a).await
 }
 
@@ -777,14 +789,7 @@ where
 /// fresh loan the received content is copied into (what an application that loans does: a
 /// received loaned message lies in the pinger's region, not in this side's).
 async fn pvm_echo(path: String, size: usize, data: Data) -> Result<(), String> {
-    let listener = Listener::bind_with(&path, pvm_config(size, data))
-        .map_err(|e| format!("binding {path}: {e}"))?;
-    ready();
-    let mut conn = listener
-        .accept()
-        .await
-        .map_err(|e| format!("accepting on {path}: {e}"))?;
-    drop(listener);
+    let mut conn = pvm_accept(&path, pvm_config(size, data)).await?;
     if data != Data::Loan {
         return echo_all(&mut conn, |_, msg: Bytes| msg).await;
     }
@@ -816,15 +821,7 @@ async fn pvm_ping(ping: Ping) -> Result<(), String> {
 /// Echoes every frame back.
 async fn unix_echo(path: String, size: usize, data: Data) -> Result<(), String> {
     no_loans(data)?;
-    let listener = UnixListener::bind(&path).map_err(|e| format!("binding {path}: {e}"))?;
-    ready();
-    let (stream, _) = listener
-        .accept()
-        .await
-        .map_err(|e| format!("accepting on {path}: {e}"))?;
-    drop(listener);
-    let _ = std::fs::remove_file(&path);
-    let mut framed = Framed::new(stream, codec(size));
+    let mut framed = unix_accept(&path, size).await?;
     echo_all(&mut framed, |_, frame: BytesMut| frame.freeze()).await
 }
 

@@ -159,7 +159,9 @@ impl Wake for ReleaseWake {
 
     fn wake_by_ref(self: &Arc<Self>) {
         let w = &self.0;
-        if !w.released.swap(true, Ordering::SeqCst) {
+        // Called for every dropped loaned message: while a release is already pending (the
+        // common case in a run of drops), a load is all it costs.
+        if !w.released.load(Ordering::Relaxed) && !w.released.swap(true, Ordering::SeqCst) {
             // Pairs with the fence in `Shared::poll_next`: either it sees `released`, or this
             // sees the half parked.
             std::sync::atomic::fence(Ordering::SeqCst);
