@@ -361,12 +361,12 @@ impl PeerRegion {
         }))
     }
 
-    /// Moves the offsets released so far into `into`.
-    pub(crate) fn take_released(&self, into: &mut Vec<u64>) {
+    /// The offsets released so far.
+    pub(crate) fn take_released(&self) -> Vec<u64> {
         let mut released = lock(&self.released);
         self.pending.store(0, Ordering::Relaxed);
         self.pending_bytes.store(0, Ordering::Relaxed);
-        into.append(&mut released);
+        std::mem::take(&mut *released)
     }
 
     /// How many offsets were released and not taken yet, and the bytes of their messages (a
@@ -490,8 +490,6 @@ mod tests {
         assert!(peer.message(u64::MAX, 2).is_none());
         assert!(peer.message(0, 0).is_none());
         drop(msg);
-        let mut released = Vec::new();
-        peer.take_released(&mut released);
-        assert_eq!(released, [0]);
+        assert_eq!(peer.take_released(), [0]);
     }
 }

@@ -220,6 +220,34 @@ async fn loaned_messages_stay_readable_after_the_sender_exits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_vanishes_leaves_its_delivered_loans_readable() {
+    let dir = temp_dir("loan-vanish");
+    let path = dir.join("s");
+    let listener = Listener::bind_with(&path, config(8 << 20)).unwrap();
+    let child = ChildProc::spawn("lend_and_vanish", &[path.to_str().unwrap(), "12"]);
+    let mut conn = accept(&listener).await;
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        let m = timeout(Duration::from_secs(10), conn.next()).await.unwrap();
+        held.push(m.unwrap().unwrap());
+    }
+    let (ok, _) = child.finish(Duration::from_secs(10));
+    assert!(ok);
+    // The stream ends (the process is gone), and what was delivered stays intact.
+    let end = timeout(Duration::from_secs(5), conn.next())
+        .await
+        .expect("the stream ends when the sender vanishes");
+    assert!(!matches!(end, Some(Ok(_))), "nothing more arrives: {end:?}");
+    for (seq, m) in held.iter().enumerate() {
+        let len = SIZES[seq % SIZES.len()];
+        assert!(
+            check(seq as u64, len, m),
+            "message {seq} intact after the sender vanished"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_peer_opting_in_loans_are_ordinary_messages() {
     let dir = temp_dir("loan-off");
     let path = dir.join("s");
@@ -531,6 +559,16 @@ mod roles {
                 rt.block_on(lend(&path, count, config(4 << 30)));
             }
             "fill_region" => rt.block_on(fill_region(&path)),
+            // lend_and_vanish PATH COUNT: send COUNT loaned messages (flushed: the parent's
+            // transport has them), then end the process without closing anything, as a
+            // crash does.
+            "lend_and_vanish" => rt.block_on(async {
+                let mut conn = Connection::connect_with(&path, config(8 << 20))
+                    .await
+                    .unwrap();
+                send_loaned(&mut conn, count).await;
+                std::process::exit(0);
+            }),
             "lend_and_exit" => rt.block_on(async {
                 let mut conn = Connection::connect_with(&path, config(8 << 20))
                     .await

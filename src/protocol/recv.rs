@@ -21,14 +21,14 @@ use tracing::{debug, trace};
 
 use super::{Guard, Negotiated, Role};
 use crate::codec::{Descriptor, MAX_RELEASES, OutFrame};
+use crate::error::{Error, ErrorKind, Result};
+use crate::pull::{BlockingPull, pull_messages};
+use crate::sys::RemoteRange;
 
 /// Released loans are sent back once this many have gathered, or messages of this many bytes
 /// (the sender lends the memory again, still warm in the caches), or when the connection would
 /// otherwise wait or writes anyway.
 const RELEASE_BATCH: (usize, usize) = (64, 256 << 10);
-use crate::error::{Error, ErrorKind, Result};
-use crate::pull::{BlockingPull, pull_messages};
-use crate::sys::RemoteRange;
 
 /// A message announced by the peer, not pulled yet.
 #[derive(Debug)]
@@ -316,8 +316,7 @@ impl Guard<'_> {
             return;
         }
         wakers.released.store(false, Ordering::SeqCst);
-        let mut offsets = Vec::new();
-        region.take_released(&mut offsets);
+        let offsets = region.take_released();
         let st = &*self.state;
         if offsets.is_empty() || st.fatal.is_some() || st.write_closed || st.send.finished() {
             return;
