@@ -35,11 +35,10 @@ const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 #[derive(Debug)]
 struct Scraper {
     dirs: Vec<PathBuf>,
-    targets: std::sync::Mutex<Targets>,
-    /// One scrape at a time: reads run on the blocking pool, so the server keeps accepting,
-    /// answering `/-/healthy` and watching signals while a target is slow; concurrent
-    /// scrapes queue here instead of piling up reads.
-    one_at_a_time: Arc<tokio::sync::Mutex<()>>,
+    /// What is read, one scrape at a time: reads run on the blocking pool, so the server
+    /// keeps accepting, answering `/-/healthy` and watching signals while a target is slow;
+    /// concurrent scrapes queue here instead of piling up reads.
+    targets: Arc<tokio::sync::Mutex<Targets>>,
 }
 
 /// `pvmctl serve`.
@@ -50,8 +49,7 @@ pub(crate) fn serve(dirs: Vec<PathBuf>, args: &ServeArgs) -> Result<(), Failure>
         .map_err(|e| Failure::new(EXIT_FAILURE, format!("starting the runtime: {e}")))?;
     let scraper = Arc::new(Scraper {
         dirs,
-        targets: std::sync::Mutex::new(Targets::new(args.pids.clone())),
-        one_at_a_time: Arc::new(tokio::sync::Mutex::new(())),
+        targets: Arc::new(tokio::sync::Mutex::new(Targets::new(args.pids.clone()))),
     });
     rt.block_on(run(scraper, args.listen))
 }
@@ -133,14 +131,11 @@ async fn respond(scraper: Arc<Scraper>, req: Request<Incoming>) -> Response<Full
         (&Method::GET, "/metrics") => {
             // The turn goes with the reads: a scrape that outlives its request (timed out) still
             // holds it, and the next one waits for it.
-            let turn = scraper.one_at_a_time.clone().lock_owned().await;
+            let targets = scraper.targets.clone().lock_owned().await;
             let started = Instant::now();
             let reads = tokio::task::spawn_blocking({
                 let scraper = scraper.clone();
-                move || {
-                    let _turn = turn;
-                    scrape(&scraper, started)
-                }
+                move || scrape(&scraper.dirs, &targets, started)
             });
             match tokio::time::timeout(SCRAPE_TIMEOUT, reads).await {
                 Ok(Ok(text)) => reply(StatusCode::OK, TEXT_FORMAT, text),
@@ -179,13 +174,8 @@ async fn respond(scraper: Arc<Scraper>, req: Request<Incoming>) -> Response<Full
 }
 
 /// Reads every target and renders the text format, with the scrape's own metrics.
-fn scrape(scraper: &Scraper, started: Instant) -> String {
-    let targets = scraper
-        .targets
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (metrics, _named_problem) = collect(&scraper.dirs, &targets);
-    drop(targets);
+fn scrape(dirs: &[PathBuf], targets: &Targets, started: Instant) -> String {
+    let (metrics, _named_problem) = collect(dirs, targets);
     let processes = metrics.processes();
     let mut text = metrics.render();
     let _ = writeln!(
