@@ -32,8 +32,9 @@ struct Subscriber {
     sender: Sender,
     /// `poll_ready` returned `Ready` for it since the last `start_send`.
     ready: bool,
-    /// Since when its window has been full (under [`SlowSubscriber::Drop`]).
-    full_since: Option<Instant>,
+    /// Since when it has kept the publisher waiting (its window full, or, while the publisher
+    /// flushes or closes, acknowledging nothing), under [`SlowSubscriber::Drop`].
+    stalled_since: Option<Instant>,
 }
 
 /// A [`Sink`] of [`Bytes`] that delivers every message to every subscriber connection.
@@ -50,9 +51,9 @@ struct Subscriber {
 ///
 /// - **Flow control** follows [`Config::slow_subscriber`]: with [`SlowSubscriber::Wait`]
 ///   `poll_ready` waits until every subscriber has room in its window; with
-///   [`SlowSubscriber::Drop`] it waits for a subscriber without room for at most
-///   [`Config::slow_subscriber_grace`] (1 s), then drops that subscriber with an error, and
-///   the others go on.
+///   [`SlowSubscriber::Drop`] it waits for a subscriber without room (or, in `flush` and
+///   `close`, one that acknowledges nothing) for at most [`Config::slow_subscriber_grace`]
+///   (1 s), then drops that subscriber with an error, and the others go on.
 /// - **Joining and leaving** happen between messages: [`Fanout::subscribe`] and
 ///   [`Fanout::unsubscribe`] take `&mut self`. A subscriber receives the messages published
 ///   after it joined. A subscriber that goes away (exits, is killed, closes its connection) is
@@ -89,7 +90,7 @@ pub struct Fanout {
     subs: Vec<Subscriber>,
     policy: SlowSubscriber,
     grace: Duration,
-    /// Wakes `poll_ready` when the earliest grace time of a full subscriber ends.
+    /// Wakes the publisher's task when the earliest grace time of a stalled subscriber ends.
     grace_timer: Option<Pin<Box<Sleep>>>,
     next_id: u64,
     departed: Vec<(SubscriberId, Error)>,
@@ -129,7 +130,7 @@ impl Fanout {
             id,
             sender,
             ready: false,
-            full_since: None,
+            stalled_since: None,
         });
         id
     }
@@ -180,7 +181,7 @@ impl Fanout {
         self.departed.push((sub.id, why));
     }
 
-    /// Drops subscriber `i`, whose window stayed full for the whole grace time.
+    /// Drops subscriber `i`, which kept the publisher waiting for the whole grace time.
     fn drop_slow(&mut self, i: usize) {
         let sub = &self.subs[i];
         let (n, bytes) = sub.sender.in_flight();
@@ -216,13 +217,13 @@ impl Fanout {
             while i < self.subs.len() {
                 match op(&mut self.subs[i], cx) {
                     Poll::Ready(Ok(())) => {
-                        self.subs[i].full_since = None;
+                        self.subs[i].stalled_since = None;
                         i += 1;
                     }
                     Poll::Ready(Err(e)) => self.depart(i, e),
                     Poll::Pending if self.policy == SlowSubscriber::Drop => {
                         let now = Instant::now();
-                        let since = *self.subs[i].full_since.get_or_insert(now);
+                        let since = *self.subs[i].stalled_since.get_or_insert(now);
                         // A grace too long to add up (Duration::MAX: "never") never ends.
                         match since.checked_add(self.grace) {
                             Some(ends) if now >= ends => self.drop_slow(i),
