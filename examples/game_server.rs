@@ -316,6 +316,9 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
     world.publish(&mut stats, &sf, map_at(started));
 
     let publication = Publication::publish(&[&stats, &tuning])?;
+    // The settings in force, read before the first line announces the server: a tool that
+    // writes the block as soon as it sees that line is then always noticed as a change.
+    let mut last = tuning.read()?;
     let manifest = publication.manifest_path();
     let dir = manifest.parent().unwrap_or(Path::new("."));
     {
@@ -330,7 +333,6 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
         .map_err(|e| format!("writing to stdout: {e}"))?;
     }
 
-    let mut last = tuning.read()?;
     let mut settings = Settings::from_snapshot(&last, &tf);
     settings.report_clamping();
     let mut ticks = ticker(settings.period());
