@@ -16,6 +16,11 @@ use crate::{Mode, PeerInfo};
 /// How many written bytes [`ByteStream`] gathers into one message by default.
 pub const DEFAULT_GATHER: usize = 64 << 10;
 
+/// Messages up to this size travel inline through the control socket, as the bytes of a
+/// socket do, instead of being pulled (as far as the peer accepts inline messages that large:
+/// [`Config::max_inline_size`](crate::Config::max_inline_size), 64 KiB by default).
+const STREAM_INLINE: u32 = 64 << 10;
+
 /// A [`Connection`] as `tokio::io::AsyncRead + AsyncWrite + AsyncBufRead`, to run protocols
 /// written for sockets (HTTP/1.1 and HTTP/2, gRPC, WebSocket, line protocols, …) over the
 /// transport. It behaves as a Unix socket does at every stage of its life:
@@ -171,8 +176,27 @@ impl ByteWriter {
         }
         ready!(Pin::new(&mut self.sender).poll_ready(cx))?;
         let message = self.buf.split().freeze();
-        Pin::new(&mut self.sender).start_send(message)?;
+        self.sender
+            .start_send_inline_up_to(message, STREAM_INLINE)?;
         Poll::Ready(Ok(()))
+    }
+
+    /// Takes `data`: gathered, or sent as a message of its own if it is at least `gather`
+    /// bytes long.
+    fn poll_write_one(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        if self.buf.len() + data.len() > self.gather {
+            ready!(self.poll_send_buffered(cx))?;
+        }
+        if data.len() >= self.gather {
+            // Large enough to be a message of its own.
+            ready!(Pin::new(&mut self.sender).poll_ready(cx))?;
+            let message = Bytes::copy_from_slice(data);
+            self.sender
+                .start_send_inline_up_to(message, STREAM_INLINE)?;
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+        Poll::Ready(Ok(data.len()))
     }
 }
 
@@ -181,7 +205,8 @@ impl Drop for ByteWriter {
         // Written bytes are the application's data as much as flushed ones: hand them to the
         // driver, which sends them before closing (the sender's own drop, right after).
         if !self.buf.is_empty() {
-            self.sender.send_on_drop(self.buf.split().freeze());
+            self.sender
+                .send_on_drop(self.buf.split().freeze(), STREAM_INLINE);
         }
     }
 }
@@ -212,18 +237,35 @@ impl AsyncWrite for ByteWriter {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_one(cx, data)
+    }
+
+    /// Gathers as many of the buffers as fit into the message being gathered (a frame's
+    /// header and its payload, say, become one message instead of two), or takes the first
+    /// one as [`poll_write`](AsyncWrite::poll_write) does.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.buf.len() + data.len() > this.gather {
-            ready!(this.poll_send_buffered(cx))?;
+        let mut bufs = bufs.iter().filter(|b| !b.is_empty());
+        let Some(first) = bufs.next() else {
+            return Poll::Ready(Ok(0));
+        };
+        let mut taken = ready!(this.poll_write_one(cx, first))?;
+        for buf in bufs {
+            if this.buf.is_empty() || this.buf.len() + buf.len() > this.gather {
+                break;
+            }
+            this.buf.extend_from_slice(buf);
+            taken += buf.len();
         }
-        if data.len() >= this.gather {
-            // Large enough to be a message of its own.
-            ready!(Pin::new(&mut this.sender).poll_ready(cx))?;
-            Pin::new(&mut this.sender).start_send(Bytes::copy_from_slice(data))?;
-        } else {
-            this.buf.extend_from_slice(data);
-        }
-        Poll::Ready(Ok(data.len()))
+        Poll::Ready(Ok(taken))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -274,6 +316,18 @@ impl AsyncWrite for ByteStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.writer).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.writer).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.writer.is_write_vectored()
     }
 }
 

@@ -20,6 +20,7 @@
 //! | 10   | REGION | size u64, reserved u64; sent once, in the handshake, with the loan region's memfd attached (`SCM_RIGHTS`) |
 //! | 11   | SHARED | sequence u64, offset u64, length u64: a message in the sender's loan region, read in place |
 //! | 12   | RELEASE | count u32, reserved u32, then count offsets u64: loaned messages the receiver's application dropped |
+//! | 13   | SYNC   | sent u64: the sender waits for the acknowledgement of its first `sent` messages (every message it sent so far): acknowledge them as soon as they are received |
 //!
 //! Every body length is checked against the receiver's limits as soon as the header arrives,
 //! before any room is reserved for the body; counts and lengths inside the body are checked
@@ -35,7 +36,7 @@ use crate::error::Error;
 use crate::sys::RemoteRange;
 
 /// Protocol version spoken by this crate.
-pub(crate) const VERSION: u16 = 3;
+pub(crate) const VERSION: u16 = 4;
 /// First bytes of every HELLO body.
 pub(crate) const MAGIC: [u8; 8] = *b"TOKIOPVM";
 /// Size of the handshake cookie.
@@ -74,6 +75,7 @@ const T_STOP: u8 = 9;
 const T_REGION: u8 = 10;
 const T_SHARED: u8 = 11;
 const T_RELEASE: u8 = 12;
+const T_SYNC: u8 = 13;
 
 /// Codes carried by an ERROR frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +191,10 @@ pub(crate) enum Frame {
     Stop {
         delivered: u64,
     },
+    /// The peer waits for the acknowledgement of its first `sent` messages.
+    Sync {
+        sent: u64,
+    },
     Error {
         code: ErrorCode,
         reason: String,
@@ -249,6 +255,7 @@ pub(crate) enum OutFrame<'a> {
     Ack { count: u64 },
     Close { sent: u64 },
     Stop { delivered: u64 },
+    Sync { sent: u64 },
     Error { code: ErrorCode, reason: &'a str },
     Shared { seq: u64, offset: u64, len: u64 },
     Release { offsets: &'a [u64] },
@@ -303,7 +310,7 @@ impl FrameCodec {
                 let max = u64::from(l.max_inline).min(l.max_message_size);
                 (BATCH_FIXED + BATCH_ENTRY, BATCH_FIXED + max as usize)
             }
-            T_ACK | T_CLOSE | T_STOP => (8, 8),
+            T_ACK | T_CLOSE | T_STOP | T_SYNC => (8, 8),
             T_ERROR => (8, 8 + MAX_ERROR_TEXT),
             T_REGION => (REGION_LEN, REGION_LEN),
             T_SHARED => (SHARED_LEN, SHARED_LEN),
@@ -433,6 +440,9 @@ impl FrameCodec {
             },
             T_STOP => Frame::Stop {
                 delivered: body.get_u64_le(),
+            },
+            T_SYNC => Frame::Sync {
+                sent: body.get_u64_le(),
             },
             T_ERROR => {
                 let code = ErrorCode::from_u32(body.get_u32_le());
@@ -665,6 +675,10 @@ impl Encoder<OutFrame<'_>> for FrameCodec {
                 put_header(dst, T_STOP, 8);
                 dst.put_u64_le(delivered);
             }
+            OutFrame::Sync { sent } => {
+                put_header(dst, T_SYNC, 8);
+                dst.put_u64_le(sent);
+            }
             OutFrame::Error { code, reason } => {
                 let mut end = reason.len().min(MAX_ERROR_TEXT);
                 while !reason.is_char_boundary(end) {
@@ -806,6 +820,10 @@ mod tests {
         assert_eq!(
             roundtrip(OutFrame::Stop { delivered: 5 }),
             Frame::Stop { delivered: 5 }
+        );
+        assert_eq!(
+            roundtrip(OutFrame::Sync { sent: 9 }),
+            Frame::Sync { sent: 9 }
         );
         assert_eq!(
             roundtrip(OutFrame::Error {

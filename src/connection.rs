@@ -493,8 +493,14 @@ impl Sender {
 
     /// Hands `data` to the connection to be sent after this half is dropped, as the window
     /// allows, within the linger time (what a dropped `ByteStream` had not flushed).
-    pub(crate) fn send_on_drop(&self, data: Bytes) {
-        self.shared.send_on_drop(data);
+    pub(crate) fn send_on_drop(&self, data: Bytes, inline_up_to: u32) {
+        self.shared.send_on_drop(data, inline_up_to);
+    }
+
+    /// Sends `item` (after `poll_ready`, as [`Sink::start_send`]), inline if it is no larger
+    /// than `inline_up_to` and the peer accepts messages that large inline.
+    pub(crate) fn start_send_inline_up_to(&mut self, item: Bytes, inline_up_to: u32) -> Result<()> {
+        self.shared.start_send(item, inline_up_to)
     }
 }
 
@@ -506,7 +512,7 @@ impl Sink<Bytes> for Sender {
     }
 
     fn start_send(self: Pin<&mut Self>, item: Bytes) -> Result<()> {
-        self.shared.start_send(item)
+        self.shared.start_send(item, 0)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {

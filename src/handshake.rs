@@ -555,6 +555,7 @@ fn unexpected(frame: Frame, wanted: &str) -> Error {
         Frame::Region { .. } => "REGION",
         Frame::Shared { .. } => "SHARED",
         Frame::Release(_) => "RELEASE",
+        Frame::Sync { .. } => "SYNC",
     };
     Error::protocol(format!("expected {wanted} during the handshake, got {got}"))
 }

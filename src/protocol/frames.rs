@@ -46,7 +46,7 @@ impl Guard<'_> {
             }
         }
         if progressed {
-            self.send_ack();
+            self.ack_if_urgent();
         }
         progressed
     }
@@ -132,6 +132,7 @@ impl Guard<'_> {
                 self.on_message(seq, len, recv::Incoming::Inline(data))
             }
             Frame::Release(releases) => self.on_release(releases),
+            Frame::Sync { sent } => self.state.recv.on_sync(sent),
             Frame::Hello(_) | Frame::Ready { .. } | Frame::Region { .. } => Err(Error::protocol(
                 "handshake frame received after the handshake",
             )),

@@ -238,6 +238,15 @@ pub(crate) struct Negotiated {
     pub(crate) linger: Duration,
 }
 
+impl Negotiated {
+    /// Largest message the peer accepts inline (its decoder bounds an INLINE payload as it
+    /// bounds a BATCH body's messages).
+    pub(crate) fn peer_inline_max(&self) -> u64 {
+        self.batch_body_max
+            .saturating_sub(crate::codec::BATCH_FIXED) as u64
+    }
+}
+
 /// How each direction of a connection moves payloads.
 #[derive(Debug, Clone)]
 pub(crate) struct Modes {
@@ -401,8 +410,10 @@ impl Shared {
         self.poll_parking(Role::Send, |g| g.poll_ready(cx))
     }
 
-    pub(crate) fn start_send(&self, item: Bytes) -> Result<()> {
-        self.with(Role::Send, |g| g.start_send(item))
+    /// Sends `item`, inline if it is no larger than `inline_up_to` (as far as the peer
+    /// accepts inline messages) or than the negotiated inline threshold.
+    pub(crate) fn start_send(&self, item: Bytes, inline_up_to: u32) -> Result<()> {
+        self.with(Role::Send, |g| g.start_send(item, inline_up_to))
     }
 
     pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
@@ -460,8 +471,10 @@ impl Shared {
 
     /// Queues `data` to be sent after the sending half is dropped, as the window allows (what
     /// a dropped [`ByteStream`](crate::ByteStream) had not flushed).
-    pub(crate) fn send_on_drop(&self, data: Bytes) {
-        self.with(Role::Send, |mut g| g.state.send.backlog.push_back(data));
+    pub(crate) fn send_on_drop(&self, data: Bytes, inline_up_to: u32) {
+        self.with(Role::Send, |mut g| {
+            g.state.send.backlog.push_back((data, inline_up_to))
+        });
     }
 
     /// Called when a half is dropped: the driver takes over what it leaves behind.
@@ -565,6 +578,17 @@ impl Guard<'_> {
         if self.state.io.write_buffer().is_empty() {
             self.state.send.written();
             return Poll::Ready(Ok(()));
+        }
+        // An acknowledgement that was not urgent goes with whatever this side writes.
+        if let Some(count) = self.state.recv.ack_due()
+            && self.state.fatal.is_none()
+            && !self.state.write_closed
+        {
+            if let Err(e) = self.queue_frame(OutFrame::Ack { count }) {
+                self.fail(e.clone(), false);
+                return Poll::Ready(Err(e));
+            }
+            self.state.recv.ack_queued();
         }
         // Writing may consume part of the buffer: nothing more joins the open batch.
         self.state.send.end_batch();

@@ -3,12 +3,14 @@
 //!
 //! A sender and a receiver exchange frames through two queues, in an order proptest chooses:
 //! sends, deliveries of frames each way, pulls started and finished in any grouping,
-//! acknowledgements, reads by the application, close, and the receiving application going
-//! away. At every step: nothing exceeds the window, the receive buffer stays bounded, the
+//! acknowledgements (urgent ones, and the lazy ones that travel with the receiver's own
+//! writes), SYNCs from a sender that waits, reads by the application, close, and the
+//! receiving application going away. At every step: nothing exceeds the window, the receive buffer stays bounded, the
 //! application gets messages in order and intact, and a well-behaved peer never trips a
-//! protocol check. At the end, with everything drained: every message was delivered exactly
-//! once (or, if the receiver was dropped, acknowledged all the same), and the stream ended
-//! cleanly.
+//! protocol check. At the end, with everything drained (the receiver writing nothing but the
+//! acknowledgements it finds urgent, the sender asking for them before it waits): every
+//! message was delivered exactly once (or, if the receiver was dropped, acknowledged all the
+//! same), and the stream ended cleanly.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -61,8 +63,12 @@ enum Step {
     StartPulls,
     /// The first `n` started pulls finish (and pass the hang-up check).
     FinishPulls(usize),
-    /// The receiver queues its acknowledgement.
+    /// The receiver queues its acknowledgement if it is urgent.
     Ack,
+    /// The receiver writes something of its own, which takes any acknowledgement along.
+    Piggyback,
+    /// The sending application waits for acknowledgements (a flush): SYNC, if needed.
+    Sync,
     /// The next frame from the receiver reaches the sender.
     ToSender,
     /// The receiving application takes a message.
@@ -80,6 +86,8 @@ fn step() -> impl Strategy<Value = Step> {
         3 => Just(Step::StartPulls),
         3 => (1..4usize).prop_map(Step::FinishPulls),
         3 => Just(Step::Ack),
+        1 => Just(Step::Piggyback),
+        1 => Just(Step::Sync),
         4 => Just(Step::ToSender),
         3 => Just(Step::Read),
         1 => Just(Step::Close),
@@ -88,6 +96,7 @@ fn step() -> impl Strategy<Value = Step> {
 
 enum ToReceiver {
     Message { seq: u64, data: Bytes },
+    Sync { sent: u64 },
     Close { sent: u64 },
 }
 
@@ -114,11 +123,22 @@ impl World {
         let l = limits();
         match *step {
             Step::Send(len) => {
-                if !self.closed && !self.send.stopped() && self.send.window_open(&l) {
-                    let seq = self.send.sent();
-                    let data = message(seq, len);
-                    self.send.push(len as u64, data.clone());
-                    self.forward.push_back(ToReceiver::Message { seq, data });
+                if !self.closed && !self.send.stopped() {
+                    if self.send.window_open(&l) {
+                        let seq = self.send.sent();
+                        let data = message(seq, len);
+                        self.send.push(len as u64, data.clone());
+                        self.forward.push_back(ToReceiver::Message { seq, data });
+                    } else {
+                        // The sender waits for room.
+                        self.apply(&Step::Sync)?;
+                    }
+                }
+            }
+            Step::Sync => {
+                if self.send.sync_needed() {
+                    let sent = self.send.sync_queued();
+                    self.forward.push_back(ToReceiver::Sync { sent });
                 }
             }
             Step::ToReceiver => match self.forward.pop_front() {
@@ -127,6 +147,10 @@ impl World {
                     // Every message carries its payload: the model's pull hands it over.
                     let r = self.recv.on_message(seq, len, Incoming::Inline(data), &l);
                     prop_assert!(r.is_ok(), "a well-behaved sender was refused: {:?}", r);
+                }
+                Some(ToReceiver::Sync { sent }) => {
+                    let r = self.recv.on_sync(sent);
+                    prop_assert!(r.is_ok(), "SYNC refused: {:?}", r);
                 }
                 Some(ToReceiver::Close { sent }) => {
                     let r = self.recv.on_close(sent);
@@ -149,6 +173,11 @@ impl World {
                 self.recv.pulls_done(n);
             }
             Step::Ack => {
+                if self.recv.ack_urgent(&l) {
+                    self.apply(&Step::Piggyback)?;
+                }
+            }
+            Step::Piggyback => {
                 if let Some(count) = self.recv.ack_due() {
                     self.recv.ack_queued();
                     self.back.push_back(ToSender::Ack(count));
@@ -176,6 +205,8 @@ impl World {
                 }
             }
             Step::Close => {
+                // Closing waits until everything is acknowledged.
+                self.apply(&Step::Sync)?;
                 if !self.closed && self.send.all_acknowledged() {
                     self.closed = true;
                     self.forward.push_back(ToReceiver::Close {
@@ -218,6 +249,7 @@ impl World {
     }
 
     /// Runs every step until nothing moves: the application reads everything, then closes.
+    /// The receiver writes only urgent acknowledgements: a sender that waits must have asked.
     fn drain(&mut self) -> Result<(), TestCaseError> {
         let all = [
             Step::ToReceiver,
@@ -233,7 +265,6 @@ impl World {
             }
             let quiet = self.forward.is_empty()
                 && self.back.is_empty()
-                && self.recv.ack_due().is_none()
                 && (self.receiver_dropped || !self.recv.has_ready())
                 && self.recv.idle();
             if quiet {

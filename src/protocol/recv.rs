@@ -61,6 +61,12 @@ pub(super) struct RecvState {
     ack_due_bytes: u64,
     /// Bytes announced by the peer whose acknowledgement has not been queued.
     unacked_bytes: u64,
+    /// The peer waits for the acknowledgement of the messages below this sequence number
+    /// (its last SYNC).
+    sync_until: u64,
+    /// A pulled message is among those acknowledged since the last ACK was queued: the peer
+    /// holds its buffer until the ACK arrives.
+    pulled_unsent: bool,
     /// Announced messages whose pull has not started.
     pub(super) queue: VecDeque<Incoming>,
     /// Started pulls, in sequence order.
@@ -155,9 +161,39 @@ impl RecvState {
         Ok(())
     }
 
+    /// The peer waits for the acknowledgement of everything it sent so far (SYNC).
+    pub(super) fn on_sync(&mut self, sent: u64) -> Result<()> {
+        if self.peer_closed {
+            return Err(Error::protocol("SYNC received after CLOSE"));
+        }
+        if sent != self.next_seq || sent <= self.sync_until {
+            return Err(Error::protocol(format!(
+                "SYNC for the first {sent} messages, but {} arrived and the previous SYNC was \
+                 for {}",
+                self.next_seq, self.sync_until
+            )));
+        }
+        self.sync_until = sent;
+        Ok(())
+    }
+
     /// The cumulative count an ACK should carry now, if there is anything new to acknowledge.
     pub(super) fn ack_due(&self) -> Option<u64> {
         (self.acked != self.ack_sent).then_some(self.acked)
+    }
+
+    /// Whether an ACK is due that should be written now rather than with this side's next
+    /// write: the peer waits for it (SYNC), holds the buffer of a pulled message until it
+    /// comes, or would soon find its window full (a quarter of it is acknowledged and
+    /// unsent), or this side discards everything. Acknowledging inline messages only in
+    /// these cases saves a write here and a wake-up there per message.
+    pub(super) fn ack_urgent(&self, limits: &Negotiated) -> bool {
+        self.ack_due().is_some()
+            && (self.ack_sent < self.sync_until
+                || self.pulled_unsent
+                || self.dropped
+                || self.acked - self.ack_sent >= u64::from(limits.recv_window_messages.div_ceil(4))
+                || self.ack_due_bytes >= limits.recv_window_bytes.div_ceil(4))
     }
 
     /// An ACK carrying [`ack_due`](RecvState::ack_due) was queued.
@@ -165,6 +201,7 @@ impl RecvState {
         self.ack_sent = self.acked;
         self.unacked_bytes -= self.ack_due_bytes;
         self.ack_due_bytes = 0;
+        self.pulled_unsent = false;
     }
 
     /// Messages announced whose acknowledgement was not queued.
@@ -208,7 +245,8 @@ impl RecvState {
     /// acknowledged.
     pub(super) fn pulls_done(&mut self, n: usize) {
         for pull in self.pulls.drain(..n) {
-            if let Pull::Done { data, .. } = pull {
+            if let Pull::Done { data, check } = pull {
+                self.pulled_unsent |= check;
                 let len = data.len() as u64;
                 self.pulling_bytes -= len;
                 self.acked += 1;
@@ -256,17 +294,15 @@ impl RecvState {
         self.ack_due_bytes = self.unacked_bytes;
     }
 
-    /// The connection failed. Messages made ready whose ACK was never queued are not
-    /// delivered either: delivery and acknowledgement go together.
+    /// The connection failed. Messages in the receive buffer are complete and checked, and
+    /// are still delivered, as a socket's reader still reads what arrived before its peer
+    /// vanished (their ACK may not have reached the peer: see the at-least-once note on
+    /// [`Connection`](crate::Connection)); what was not received yet is discarded.
     pub(super) fn on_fail(&mut self) {
         self.queue.clear();
         self.pulls.clear();
         self.pulling_bytes = 0;
         self.running = 0;
-        let unsent = usize::try_from(self.acked - self.ack_sent).unwrap_or(usize::MAX);
-        let keep = self.ready.len().saturating_sub(unsent);
-        self.ready.truncate(keep);
-        self.ready_bytes = self.ready.iter().map(|b| b.len() as u64).sum();
     }
 }
 
@@ -276,6 +312,14 @@ impl Guard<'_> {
         self.state.recv.on_message(seq, len, msg, &limits)?;
         self.notify(Role::Recv);
         Ok(())
+    }
+
+    /// Writes an ACK now if it is urgent (see [`RecvState::ack_urgent`]); otherwise it goes
+    /// with the next frames this side writes.
+    pub(super) fn ack_if_urgent(&mut self) {
+        if self.state.recv.ack_urgent(&self.state.limits) {
+            self.send_ack();
+        }
     }
 
     /// Queues one cumulative ACK for the messages that became ready since the last one, and
@@ -517,7 +561,7 @@ impl Guard<'_> {
             }
         }
         self.state.recv.pulls_done(n);
-        self.send_ack();
+        self.ack_if_urgent();
         self.notify(Role::Recv);
         true
     }

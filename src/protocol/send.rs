@@ -32,6 +32,8 @@ pub(super) struct SendState {
     in_flight_bytes: u64,
     /// Messages queued in the write buffer since it was last written out.
     unflushed: usize,
+    /// How many messages the last SYNC asked the peer to acknowledge.
+    sync_asked: u64,
     /// The BATCH frame at the end of the write buffer that more inline messages may join:
     /// where it starts and its body length so far.
     open_batch: Option<(usize, usize)>,
@@ -44,8 +46,8 @@ pub(super) struct SendState {
     /// The peer closed its receiving side (STOP): it acknowledges and discards.
     stopped: bool,
     /// Bytes a dropped [`ByteStream`](crate::ByteStream) had not flushed, sent as the window
-    /// opens.
-    pub(super) backlog: VecDeque<Bytes>,
+    /// opens, each with the size up to which it may travel inline.
+    pub(super) backlog: VecDeque<(Bytes, u32)>,
     /// When a dropped sender stops waiting for the peer to pull what it left.
     pub(super) linger_until: Option<Instant>,
 }
@@ -127,6 +129,18 @@ impl SendState {
         self.unflushed = 0;
     }
 
+    /// Whether the peer should be asked to acknowledge what was sent (a SYNC for the
+    /// messages so far): something is unacknowledged and no SYNC asked for it yet.
+    pub(super) fn sync_needed(&self) -> bool {
+        !self.in_flight.is_empty() && self.sync_asked < self.next_seq && !self.closed
+    }
+
+    /// A SYNC for every message sent so far is queued; returns the count it carries.
+    pub(super) fn sync_queued(&mut self) -> u64 {
+        self.sync_asked = self.next_seq;
+        self.next_seq
+    }
+
     /// Whether everything sent (and left behind by a dropped sender) was acknowledged.
     pub(super) fn all_acknowledged(&self) -> bool {
         self.in_flight.is_empty() && self.backlog.is_empty()
@@ -201,6 +215,9 @@ impl Guard<'_> {
         loop {
             self.check_can_send()?;
             let window_open = self.state.send.window_open(&self.state.limits);
+            if !window_open {
+                self.request_ack()?;
+            }
             // Write queued frames out in batches: when a quarter of the window is queued, when
             // the buffer is large, or when the window is full. The peer pulls one batch while
             // the next one fills, and small messages cost a fraction of a write each.
@@ -221,17 +238,20 @@ impl Guard<'_> {
         }
     }
 
-    pub(super) fn start_send(mut self, item: Bytes) -> Result<()> {
+    /// Sends `item`: inline if it is no larger than `inline_up_to` (and the peer accepts it
+    /// inline) or the negotiated inline threshold, as a descriptor to pull otherwise.
+    pub(super) fn start_send(mut self, item: Bytes, inline_up_to: u32) -> Result<()> {
         self.check_can_send()?;
-        self.send_message(item)?;
+        self.send_message(item, inline_up_to)?;
         let ready = self.ready_at_once();
         self.shared.send_ready.store(ready, Ordering::Release);
         Ok(())
     }
 
     /// Queues one message: inline into the write buffer, or as a descriptor of `item`, which
-    /// is then held until the peer acknowledges it.
-    fn send_message(&mut self, item: Bytes) -> Result<()> {
+    /// is then held until the peer acknowledges it (see [`start_send`](Guard::start_send) for
+    /// `inline_up_to`).
+    fn send_message(&mut self, item: Bytes, inline_up_to: u32) -> Result<()> {
         let limits = self.state.limits;
         let len = item.len() as u64;
         if len > limits.send_max_message {
@@ -242,7 +262,8 @@ impl Guard<'_> {
             )));
         }
         let seq = self.state.send.sent();
-        let inline = len <= u64::from(limits.inline_threshold);
+        let inline = len <= u64::from(limits.inline_threshold)
+            || len <= u64::from(inline_up_to).min(limits.peer_inline_max());
         let lent_at = match &self.shared.lend {
             Some(region) if !inline => region.offset_of(&item),
             _ => None,
@@ -318,10 +339,10 @@ impl Guard<'_> {
             && self.state.send.window_open(&self.state.limits)
             && self.check_can_send().is_ok()
         {
-            let Some(item) = self.state.send.backlog.pop_front() else {
+            let Some((item, inline_up_to)) = self.state.send.backlog.pop_front() else {
                 break;
             };
-            if let Err(e) = self.send_message(item) {
+            if let Err(e) = self.send_message(item, inline_up_to) {
                 self.fail(e, true);
                 return true;
             }
@@ -334,6 +355,7 @@ impl Guard<'_> {
         self.register(cx);
         loop {
             self.check_fatal()?;
+            self.request_ack()?;
             if let Poll::Ready(Err(e)) = self.flush_writes() {
                 return Poll::Ready(Err(e));
             }
@@ -353,6 +375,7 @@ impl Guard<'_> {
             // application need not have read them).
             loop {
                 self.check_fatal()?;
+                self.request_ack()?;
                 if let Poll::Ready(Err(e)) = self.flush_writes() {
                     return Poll::Ready(Err(e));
                 }
@@ -372,6 +395,20 @@ impl Guard<'_> {
         }
         self.maybe_shutdown_write();
         Poll::Ready(Ok(()))
+    }
+
+    /// Before this side waits for acknowledgements: asks the peer to acknowledge everything
+    /// sent so far at once (SYNC). Without it, the peer acknowledges inline messages only
+    /// with its own writes or once a quarter of the window is unacknowledged (see
+    /// `RecvState::ack_urgent`). The caller writes the frame out.
+    fn request_ack(&mut self) -> Result<()> {
+        let st = &mut *self.state;
+        if !st.send.sync_needed() || st.eof || st.write_closed || st.fatal.is_some() {
+            return Ok(());
+        }
+        let sent = st.send.sync_queued();
+        trace!(sent, "asking for an acknowledgement");
+        self.queue_frame(OutFrame::Sync { sent })
     }
 
     /// Marks the sending direction closed and queues CLOSE, unless nobody is left to tell.
@@ -405,6 +442,15 @@ impl Guard<'_> {
     /// A dropped sender closes its direction once everything it sent is acknowledged, so that
     /// the peer's stream ends with `None`.
     pub(super) fn close_if_dropped(&mut self) {
+        let send = &self.state.send;
+        if send.dropped && !send.closed && !send.all_acknowledged() && send.sync_needed() {
+            // Waiting for the peer: ask it not to wait with its acknowledgements.
+            if let Err(e) = self.request_ack() {
+                self.fail(e, false);
+                return;
+            }
+            let _ = self.flush_writes();
+        }
         let send = &self.state.send;
         if send.dropped && !send.closed && send.all_acknowledged() && self.state.fatal.is_none() {
             if let Err(e) = self.queue_close() {
