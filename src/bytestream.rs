@@ -4,13 +4,12 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_core::Stream;
 use futures_sink::Sink;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::io::StreamReader;
 
 use crate::connection::{Connection, Receiver, Sender};
-use crate::error::Error;
 use crate::{Mode, PeerInfo};
 
 /// How many written bytes [`ByteStream`] gathers into one message by default.
@@ -83,7 +82,9 @@ pub struct ByteStream {
 /// `AsyncRead + AsyncBufRead`. Dropping it closes the reading direction (see [`ByteStream`]).
 #[derive(Debug)]
 pub struct ByteReader {
-    inner: StreamReader<ReadSide, Bytes>,
+    rx: Receiver,
+    /// What is left of the message being read.
+    chunk: Bytes,
 }
 
 /// The writing half of a [`ByteStream`], from [`ByteStream::into_split`]: `AsyncWrite`.
@@ -108,7 +109,8 @@ impl ByteStream {
         let (tx, rx) = conn.split();
         ByteStream {
             reader: ByteReader {
-                inner: StreamReader::new(ReadSide(rx)),
+                rx,
+                chunk: Bytes::new(),
             },
             writer: ByteWriter {
                 sender: tx,
@@ -149,7 +151,22 @@ impl ByteStream {
 impl ByteReader {
     /// The receiving half underneath.
     pub fn get_ref(&self) -> &Receiver {
-        &self.inner.get_ref().0
+        &self.rx
+    }
+
+    /// Makes sure the current message has bytes left unless the stream has ended: waits for
+    /// the next message when it is used up. Errors are reported as a socket's reads report
+    /// them (a peer that vanished is a reset connection, not a broken pipe, which is what
+    /// writes see).
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.chunk.is_empty() {
+            match ready!(Pin::new(&mut self.rx).poll_next(cx)) {
+                Some(Ok(message)) => self.chunk = message,
+                Some(Err(e)) => return Poll::Ready(Err(e.into_read_error())),
+                None => break,
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// The peer's credentials, as the kernel reported them.
@@ -212,22 +229,46 @@ impl Drop for ByteWriter {
 }
 
 impl AsyncRead for ByteReader {
+    /// Fills `buf` as a socket read does: with every byte that has arrived, up to its size,
+    /// across message boundaries; waits only while nothing has.
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(this.poll_chunk(cx))?;
+        while !this.chunk.is_empty() {
+            let n = this.chunk.len().min(buf.remaining());
+            buf.put_slice(&this.chunk[..n]);
+            this.chunk.advance(n);
+            if buf.remaining() == 0 {
+                break;
+            }
+            // Room left: take the messages that have arrived too, without waiting.
+            while this.chunk.is_empty() {
+                match this.rx.try_next() {
+                    Some(message) => this.chunk = message,
+                    None => return Poll::Ready(Ok(())),
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
 impl AsyncBufRead for ByteReader {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
-        Pin::new(&mut self.get_mut().inner).poll_fill_buf(cx)
+        let this = self.get_mut();
+        ready!(this.poll_chunk(cx))?;
+        Poll::Ready(Ok(&this.chunk))
     }
 
-    fn consume(mut self: Pin<&mut Self>, amt: usize) {
-        Pin::new(&mut self.inner).consume(amt)
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        self.get_mut().chunk.advance(amt);
     }
 }
 
@@ -328,20 +369,5 @@ impl AsyncWrite for ByteStream {
 
     fn is_write_vectored(&self) -> bool {
         self.writer.is_write_vectored()
-    }
-}
-
-/// The receiving half as the byte reader sees it: its errors as a socket's reads report them
-/// (a peer that vanished is a reset connection, not a broken pipe, which is what writes see).
-#[derive(Debug)]
-struct ReadSide(Receiver);
-
-impl futures_core::Stream for ReadSide {
-    type Item = io::Result<Bytes>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0)
-            .poll_next(cx)
-            .map(|item| item.map(|r| r.map_err(Error::into_read_error)))
     }
 }

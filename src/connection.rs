@@ -86,8 +86,9 @@ impl Mode {
 /// # Receiving
 /// The stream yields each message, then `None` after the peer closed its sending side. If the
 /// peer goes away without closing, or a pull fails, it yields one error naming the cause, then
-/// `None`. Messages this side acknowledged before the failure are still yielded first; the
-/// acknowledgement of the last ones may have been lost with the connection, so a sender that
+/// `None`. Messages that had reached this side's receive buffer before the failure are still
+/// yielded first; the acknowledgement of the last ones may not have reached the peer (the
+/// transport writes it with its next write unless the peer waits for it), so a sender that
 /// resends what it saw unacknowledged after a failure gets at-least-once delivery.
 ///
 /// # Progress without polling
@@ -521,6 +522,15 @@ impl Sink<Bytes> for Sender {
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         self.shared.poll_close(cx)
+    }
+}
+
+impl Receiver {
+    /// The next message if one has arrived, without waiting or registering a waker: for a
+    /// reader that has taken a message and has room for more. `None` if nothing is ready (an
+    /// error or the end of the stream is for the next `poll_next` to report).
+    pub(crate) fn try_next(&self) -> Option<Bytes> {
+        self.shared.try_next()
     }
 }
 

@@ -12,8 +12,8 @@ use tokio::time::timeout;
 use tokio_pvm::fuzzing::{self, MAX_FRAME};
 use tokio_pvm::{Config, Connection, ErrorKind, Listener};
 use util::raw::{
-    RawPeer, T_ACK, T_BATCH, T_DATA, T_ERROR, T_HELLO, T_INLINE, batch_body, data_body, frame,
-    hello_body,
+    RawPeer, T_ACK, T_BATCH, T_DATA, T_ERROR, T_HELLO, T_INLINE, T_SYNC, batch_body, data_body,
+    frame, hello_body,
 };
 use util::{ChildProc, check, temp_dir};
 
@@ -44,7 +44,7 @@ proptest! {
 
     #[test]
     fn every_length_field_is_checked_before_allocation(
-        ty in 0u8..12,
+        ty in 0u8..15,
         len in any::<u32>(),
         flags in prop_oneof![Just(0u8), any::<u8>()],
         chunk in 1usize..100,
@@ -257,6 +257,90 @@ async fn protocol_violations_end_only_that_connection() {
     assert!(
         early.sock.read_to_end(&mut rest).is_ok(),
         "DATA before HELLO is disconnected"
+    );
+}
+
+/// The ACK values among `frames`.
+fn acks(frames: &[(u8, Vec<u8>)]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|(ty, _)| *ty == T_ACK)
+        .map(|(_, body)| u64::from_le_bytes(body[..8].try_into().unwrap()))
+        .collect()
+}
+
+/// Inline messages are acknowledged without a write of their own: with the receiver's next
+/// write, when the sender asks (SYNC), or once a quarter of the window is unacknowledged. A
+/// SYNC that does not match what arrived is a protocol error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_messages_are_acknowledged_when_asked_or_with_the_receivers_writes() {
+    let dir = temp_dir("lazy-ack");
+    let path = dir.join("s");
+    let mut listener = Listener::bind_with(&path, Config::new().window(64, 1 << 20)).unwrap();
+    let p = path.clone();
+    let (conn, mut peer) = accept_raw(&mut listener, move || RawPeer::handshake(&p)).await;
+    let (mut tx, mut rx) = conn.split();
+    let inline = |seq: u64| {
+        let mut body = seq.to_le_bytes().to_vec();
+        body.extend_from_slice(&[seq as u8; 100]);
+        body
+    };
+
+    // Ten messages, all read by the application: no ACK is written for them.
+    for seq in 0..10 {
+        peer.send(T_INLINE, &inline(seq));
+    }
+    for seq in 0..10u8 {
+        let m = timeout(Duration::from_secs(5), rx.next()).await.unwrap();
+        assert_eq!(m.unwrap().unwrap()[..], [seq; 100]);
+    }
+    let quiet = peer.frames_within(Duration::from_millis(300));
+    assert!(
+        acks(&quiet).is_empty(),
+        "nothing asked for an ACK: {quiet:?}"
+    );
+
+    // The receiver's own message takes the ACK along.
+    tx.feed(bytes::Bytes::from_static(b"reply")).await.unwrap();
+    let _ = timeout(Duration::from_millis(50), tx.flush()).await;
+    let frames = peer.frames_within(Duration::from_millis(300));
+    assert_eq!(acks(&frames), [10], "{frames:?}");
+    assert!(
+        frames
+            .iter()
+            .any(|(ty, _)| *ty == T_BATCH || *ty == T_INLINE)
+    );
+    peer.send(T_ACK, &1u64.to_le_bytes()); // for "reply"
+
+    // Five more and a SYNC: acknowledged at once, though the application does not read.
+    for seq in 10..15 {
+        peer.send(T_INLINE, &inline(seq));
+    }
+    peer.send(T_SYNC, &15u64.to_le_bytes());
+    let frames = peer.frames_within(Duration::from_millis(300));
+    assert_eq!(acks(&frames), [15], "{frames:?}");
+
+    // A quarter of the window (16 of 64) unacknowledged: acknowledged without being asked.
+    for seq in 15..31 {
+        peer.send(T_INLINE, &inline(seq));
+    }
+    let frames = peer.frames_within(Duration::from_millis(300));
+    assert_eq!(acks(&frames), [31], "{frames:?}");
+
+    // A SYNC for fewer messages than arrived.
+    peer.send(T_SYNC, &3u64.to_le_bytes());
+    let mut rest = 0;
+    let err = loop {
+        match timeout(Duration::from_secs(5), rx.next()).await.unwrap() {
+            Some(Ok(_)) => rest += 1,
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended without the bad SYNC being reported"),
+        }
+    };
+    assert_eq!(rest, 21, "what arrived before the bad SYNC is delivered");
+    assert!(
+        err.is_protocol() && err.to_string().contains("SYNC for the first 3 messages"),
+        "{err}"
     );
 }
 

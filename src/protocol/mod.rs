@@ -433,6 +433,12 @@ impl Shared {
         })
     }
 
+    /// The next message if one has arrived, without waiting (see [`Guard::try_next`]).
+    pub(crate) fn try_next(&self) -> Option<Bytes> {
+        set(&self.wakers.recv_polled, true);
+        self.with(Role::Recv, |g| g.try_next())
+    }
+
     pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
         set(&self.wakers.recv_polled, true);
         let r = self.poll_parking(Role::Recv, |g| g.poll_next(cx));

@@ -566,28 +566,52 @@ impl Guard<'_> {
         true
     }
 
+    /// Takes the next message of the receive buffer for the application, if there is one.
+    fn take_ready(&mut self) -> Option<Bytes> {
+        let data = self.state.recv.pop()?;
+        if self.state.fatal.is_none() {
+            if !self.state.recv.has_ready() {
+                // The buffer is empty: start the next pulls before handing this message
+                // over, so that they overlap with the application's work.
+                self.drive_read();
+                self.start_pulls();
+            } else if !self.state.recv.queue.is_empty()
+                && !self.shared.wakers.watched.load(Ordering::Relaxed)
+            {
+                // Room opened for messages the peer announced: the driver pulls them if the
+                // application stops reading (when the watchdog looks after it, it is woken
+                // anyway).
+                self.notify(Role::Driver);
+            }
+        }
+        Some(data)
+    }
+
+    /// The next message if one is in the receive buffer, or arrived inline in the socket,
+    /// without waiting and without registering a waker; `None` otherwise (an error or the
+    /// end of the stream is left for the next [`poll_next`](Guard::poll_next)).
+    pub(super) fn try_next(mut self) -> Option<Bytes> {
+        self.send_releases(false);
+        if self.state.recv.done {
+            return None;
+        }
+        if let Some(data) = self.take_ready() {
+            return Some(data);
+        }
+        if self.state.fatal.is_some() {
+            return None;
+        }
+        self.drive_read();
+        self.take_ready()
+    }
+
     pub(super) fn poll_next(mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
         self.send_releases(false);
         if self.state.recv.done {
             return Poll::Ready(None);
         }
         loop {
-            if let Some(data) = self.state.recv.pop() {
-                if self.state.fatal.is_none() {
-                    if !self.state.recv.has_ready() {
-                        // The buffer is empty: start the next pulls before handing this
-                        // message over, so that they overlap with the application's work.
-                        self.drive_read();
-                        self.start_pulls();
-                    } else if !self.state.recv.queue.is_empty()
-                        && !self.shared.wakers.watched.load(Ordering::Relaxed)
-                    {
-                        // Room opened for messages the peer announced: the driver pulls them
-                        // if the application stops reading (when the watchdog looks after it,
-                        // it is woken anyway).
-                        self.notify(Role::Driver);
-                    }
-                }
+            if let Some(data) = self.take_ready() {
                 return Poll::Ready(Some(Ok(data)));
             }
             if let Some(err) = self.state.fatal.clone() {

@@ -33,6 +33,7 @@ pub const T_BATCH: u8 = 4;
 pub const T_INLINE: u8 = 5;
 pub const T_ACK: u8 = 6;
 pub const T_ERROR: u8 = 8;
+pub const T_SYNC: u8 = 13;
 
 /// A peer that speaks the wire protocol by hand. It lives in the test process, as does the
 /// listener, so the listener's cookie pull reads this process's memory.
@@ -91,6 +92,19 @@ impl RawPeer {
 
     pub fn send(&mut self, ty: u8, body: &[u8]) {
         let _ = self.sock.write_all(&frame(ty, body));
+    }
+
+    /// The frames that arrive within `wait` (read until the socket stays quiet that long).
+    pub fn frames_within(&mut self, wait: Duration) -> Vec<(u8, Vec<u8>)> {
+        self.sock.set_read_timeout(Some(wait)).unwrap();
+        let mut frames = Vec::new();
+        while let Some(frame) = self.recv() {
+            frames.push(frame);
+        }
+        self.sock
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        frames
     }
 
     pub fn recv(&mut self) -> Option<(u8, Vec<u8>)> {
