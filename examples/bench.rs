@@ -1,5 +1,7 @@
 //! Throughput and latency of `tokio-pvm` next to a Unix socket with a length-delimited codec,
-//! the raw `process_vm_readv` ceiling and a single-threaded `memcpy`, between real processes.
+//! the raw `process_vm_readv` ceiling and a single-threaded `memcpy`, between real processes;
+//! and HTTP/2 (hyper) and WebSocket (tokio-tungstenite) over `tokio_pvm::ByteStream` next to
+//! the same over `tokio::net::UnixStream`.
 //!
 //! ```text
 //! cargo run --release --example bench [-- --json] [--reps N] [--sizes LIST] [--only LIST]
@@ -107,8 +109,51 @@
 //! the CPU time of building what it makes its messages from (the 64 MiB source, or the one
 //! resent message) with `getrusage(RUSAGE_THREAD)` and reports it, and this process subtracts
 //! it (the source takes tens of milliseconds: a large share of a 64 B measurement, which
-//! moves 64 MB). CPU s/GB divides the rest by the N × size bytes moved. With two processes working at once,
-//! CPU s/GB can exceed 1 / (GB/s).
+//! moves 64 MB). The protocol-stack rows subtract the source of each child that builds one:
+//! both HTTP/2 children, the WebSocket client. CPU s/GB divides the rest by the bytes moved:
+//! N × size, or 2 × N × size for HTTP/2. With two processes working at once, CPU s/GB can
+//! exceed 1 / (GB/s).
+//!
+//! # Protocol-stack rows
+//! Third-party protocols over [`tokio_pvm::ByteStream`] and over `tokio::net::UnixStream`, at
+//! their own message sizes, 1 KiB, 64 KiB and 4 MiB (not `--sizes`). A server child binds (a
+//! [`tokio_pvm::Listener`] with the default `Config`, or a `UnixListener`) and accepts one
+//! connection; a client child connects (`Connection::connect` wrapped in `ByteStream::new`, or
+//! `UnixStream::connect`). Both run on the default flavor (a task spawned on a multi-thread
+//! runtime). `bench/stacks.rs` has both sides.
+//!
+//! * `HTTP/2 over ByteStream`, `HTTP/2 over UnixStream`: hyper's HTTP/2 client
+//!   (`client::conn::http2`) and server (`server::conn::http2`, with `TokioExecutor` and
+//!   `TokioIo`). The client makes N POST requests on the one connection, 32 in flight at a
+//!   time (a `JoinSet` of tasks, each with a clone of the `SendRequest`), N = 30,000 at 1 KiB,
+//!   8,000 at 64 KiB, 256 at 4 MiB. Each request's body is `size` bytes of fresh data (see
+//!   Data), stamped with the request's number, which also travels in an `x-seq` header. The
+//!   server reads each body whole, checks its length and stamps, and answers with a fresh body
+//!   of the same size stamped with the same number; the client reads it whole and checks it.
+//!   The client times from just before the first request to the last response read and
+//!   checked (the handshake stays out). Both sides set the same HTTP/2 settings, over both
+//!   transports, so that flow control does not hold 4 MiB bodies back (hyper's defaults are
+//!   1 to 5 MiB windows and 16 KiB frames): stream window 4 MiB, connection window 32 MiB,
+//!   largest frame 1 MiB, send buffer 4 MiB per stream. Rates count all N requests; GB/s counts
+//!   the bodies of both directions, 2 × size × N.
+//! * `WebSocket over ByteStream`, `WebSocket over UnixStream`: tokio-tungstenite
+//!   (`client_async`, `accept_async`; largest message and frame 64 MiB on both sides). The
+//!   client sends N binary messages of `size` bytes of fresh data (stamped), one after another
+//!   with `send` (feed + flush, as applications do), N = 150,000 at 1 KiB, 16,000 at 64 KiB,
+//!   256 at 4 MiB; the client masks every frame, as the protocol requires. The server checks
+//!   every message's length and stamps, in order, and times from the first message's arrival
+//!   to the last one's, as a throughput receiver does; rates count the N - 1 messages in
+//!   between. Nothing goes back until the last message, after which the server sends a text
+//!   message, `done`, and the client starts the close handshake.
+//!
+//! With `--quick` the counts are divided by 20 (at least 64). Every side reports only once
+//! everything it checks has passed. A connection's end is not timed, but it must be clean: the
+//! HTTP/2 client drops its `SendRequest` and waits for the connection to end; both sides of
+//! either protocol then close their stream as careful servers close sockets (shut the writing
+//! side down, read until the peer's end of stream) before they exit. An error h2 reports for
+//! the connection itself once every request has been answered and every response checked is
+//! a race at the close (seen over any socket) and does not fail the measurement; any error
+//! before does. "vs unix" is GB/s over the same protocol's UnixStream row at the same size.
 //!
 //! # Latency
 //! One-way latency, for 64 B and 1 MiB, of three rows: `tokio-pvm`, `tokio-pvm (loan)` and the
@@ -130,14 +175,17 @@
 //!
 //! # Repetitions and options
 //! Every measurement runs `--reps` times (default 5), interleaved: for each repetition, for
-//! each size, for each row, then the latency rows. Tables show medians; "spread" is
-//! (max - min) / median of GB/s. `--quick` makes a much smaller run (1 repetition unless
-//! `--reps` is given) as a smoke test. `--only LIST` measures only the named rows (their names
-//! are in `--help`; `lat-` names the latency rows; `throughput` and `latency` all of either),
-//! in table order. `--json` prints the results as JSON instead of tables: every row, with its
-//! label, the row its ratio divides by (`ratio_reference`), and for rows that loan the shared
-//! and total loan counts and whether the lane was open, per successful repetition
-//! (`loans_shared`, `loans_total`, `zero_copy`; `null` for the other rows).
+//! each size, for each throughput row, then for each stack size, for each protocol-stack row,
+//! then the latency rows. Tables show medians; "spread" is (max - min) / median of GB/s.
+//! `--quick` makes a much smaller run (1 repetition unless `--reps` is given) as a smoke test.
+//! `--only LIST` measures only the named rows (their names are in `--help`; `h2-` and `ws-`
+//! name the protocol-stack rows, `lat-` the latency rows; `throughput`, `stacks` and `latency`
+//! all of each), in table order. `--json` prints the results as JSON instead of tables: every
+//! row, with its label, the row its ratio divides by (`ratio_reference`), and for rows that
+//! loan the shared and total loan counts and whether the lane was open, per successful
+//! repetition (`loans_shared`, `loans_total`, `zero_copy`; `null` for the other rows). The
+//! protocol-stack rows are in `stacks`, with `count` requests (`unit` `req`) or messages
+//! (`msg`) per measurement and `per_s` of them.
 
 #[path = "bench/child.rs"]
 mod child;
@@ -151,6 +199,8 @@ mod machine;
 mod report;
 #[path = "common/spawn.rs"]
 mod spawn;
+#[path = "bench/stacks.rs"]
+mod stacks;
 #[path = "common/stats.rs"]
 mod stats;
 
@@ -161,6 +211,7 @@ use std::time::{Duration, Instant};
 use child::{Data, Flavor, Loans};
 use report::{Machine, size_label};
 use spawn::{CHILD_FLAG, Group, RemoveOnDrop, children_cpu, socket_path};
+use stacks::{STACK_SIZES, Stack};
 
 const USAGE: &str = "\
 usage: bench [--json] [--reps N] [--sizes LIST] [--only LIST] [--quick] [--timeout SECS]
@@ -172,18 +223,22 @@ source and stamped with its sequence number), except the (resent buffer) rows, w
 one pre-built buffer again and again. tokio-pvm (loan) writes the fresh messages into loans
 of the zero-copy lane. The [current_thread] and [block_on] rows (sizes up to 4 KiB) run both
 sides on those runtime flavors; the others in a task spawned on a multi-thread runtime.
-Latency: tokio-pvm, tokio-pvm (loan) and unix at 64 B and 1 MiB. One line per finished
-measurement goes to stderr; the tables (or JSON) to stdout. The methodology is in the
-comment at the top of examples/bench.rs.
+Protocol stacks (at 1 KiB, 64 KiB and 4 MiB): hyper HTTP/2 (POST requests, 32 in flight,
+answered with bodies of the same size) and tokio-tungstenite WebSocket (binary messages one
+way), each over tokio_pvm::ByteStream and over tokio::net::UnixStream. Latency: tokio-pvm,
+tokio-pvm (loan) and unix at 64 B and 1 MiB. One line per finished measurement goes to
+stderr; the tables (or JSON) to stdout. The methodology is in the comment at the top of
+examples/bench.rs.
 
   --json          print the results as JSON instead of tables
   --reps N        repetitions of every measurement (default 5; 1 with --quick)
-  --sizes LIST    message sizes, comma-separated, in bytes or with K/KiB, M/MiB, G/GiB
-                  (default 64,1K,16K,256K,1M,16M)
+  --sizes LIST    message sizes of the throughput rows, comma-separated, in bytes or with
+                  K/KiB, M/MiB, G/GiB (default 64,1K,16K,256K,1M,16M)
   --only LIST     measure only these rows, comma-separated: pvm, pvm-loan, unix,
                   pvm-current-thread, unix-current-thread, pvm-block-on, unix-block-on,
-                  pvm-resent, unix-resent, raw, rotated, memcpy (throughput); lat-pvm,
-                  lat-pvm-loan, lat-unix (latency); throughput, latency (all of either)
+                  pvm-resent, unix-resent, raw, rotated, memcpy (throughput); h2-pvm,
+                  h2-unix, ws-pvm, ws-unix (protocol stacks); lat-pvm, lat-pvm-loan,
+                  lat-unix (latency); throughput, stacks, latency (all of each)
   --quick         a much smaller run, as a smoke test
   --timeout SECS  give up on a measurement after SECS seconds (default 120)";
 
@@ -255,23 +310,6 @@ impl Transport {
         }
     }
 
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Transport::Pvm(Flavor::Spawned) => "tokio-pvm",
-            Transport::Pvm(Flavor::CurrentThread) => "tokio-pvm [current_thread]",
-            Transport::Pvm(Flavor::BlockOn) => "tokio-pvm [block_on]",
-            Transport::PvmLoan => "tokio-pvm (loan)",
-            Transport::Unix(Flavor::Spawned) => "unix+LengthDelimitedCodec",
-            Transport::Unix(Flavor::CurrentThread) => "unix [current_thread]",
-            Transport::Unix(Flavor::BlockOn) => "unix [block_on]",
-            Transport::PvmResent => "tokio-pvm (resent buffer)",
-            Transport::UnixResent => "unix (resent buffer)",
-            Transport::Raw => "process_vm_readv (raw)",
-            Transport::RawRotating => "process_vm_readv (rotated)",
-            Transport::Memcpy => "memcpy (1 thread)",
-        }
-    }
-
     /// Whether the row is measured at message size `size`: the other runtime flavors only
     /// up to [`FLAVOR_MAX_SIZE`], where the runtime's share of the cost is largest.
     fn applies(self, size: usize) -> bool {
@@ -280,16 +318,6 @@ impl Transport {
                 size <= FLAVOR_MAX_SIZE
             }
             _ => true,
-        }
-    }
-
-    /// The Unix-socket row this row's "vs unix" ratio divides by: the one that sends the same
-    /// kind of data, with the same runtime flavor.
-    pub(crate) fn reference(self) -> Transport {
-        match self {
-            Transport::PvmResent | Transport::UnixResent => Transport::UnixResent,
-            Transport::Pvm(flavor) | Transport::Unix(flavor) => Transport::Unix(flavor),
-            _ => Transport::UNIX,
         }
     }
 
@@ -306,6 +334,62 @@ impl Transport {
             Transport::Raw | Transport::RawRotating | Transport::Memcpy => return None,
         };
         Some((recv, send, flavor, data))
+    }
+}
+
+/// A row of a table of rates (throughput, protocol stacks): what the report and the progress
+/// lines need to know of it.
+pub(crate) trait Row: Copy + PartialEq {
+    /// The row's name in the tables.
+    fn label(self) -> &'static str;
+
+    /// The Unix-socket row this row's "vs unix" ratio divides by.
+    fn reference(self) -> Self;
+
+    /// How many of a measurement's `count` messages (or requests) its timed span covers: by
+    /// default the ones after the first, timed from the first one's arrival to the last one's.
+    fn timed(self, count: u64) -> u64 {
+        count - 1
+    }
+
+    /// How many times its size each message (or request) moves: 2 for a request whose
+    /// response is as large.
+    fn directions(self) -> u64 {
+        1
+    }
+
+    /// What the rate counts, per second: `msg` or `req`.
+    fn unit(self) -> &'static str {
+        "msg"
+    }
+}
+
+impl Row for Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Pvm(Flavor::Spawned) => "tokio-pvm",
+            Transport::Pvm(Flavor::CurrentThread) => "tokio-pvm [current_thread]",
+            Transport::Pvm(Flavor::BlockOn) => "tokio-pvm [block_on]",
+            Transport::PvmLoan => "tokio-pvm (loan)",
+            Transport::Unix(Flavor::Spawned) => "unix+LengthDelimitedCodec",
+            Transport::Unix(Flavor::CurrentThread) => "unix [current_thread]",
+            Transport::Unix(Flavor::BlockOn) => "unix [block_on]",
+            Transport::PvmResent => "tokio-pvm (resent buffer)",
+            Transport::UnixResent => "unix (resent buffer)",
+            Transport::Raw => "process_vm_readv (raw)",
+            Transport::RawRotating => "process_vm_readv (rotated)",
+            Transport::Memcpy => "memcpy (1 thread)",
+        }
+    }
+
+    /// The Unix-socket row this row's "vs unix" ratio divides by: the one that sends the same
+    /// kind of data, with the same runtime flavor.
+    fn reference(self) -> Transport {
+        match self {
+            Transport::PvmResent | Transport::UnixResent => Transport::UnixResent,
+            Transport::Pvm(flavor) | Transport::Unix(flavor) => Transport::Unix(flavor),
+            _ => Transport::UNIX,
+        }
     }
 }
 
@@ -360,10 +444,8 @@ struct Options {
     scale: Scale,
     quick: bool,
     timeout: Duration,
-    /// Throughput rows to measure, in table order.
-    rows: Vec<Transport>,
-    /// Latency rows to measure, in table order.
-    latency_rows: Vec<Transport>,
+    /// The rows to measure.
+    only: Selection,
 }
 
 fn parse_size(text: &str) -> Result<usize, String> {
@@ -373,7 +455,7 @@ fn parse_size(text: &str) -> Result<usize, String> {
 fn parse_args(args: &[String]) -> Result<Options, String> {
     let (mut json, mut quick, mut reps, mut sizes, mut timeout) =
         (false, false, None, None, Duration::from_secs(120));
-    let (mut rows, mut latency_rows) = (Transport::ALL.to_vec(), LATENCY_ROWS.to_vec());
+    let mut only = Selection::all();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -415,13 +497,13 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                     .ok_or_else(|| format!("--timeout: {v:?} is not a positive number"))?;
                 timeout = Duration::from_secs_f64(secs);
             }
-            "--only" => (rows, latency_rows) = parse_only(&value()?)?,
+            "--only" => only = parse_only(&value()?)?,
             other => return Err(format!("unexpected argument {other:?}")),
         }
     }
     let sizes = sizes.unwrap_or_else(|| DEFAULT_SIZES.to_vec());
     let measured = |t: &Transport| sizes.iter().any(|&size| t.applies(size));
-    if latency_rows.is_empty() && !rows.iter().any(measured) {
+    if only.latency.is_empty() && only.stacks.is_empty() && !only.rows.iter().any(measured) {
         return Err(format!(
             "nothing to measure: the rows of --only have no measurement at these sizes (the \
              runtime-flavor rows need a size of at most {})",
@@ -435,76 +517,109 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         scale: if quick { QUICK } else { FULL },
         quick,
         timeout,
-        rows,
-        latency_rows,
+        only,
     })
 }
 
 /// The names `--only` takes, for its error messages.
 fn only_keys() -> String {
     let rows: Vec<&str> = Transport::ALL.iter().map(|t| t.key()).collect();
+    let stacks: Vec<&str> = Stack::ALL.iter().map(|s| s.key()).collect();
     let latency: Vec<String> = LATENCY_ROWS
         .iter()
         .map(|t| format!("lat-{}", t.key()))
         .collect();
     format!(
-        "the rows are {}; {}; throughput, latency (all of either)",
+        "the rows are {}; {}; {}; throughput, stacks, latency (all of each)",
         rows.join(", "),
+        stacks.join(", "),
         latency.join(", ")
     )
 }
 
-/// The rows `--only LIST` selects: throughput rows by [`Transport::key`], latency rows by
-/// `lat-` and that key, `throughput` and `latency` for all of either. Table order is kept.
-fn parse_only(list: &str) -> Result<(Vec<Transport>, Vec<Transport>), String> {
-    let (mut rows, mut latency_rows) = (Vec::new(), Vec::new());
+/// The rows to measure, each list in table order.
+#[derive(Debug, Clone, PartialEq)]
+struct Selection {
+    /// Throughput rows.
+    rows: Vec<Transport>,
+    /// Protocol-stack rows.
+    stacks: Vec<Stack>,
+    /// Latency rows.
+    latency: Vec<Transport>,
+}
+
+impl Selection {
+    /// Every row.
+    fn all() -> Selection {
+        Selection {
+            rows: Transport::ALL.to_vec(),
+            stacks: Stack::ALL.to_vec(),
+            latency: LATENCY_ROWS.to_vec(),
+        }
+    }
+}
+
+/// The rows `--only LIST` selects: throughput rows by [`Transport::key`], protocol-stack rows
+/// by [`Stack::key`], latency rows by `lat-` and a throughput key, `throughput`, `stacks` and
+/// `latency` for all of each. Table order is kept.
+fn parse_only(list: &str) -> Result<Selection, String> {
+    let (mut rows, mut stacks, mut latency) = (Vec::new(), Vec::new(), Vec::new());
     for key in list.split(',').map(str::trim).filter(|k| !k.is_empty()) {
         match key {
             "throughput" => rows.extend(Transport::ALL),
-            "latency" => latency_rows.extend(LATENCY_ROWS),
+            "stacks" => stacks.extend(Stack::ALL),
+            "latency" => latency.extend(LATENCY_ROWS),
             _ => {
                 if let Some(t) = Transport::ALL.into_iter().find(|t| t.key() == key) {
                     rows.push(t);
+                } else if let Some(s) = Stack::ALL.into_iter().find(|s| s.key() == key) {
+                    stacks.push(s);
                 } else if let Some(t) = LATENCY_ROWS
                     .into_iter()
                     .find(|t| key.strip_prefix("lat-") == Some(t.key()))
                 {
-                    latency_rows.push(t);
+                    latency.push(t);
                 } else {
                     return Err(format!("--only: unknown row {key:?}; {}", only_keys()));
                 }
             }
         }
     }
-    if rows.is_empty() && latency_rows.is_empty() {
+    if rows.is_empty() && stacks.is_empty() && latency.is_empty() {
         return Err(format!("--only needs at least one row; {}", only_keys()));
     }
-    let keep = |all: &[Transport], chosen: &[Transport]| -> Vec<Transport> {
-        all.iter().copied().filter(|t| chosen.contains(t)).collect()
-    };
-    Ok((
-        keep(&Transport::ALL, &rows),
-        keep(&LATENCY_ROWS, &latency_rows),
-    ))
+    Ok(Selection {
+        rows: in_order(&Transport::ALL, &rows),
+        stacks: in_order(&Stack::ALL, &stacks),
+        latency: in_order(&LATENCY_ROWS, &latency),
+    })
 }
 
-/// One successful throughput measurement.
+/// The rows of `all` that are in `chosen`, in the order of `all`, each once.
+fn in_order<T: Copy + PartialEq>(all: &[T], chosen: &[T]) -> Vec<T> {
+    all.iter().copied().filter(|t| chosen.contains(t)).collect()
+}
+
+/// One successful throughput (or protocol-stack) measurement.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Sample {
-    /// From the first message's arrival to the last one's.
+    /// The timed span: from the first message's arrival to the last one's (see
+    /// [`Row::timed`]).
     pub(crate) elapsed: Duration,
-    /// User + system time of the measurement's processes, less the sender's making of what it
-    /// makes its messages from.
+    /// User + system time of the measurement's processes, less the making of what they make
+    /// their messages from.
     pub(crate) cpu: Duration,
     /// For a row that loans: how many of the sender's loans were in the loan region.
     pub(crate) loans: Option<Loans>,
 }
 
-/// All repetitions of one throughput row.
+/// All repetitions of one row of a table of rates: a throughput row ([`Transport`]) or a
+/// protocol-stack row ([`Stack`]).
 #[derive(Debug, Clone)]
-pub(crate) struct Cell {
+pub(crate) struct Cell<R = Transport> {
     pub(crate) size: usize,
-    pub(crate) transport: Transport,
+    pub(crate) transport: R,
+    /// Messages (or requests) per measurement.
     pub(crate) messages: u64,
     pub(crate) samples: Vec<Sample>,
     pub(crate) errors: Vec<String>,
@@ -532,6 +647,7 @@ pub(crate) struct Results {
     pub(crate) quick: bool,
     pub(crate) sizes: Vec<usize>,
     pub(crate) cells: Vec<Cell>,
+    pub(crate) stacks: Vec<Cell<Stack>>,
     pub(crate) latency: Vec<LatencyCell>,
     pub(crate) wall: Duration,
 }
@@ -568,11 +684,11 @@ fn path_arg(path: &Path) -> Result<String, String> {
         .ok_or_else(|| format!("the socket path {} is not UTF-8", path.display()))
 }
 
-/// What one throughput measurement's children reported.
+/// What one throughput (or protocol-stack) measurement's children reported.
 struct Reported {
-    /// The receiver's elapsed time.
+    /// The timed span.
     elapsed: Duration,
-    /// CPU time the sender spent building its message source, to leave out.
+    /// CPU time the children spent building their message sources, to leave out.
     setup_cpu: Duration,
     /// For a row that loans, the sender's loan count.
     loans: Option<Loans>,
@@ -667,15 +783,11 @@ fn run_throughput(
     })
 }
 
-fn measure_throughput(
-    exe: &Path,
-    transport: Transport,
-    size: usize,
-    messages: u64,
-    timeout: Duration,
-) -> Result<Sample, String> {
+/// Runs one measurement's children with `run` and adds their CPU time, read before and after
+/// (see `# CPU` at the top).
+fn measure(run: impl FnOnce() -> Result<Reported, String>) -> Result<Sample, String> {
     let before = children_cpu()?;
-    let run = run_throughput(exe, transport, size, messages, timeout);
+    let run = run();
     let after = children_cpu()?;
     let reported = run?;
     Ok(Sample {
@@ -685,6 +797,28 @@ fn measure_throughput(
             .saturating_sub(reported.setup_cpu),
         loans: reported.loans,
     })
+}
+
+impl<R: Row> Cell<R> {
+    /// Measures this row once more, `run` starting its children and collecting their
+    /// reports; says how it went on the progress line, and keeps the sample or the error.
+    fn measure_once(
+        &mut self,
+        rep: usize,
+        progress: &mut Progress,
+        run: impl FnOnce(&Self) -> Result<Reported, String>,
+    ) {
+        let result = measure(|| run(self));
+        progress.report(
+            &format!("{} {}", self.transport.label(), size_label(self.size)),
+            rep,
+            &rate_outcome(self, &result),
+        );
+        match result {
+            Ok(sample) => self.samples.push(sample),
+            Err(e) => self.errors.push(format!("repetition {rep}: {e}")),
+        }
+    }
 }
 
 /// One latency measurement.
@@ -762,19 +896,21 @@ impl Progress {
     }
 }
 
-/// A throughput measurement's outcome, for [`Progress`].
-fn throughput_outcome(cell: &Cell, result: &Result<Sample, String>) -> String {
+/// A throughput (or protocol-stack) measurement's outcome, for [`Progress`].
+fn rate_outcome<R: Row>(cell: &Cell<R>, result: &Result<Sample, String>) -> String {
     let sample = match result {
         Ok(sample) => sample,
         Err(e) => return format!("FAILED: {e}"),
     };
     let secs = sample.elapsed.as_secs_f64();
-    let timed = (cell.messages - 1) as f64;
+    let row = cell.transport;
+    let timed = row.timed(cell.messages) as f64;
     let mut out = if secs > 0.0 {
         format!(
-            "{:.3} GB/s, {} msg/s",
-            timed * cell.size as f64 / 1e9 / secs,
-            fmt::grouped((timed / secs).round() as u64)
+            "{:.3} GB/s, {} {}/s",
+            timed * (cell.size as u64 * row.directions()) as f64 / 1e9 / secs,
+            fmt::grouped((timed / secs).round() as u64),
+            row.unit()
         )
     } else {
         "no time measured".to_owned()
@@ -807,7 +943,8 @@ fn run(opts: &Options, command: String) -> Result<Results, String> {
         .sizes
         .iter()
         .flat_map(|&size| {
-            opts.rows
+            opts.only
+                .rows
                 .iter()
                 .copied()
                 .filter(move |t| t.applies(size))
@@ -820,10 +957,22 @@ fn run(opts: &Options, command: String) -> Result<Results, String> {
                 })
         })
         .collect();
+    let mut stacks: Vec<Cell<Stack>> = STACK_SIZES
+        .iter()
+        .flat_map(|&size| {
+            opts.only.stacks.iter().map(move |&stack| Cell {
+                size,
+                transport: stack,
+                messages: stack.count(size, opts.quick),
+                samples: Vec::new(),
+                errors: Vec::new(),
+            })
+        })
+        .collect();
     let mut latency: Vec<LatencyCell> = LATENCY_SIZES
         .iter()
         .flat_map(|&size| {
-            opts.latency_rows.iter().map(move |&transport| LatencyCell {
+            opts.only.latency.iter().map(move |&transport| LatencyCell {
                 size,
                 transport,
                 rounds: opts.scale.round_trips(size).1,
@@ -835,23 +984,20 @@ fn run(opts: &Options, command: String) -> Result<Results, String> {
         })
         .collect();
     let mut progress = Progress {
-        total: opts.reps * (cells.len() + latency.len()),
+        total: opts.reps * (cells.len() + stacks.len() + latency.len()),
         done: 0,
     };
 
     for rep in 0..opts.reps {
         for cell in &mut cells {
-            let result =
-                measure_throughput(&exe, cell.transport, cell.size, cell.messages, opts.timeout);
-            progress.report(
-                &format!("{} {}", cell.transport.label(), size_label(cell.size)),
-                rep + 1,
-                &throughput_outcome(cell, &result),
-            );
-            match result {
-                Ok(sample) => cell.samples.push(sample),
-                Err(e) => cell.errors.push(format!("repetition {}: {e}", rep + 1)),
-            }
+            cell.measure_once(rep + 1, &mut progress, |c| {
+                run_throughput(&exe, c.transport, c.size, c.messages, opts.timeout)
+            });
+        }
+        for cell in &mut stacks {
+            cell.measure_once(rep + 1, &mut progress, |c| {
+                stacks::run_stack(&exe, c.transport, c.size, c.messages, opts.timeout)
+            });
         }
         for cell in &mut latency {
             let trips = opts.scale.round_trips(cell.size);
@@ -891,6 +1037,7 @@ fn run(opts: &Options, command: String) -> Result<Results, String> {
         quick: opts.quick,
         sizes: opts.sizes.clone(),
         cells,
+        stacks,
         latency,
         wall: started.elapsed(),
     })
@@ -932,6 +1079,7 @@ fn main() -> ExitCode {
                 print!("{}", report::text(&results));
             }
             let failed = results.cells.iter().any(|c| !c.errors.is_empty())
+                || results.stacks.iter().any(|c| !c.errors.is_empty())
                 || results.latency.iter().any(|c| !c.errors.is_empty());
             if failed {
                 ExitCode::FAILURE
@@ -952,14 +1100,16 @@ mod tests {
 
     #[test]
     fn only_selects_rows_in_table_order() {
-        let (rows, latency) = parse_only("unix, pvm-loan,lat-pvm-loan").unwrap();
-        assert_eq!(rows, [Transport::PvmLoan, Transport::UNIX]);
-        assert_eq!(latency, [Transport::PvmLoan]);
-        let (rows, latency) = parse_only("latency").unwrap();
-        assert!(rows.is_empty());
-        assert_eq!(latency, LATENCY_ROWS);
-        let (rows, _) = parse_only("throughput,pvm").unwrap();
-        assert_eq!(rows, Transport::ALL);
+        let only = parse_only("unix, pvm-loan,lat-pvm-loan").unwrap();
+        assert_eq!(only.rows, [Transport::PvmLoan, Transport::UNIX]);
+        assert!(only.stacks.is_empty());
+        assert_eq!(only.latency, [Transport::PvmLoan]);
+        let only = parse_only("latency").unwrap();
+        assert!(only.rows.is_empty() && only.stacks.is_empty());
+        assert_eq!(only.latency, LATENCY_ROWS);
+        let only = parse_only("throughput,pvm").unwrap();
+        assert_eq!(only.rows, Transport::ALL);
+        assert!(only.stacks.is_empty() && only.latency.is_empty());
         assert!(
             parse_only("tokio-pvm")
                 .unwrap_err()
@@ -967,12 +1117,47 @@ mod tests {
         );
         assert!(parse_only(" , ").is_err());
         assert!(parse_only("lat-raw").is_err());
+        assert!(parse_only("lat-h2-pvm").is_err());
+    }
+
+    #[test]
+    fn only_selects_stacks() {
+        let only = parse_only("ws-unix,h2-pvm").unwrap();
+        assert!(only.rows.is_empty() && only.latency.is_empty());
+        assert_eq!(only.stacks, [Stack::ALL[0], Stack::ALL[3]]);
+        assert_eq!(only.stacks[0].key(), "h2-pvm");
+        let only = parse_only("stacks,ws-pvm").unwrap();
+        assert_eq!(only.stacks, Stack::ALL);
+        assert!(only.rows.is_empty() && only.latency.is_empty());
+        assert!(parse_only("h2").unwrap_err().contains("ws-unix"));
+        // The stack rows are measured whatever `--sizes` says.
+        let args = ["--only", "stacks", "--sizes", "64"].map(String::from);
+        let opts = parse_args(&args).unwrap();
+        assert_eq!(opts.only.stacks, Stack::ALL);
+        assert_eq!(parse_args(&[]).unwrap().only, Selection::all());
+    }
+
+    #[test]
+    fn stack_counts() {
+        for stack in Stack::ALL {
+            for size in STACK_SIZES {
+                let (full, quick) = (stack.count(size, false), stack.count(size, true));
+                assert!(full >= quick && quick >= 64, "{} {size}", stack.key());
+            }
+            assert_eq!(stack.reference().reference(), stack.reference());
+        }
+        assert_eq!(Stack::ALL[0].count(1 << 10, false), 30_000);
+        assert_eq!(Stack::ALL[0].count(1 << 10, true), 1_500);
+        assert_eq!(Stack::ALL[2].count(4 << 20, true), 64);
     }
 
     #[test]
     fn usage_names_every_row() {
         for t in Transport::ALL {
             assert!(USAGE.contains(t.key()), "{}", t.key());
+        }
+        for s in Stack::ALL {
+            assert!(USAGE.contains(s.key()), "{}", s.key());
         }
         for t in LATENCY_ROWS {
             assert!(USAGE.contains(&format!("lat-{}", t.key())), "{}", t.key());
@@ -981,10 +1166,19 @@ mod tests {
 
     #[test]
     fn keys_are_distinct() {
-        for (i, a) in Transport::ALL.iter().enumerate() {
-            for b in &Transport::ALL[i + 1..] {
-                assert_ne!(a.key(), b.key());
-                assert_ne!(a.label(), b.label());
+        let keys: Vec<&str> = Transport::ALL
+            .iter()
+            .map(|t| t.key())
+            .chain(Stack::ALL.iter().map(|s| s.key()))
+            .collect();
+        let labels: Vec<&str> = Transport::ALL
+            .iter()
+            .map(|t| t.label())
+            .chain(Stack::ALL.iter().map(|s| s.label()))
+            .collect();
+        for list in [keys, labels] {
+            for (i, a) in list.iter().enumerate() {
+                assert!(!list[i + 1..].contains(a), "{a} twice");
             }
         }
     }

@@ -14,6 +14,9 @@
 //!   were in the loan region rather than on the heap, and whether the zero-copy lane was open
 //!   (1) or not (0).
 //!
+//! The roles of the protocol-stack rows (`h2-server`, `h2-client`, `ws-server`, `ws-client`)
+//! live in `stacks.rs` and report the same way.
+//!
 //! Errors go to standard error and make the child exit with a failure status.
 
 use std::fmt::Display;
@@ -111,6 +114,9 @@ pub(crate) fn run(role: &str, args: &[String]) -> Result<(), String> {
                 Flavor::Spawned.run(unix_ping(ping))
             }
         }
+        "h2-server" | "h2-client" | "ws-server" | "ws-client" => {
+            crate::stacks::run_child(role, args)
+        }
         other => Err(format!("unknown child role {other:?}")),
     }
 }
@@ -121,14 +127,14 @@ fn number<T: FromStr>(value: &str, what: &str) -> Result<T, String> {
     value.parse().map_err(|_| format!("bad {what} {value:?}"))
 }
 
-fn size_arg(value: &str) -> Result<usize, String> {
+pub(crate) fn size_arg(value: &str) -> Result<usize, String> {
     match number(value, "size")? {
         0 => Err("the message size must be at least 1 byte".to_owned()),
         size => Ok(size),
     }
 }
 
-fn count_arg(value: &str) -> Result<u64, String> {
+pub(crate) fn count_arg(value: &str) -> Result<u64, String> {
     match number(value, "message count")? {
         n if n < 2 => Err(format!(
             "at least 2 messages are needed to time anything, got {n}"
@@ -207,7 +213,7 @@ impl Flavor {
     }
 
     /// Runs `work` on a new runtime of this flavor.
-    fn run<F>(self, work: F) -> Result<(), String>
+    pub(crate) fn run<F>(self, work: F) -> Result<(), String>
     where
         F: Future<Output = Result<(), String>> + Send + 'static,
     {
@@ -317,7 +323,7 @@ fn codec(size: usize) -> LengthDelimitedCodec {
 
 /// Counts messages and takes the time when the first and when the last expected one arrived.
 /// Two branches and two clock reads per run, nothing per message.
-struct Clock {
+pub(crate) struct Clock {
     expect: u64,
     seen: u64,
     first: Option<Instant>,
@@ -325,7 +331,7 @@ struct Clock {
 }
 
 impl Clock {
-    fn new(expect: u64) -> Clock {
+    pub(crate) fn new(expect: u64) -> Clock {
         Clock {
             expect,
             seen: 0,
@@ -335,7 +341,7 @@ impl Clock {
     }
 
     #[inline]
-    fn tick(&mut self) {
+    pub(crate) fn tick(&mut self) {
         self.seen += 1;
         if self.seen == 1 {
             self.first = Some(Instant::now());
@@ -345,7 +351,9 @@ impl Clock {
         }
     }
 
-    fn report(self) -> Result<(), String> {
+    /// Prints the `DONE MESSAGES ELAPSED_NS` line, or fails if not every expected message
+    /// arrived.
+    pub(crate) fn report(self) -> Result<(), String> {
         let (Some(first), Some(last)) = (self.first, self.last) else {
             return Err(format!(
                 "received {} of {} messages",
@@ -534,7 +542,7 @@ where
 }
 
 /// Binds a listener at `path`, says `READY`, and accepts the one connection.
-async fn pvm_accept(path: &str, config: Config) -> Result<Connection, String> {
+pub(crate) async fn pvm_accept(path: &str, config: Config) -> Result<Connection, String> {
     let listener = Listener::bind_with(path, config).map_err(|e| format!("binding {path}: {e}"))?;
     ready();
     let conn = listener
@@ -550,15 +558,21 @@ async fn pvm_recv(a: StreamArgs) -> Result<(), String> {
     receive_all(&mut conn, &a).await
 }
 
-/// Makes a sender's [`Producer`] and reports, on a `SOURCE CPU_NS` line, the CPU time that
-/// took (this thread's, from `getrusage(RUSAGE_THREAD)`): benchmark scaffolding, which the
-/// parent takes out of the measurement's CPU time.
+/// Makes a sender's [`Producer`] and reports the CPU time that took (see [`report_source`]).
 fn make_producer(data: Data, size: usize) -> Result<Producer, String> {
+    report_source(|| Producer::new(data, size))
+}
+
+/// Builds what a child makes its messages from with `build` and reports, on a
+/// `SOURCE CPU_NS` line, the CPU time that took (this thread's, from
+/// `getrusage(RUSAGE_THREAD)`): benchmark scaffolding, which the parent takes out of the
+/// measurement's CPU time.
+pub(crate) fn report_source<T>(build: impl FnOnce() -> T) -> Result<T, String> {
     let before = thread_cpu()?;
-    let producer = Producer::new(data, size);
+    let built = build();
     let took = thread_cpu()?.saturating_sub(before);
     println!("SOURCE {}", took.as_nanos());
-    Ok(producer)
+    Ok(built)
 }
 
 /// User + system CPU time of the calling thread.
@@ -593,11 +607,8 @@ fn no_loans(data: Data) -> Result<(), String> {
 }
 
 /// Binds a Unix listener at `path`, says `READY`, accepts the one connection and removes the
-/// socket file: the connection framed for messages of `size` bytes.
-async fn unix_accept(
-    path: &str,
-    size: usize,
-) -> Result<Framed<UnixStream, LengthDelimitedCodec>, String> {
+/// socket file.
+pub(crate) async fn unix_accept_stream(path: &str) -> Result<UnixStream, String> {
     let listener = UnixListener::bind(path).map_err(|e| format!("binding {path}: {e}"))?;
     ready();
     let (stream, _) = listener
@@ -606,7 +617,15 @@ async fn unix_accept(
         .map_err(|e| format!("accepting on {path}: {e}"))?;
     drop(listener);
     let _ = std::fs::remove_file(path);
-    Ok(Framed::new(stream, codec(size)))
+    Ok(stream)
+}
+
+/// [`unix_accept_stream`], the connection framed for messages of `size` bytes.
+async fn unix_accept(
+    path: &str,
+    size: usize,
+) -> Result<Framed<UnixStream, LengthDelimitedCodec>, String> {
+    Ok(Framed::new(unix_accept_stream(path).await?, codec(size)))
 }
 
 async fn unix_recv(a: StreamArgs) -> Result<(), String> {

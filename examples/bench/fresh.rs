@@ -113,11 +113,49 @@ impl Fresh {
     /// The next message in a buffer of its own, freshly allocated.
     pub(crate) fn heap(&mut self) -> Bytes {
         let (src, seq) = self.next_source();
-        let mut buf = BytesMut::with_capacity(src.len());
-        buf.extend_from_slice(src);
-        stamp(&mut buf, seq);
-        buf.freeze()
+        stamped(src, seq)
     }
+
+    /// Message `seq` in a buffer of its own, freshly allocated: the same bytes as the
+    /// `seq`-th message of [`heap`](Fresh::heap) (message `seq` starts `seq` sizes into the
+    /// source, wrapped as `heap` wraps). For a sender that makes its messages out of order, or
+    /// in several tasks at once: it needs no `&mut`.
+    pub(crate) fn numbered(&self, seq: u64) -> Bytes {
+        let per_pass = (self.source.len() / self.size) as u64;
+        let start = (seq % per_pass) as usize * self.size;
+        stamped(&self.source[start..start + self.size], seq)
+    }
+}
+
+/// A new buffer holding `src`, stamped with `seq`.
+fn stamped(src: &[u8], seq: u64) -> Bytes {
+    let mut buf = BytesMut::with_capacity(src.len());
+    buf.extend_from_slice(src);
+    stamp(&mut buf, seq);
+    buf.freeze()
+}
+
+/// Checks that `msg` is message `seq` of a sender of messages of `size` bytes: its length and
+/// its stamps. For a receiver that gets messages out of order, and knows each one's number
+/// some other way.
+#[inline]
+pub(crate) fn check_stamped(msg: &[u8], size: usize, seq: u64) -> Result<(), String> {
+    if msg.len() != size {
+        return Err(format!(
+            "message {seq} has {} bytes, expected {size}",
+            msg.len()
+        ));
+    }
+    let (head, tail) = stamp_lens(size);
+    let got_head = read_stamp(&msg[..head]);
+    let got_tail = read_stamp(&msg[size - tail..]);
+    if got_head != low_bytes(seq, head) || got_tail != low_bytes(seq, tail) {
+        return Err(format!(
+            "message {seq} of {size} bytes is stamped {got_head} (first {head} bytes) and \
+             {got_tail} (last {tail} bytes): lost, duplicated, reordered or damaged"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the messages of one receiver: each must have the length and the stamps of the next
@@ -135,24 +173,7 @@ impl Checker {
     /// Checks `msg` against the next expected message.
     #[inline]
     pub(crate) fn check(&mut self, msg: &[u8]) -> Result<(), String> {
-        let seq = self.next;
-        if msg.len() != self.size {
-            return Err(format!(
-                "message {seq} has {} bytes, expected {}",
-                msg.len(),
-                self.size
-            ));
-        }
-        let (head, tail) = stamp_lens(self.size);
-        let got_head = read_stamp(&msg[..head]);
-        let got_tail = read_stamp(&msg[self.size - tail..]);
-        if got_head != low_bytes(seq, head) || got_tail != low_bytes(seq, tail) {
-            return Err(format!(
-                "message {seq} of {} bytes is stamped {got_head} (first {head} bytes) and \
-                 {got_tail} (last {tail} bytes): lost, duplicated, reordered or damaged",
-                self.size
-            ));
-        }
+        check_stamped(msg, self.size, self.next)?;
         self.next += 1;
         Ok(())
     }
@@ -184,5 +205,19 @@ mod tests {
         checker.check(&fresh.heap()).unwrap();
         let _lost = fresh.heap();
         assert!(checker.check(&fresh.heap()).is_err());
+    }
+
+    #[test]
+    fn numbered_messages_are_the_sequence() {
+        // Small enough that the offset wraps within the test: 64 MiB / 24 MiB = 2 per pass.
+        let size = 24 << 20;
+        let mut fresh = Fresh::new(size);
+        let numbered: Vec<Bytes> = (0..5).map(|seq| fresh.numbered(seq)).collect();
+        for (seq, msg) in numbered.iter().enumerate() {
+            assert_eq!(*msg, fresh.heap(), "message {seq}");
+            check_stamped(msg, size, seq as u64).unwrap();
+        }
+        assert!(check_stamped(&numbered[1], size, 2).is_err());
+        assert!(check_stamped(&numbered[1][1..], size, 1).is_err());
     }
 }

@@ -4,16 +4,18 @@ pub(crate) use crate::fmt::grouped;
 use std::fmt::Write as _;
 
 use crate::child::Loans;
-use crate::{Cell, LatencyCell, Results, Transport};
+use crate::stacks::{self, Protocol, Stack};
+use crate::{Cell, LatencyCell, Results, Row};
 
 pub(crate) use crate::machine::Machine;
 
 pub(crate) use crate::stats::median;
 
-/// Medians and spread of one throughput cell.
+/// Medians and spread of one cell of a table of rates.
 #[derive(Debug, Clone, Copy, Default)]
 struct Summary {
-    msg_per_s: Option<f64>,
+    /// Messages (or requests, see [`Row::unit`]) per second.
+    per_s: Option<f64>,
     gb_per_s: Option<f64>,
     gb_per_s_min: Option<f64>,
     gb_per_s_max: Option<f64>,
@@ -21,22 +23,22 @@ struct Summary {
     ratio_vs_unix: Option<f64>,
 }
 
-fn summarize(cell: &Cell, unix_gb_per_s: Option<f64>) -> Summary {
-    let timed = (cell.messages - 1) as f64;
-    let moved_gb = cell.messages as f64 * cell.size as f64 / 1e9;
+fn summarize<R: Row>(cell: &Cell<R>, unix_gb_per_s: Option<f64>) -> Summary {
+    let row = cell.transport;
+    let timed = row.timed(cell.messages) as f64;
+    // Bytes each message (or request) moves.
+    let bytes = (cell.size as u64 * row.directions()) as f64;
+    let moved_gb = cell.messages as f64 * bytes / 1e9;
     let secs: Vec<f64> = cell
         .samples
         .iter()
         .map(|s| s.elapsed.as_secs_f64())
         .filter(|&s| s > 0.0)
         .collect();
-    let gb: Vec<f64> = secs
-        .iter()
-        .map(|s| timed * cell.size as f64 / 1e9 / s)
-        .collect();
+    let gb: Vec<f64> = secs.iter().map(|s| timed * bytes / 1e9 / s).collect();
     let gb_per_s = median(gb.iter().copied());
     Summary {
-        msg_per_s: median(secs.iter().map(|s| timed / s)),
+        per_s: median(secs.iter().map(|s| timed / s)),
         gb_per_s,
         gb_per_s_min: gb.iter().copied().reduce(f64::min),
         gb_per_s_max: gb.iter().copied().reduce(f64::max),
@@ -48,15 +50,15 @@ fn summarize(cell: &Cell, unix_gb_per_s: Option<f64>) -> Summary {
     }
 }
 
-/// Median GB/s of the Unix-socket row that `transport`'s row of `size` compares with (see
-/// [`Transport::reference`]).
-fn unix_reference(results: &Results, size: usize, transport: Transport) -> Option<f64> {
-    let reference = transport.reference();
-    results
-        .cells
+/// The summary of `cell`, one of `cells`, with its ratio to the Unix-socket row of `cells` it
+/// compares with (see [`Row::reference`]).
+fn summary<R: Row>(cells: &[Cell<R>], cell: &Cell<R>) -> Summary {
+    let reference = cell.transport.reference();
+    let unix = cells
         .iter()
-        .find(|c| c.size == size && c.transport == reference)
-        .and_then(|c| summarize(c, None).gb_per_s)
+        .find(|c| c.size == cell.size && c.transport == reference)
+        .and_then(|c| summarize(c, None).gb_per_s);
+    summarize(cell, unix)
 }
 
 /// `65536` as `64 KiB`; sizes that are not a whole number of KiB or MiB in bytes.
@@ -103,7 +105,7 @@ fn heap_loans(loans: &[Loans]) -> Option<(String, String)> {
 }
 
 /// The loan counts of the samples that have them.
-fn cell_loans(cell: &Cell) -> Vec<Loans> {
+fn cell_loans<R>(cell: &Cell<R>) -> Vec<Loans> {
     cell.samples.iter().filter_map(|s| s.loans).collect()
 }
 
@@ -156,12 +158,15 @@ pub(crate) fn text(results: &Results) -> String {
     let _ = writeln!(
         out,
         "{} repetition(s), interleaved (each repetition: each size, each row, then the \
-         latency rows); medians shown",
+         protocol-stack rows, then the latency rows); medians shown",
         results.reps
     );
     let mut notes = Notes::default();
     if !results.cells.is_empty() {
         throughput_table(&mut out, results, &mut notes);
+    }
+    if !results.stacks.is_empty() {
+        stacks_table(&mut out, &results.stacks, &mut notes);
     }
     if !results.latency.is_empty() {
         latency_table(&mut out, results, &mut notes);
@@ -200,52 +205,7 @@ fn throughput_table(out: &mut String, results: &Results, notes: &mut Notes) {
     let _ = writeln!(out, "messages per measurement: {}", counts.join(", "));
     let _ = writeln!(out);
     let _ = writeln!(out, "throughput");
-    let header = format!(
-        "{:>8}  {:<26}  {:>12}  {:>8}  {:>9}  {:>8}  {:>7}",
-        "size", "transport", "msg/s", "GB/s", "CPU s/GB", "vs unix", "spread"
-    );
-    let _ = writeln!(out, "{header}");
-    let _ = writeln!(out, "{}", "-".repeat(header.len()));
-    let mut last_size = None;
-    for cell in &results.cells {
-        if last_size.is_some_and(|s| s != cell.size) {
-            let _ = writeln!(out);
-        }
-        last_size = Some(cell.size);
-        let what = format!("{} {}", size_label(cell.size), cell.transport.label());
-        let mark = error_mark(notes, &what, &cell.errors);
-        if cell.samples.is_empty() {
-            let _ = writeln!(
-                out,
-                "{:>8}  {:<26}  ERROR: all {} repetition(s) failed, see below",
-                size_label(cell.size),
-                cell.transport.label(),
-                cell.errors.len()
-            );
-            continue;
-        }
-        let s = summarize(cell, unix_reference(results, cell.size, cell.transport));
-        let spread = match (s.gb_per_s_min, s.gb_per_s_max, s.gb_per_s) {
-            (Some(lo), Some(hi), Some(mid)) if mid > 0.0 => {
-                format!("{:.0}%", (hi - lo) / mid * 100.0)
-            }
-            _ => "-".to_owned(),
-        };
-        let loans = loan_mark(notes, what, &cell_loans(cell));
-        let _ = writeln!(
-            out,
-            "{:>8}  {:<26}  {:>12}  {:>8}  {:>9}  {:>8}  {:>7}{mark}{loans}",
-            size_label(cell.size),
-            cell.transport.label(),
-            s.msg_per_s
-                .map_or_else(|| "-".to_owned(), |v| grouped(v.round() as u64)),
-            num(s.gb_per_s, 3),
-            num(s.cpu_s_per_gb, 3),
-            s.ratio_vs_unix
-                .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x")),
-            spread,
-        );
-    }
+    rate_rows(out, &results.cells, notes, "transport", false);
     let _ = writeln!(out);
     for line in [
         "GB = 10^9 bytes. Rates count the messages after the first, timed in the receiving \
@@ -272,6 +232,144 @@ fn throughput_table(out: &mut String, results: &Results, notes: &mut Notes) {
         "raw: one reused destination buffer; rotated: the same loop into as many buffers as \
          the default window holds (16 MiB, at most 1024), used in turn, as a transport's \
          receive buffers are.",
+    ] {
+        let _ = writeln!(out, "{line}");
+    }
+}
+
+/// The rows of a table of rates under their header, a blank line between sizes. `what` heads
+/// the second column; with `units`, each rate says what it counts (`req/s`, `msg/s`).
+fn rate_rows<R: Row>(
+    out: &mut String,
+    cells: &[Cell<R>],
+    notes: &mut Notes,
+    what: &str,
+    units: bool,
+) {
+    let (rate, width) = if units { ("rate", 16) } else { ("msg/s", 12) };
+    let header = format!(
+        "{:>8}  {:<26}  {:>width$}  {:>8}  {:>9}  {:>8}  {:>7}",
+        "size", what, rate, "GB/s", "CPU s/GB", "vs unix", "spread"
+    );
+    let _ = writeln!(out, "{header}");
+    let _ = writeln!(out, "{}", "-".repeat(header.len()));
+    let mut last_size = None;
+    for cell in cells {
+        if last_size.is_some_and(|s| s != cell.size) {
+            let _ = writeln!(out);
+        }
+        last_size = Some(cell.size);
+        let label = cell.transport.label();
+        let what = format!("{} {label}", size_label(cell.size));
+        let mark = error_mark(notes, &what, &cell.errors);
+        if cell.samples.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:>8}  {label:<26}  ERROR: all {} repetition(s) failed, see below",
+                size_label(cell.size),
+                cell.errors.len()
+            );
+            continue;
+        }
+        let s = summary(cells, cell);
+        let spread = match (s.gb_per_s_min, s.gb_per_s_max, s.gb_per_s) {
+            (Some(lo), Some(hi), Some(mid)) if mid > 0.0 => {
+                format!("{:.0}%", (hi - lo) / mid * 100.0)
+            }
+            _ => "-".to_owned(),
+        };
+        let per_s = s.per_s.map_or_else(
+            || "-".to_owned(),
+            |v| {
+                let v = grouped(v.round() as u64);
+                if units {
+                    format!("{v} {}/s", cell.transport.unit())
+                } else {
+                    v
+                }
+            },
+        );
+        let loans = loan_mark(notes, what, &cell_loans(cell));
+        let _ = writeln!(
+            out,
+            "{:>8}  {label:<26}  {per_s:>width$}  {:>8}  {:>9}  {:>8}  {:>7}{mark}{loans}",
+            size_label(cell.size),
+            num(s.gb_per_s, 3),
+            num(s.cpu_s_per_gb, 3),
+            s.ratio_vs_unix
+                .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x")),
+            spread,
+        );
+    }
+}
+
+fn stacks_table(out: &mut String, cells: &[Cell<Stack>], notes: &mut Notes) {
+    let _ = writeln!(out);
+    // Counts per protocol and size (the same over both carriers).
+    let mut counts: Vec<String> = Vec::new();
+    for protocol in [Protocol::Http2, Protocol::WebSocket] {
+        let mut sizes: Vec<String> = Vec::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let seen = cells[..i]
+                .iter()
+                .any(|c| c.transport.protocol == protocol && c.size == cell.size);
+            if cell.transport.protocol == protocol && !seen {
+                sizes.push(format!(
+                    "{} x {}",
+                    size_label(cell.size),
+                    grouped(cell.messages)
+                ));
+            }
+        }
+        if !sizes.is_empty() {
+            counts.push(format!("{} {}", protocol.name(), sizes.join(", ")));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "requests (HTTP/2) or messages (WebSocket) per measurement: {}",
+        counts.join("; ")
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "protocol stacks (hyper HTTP/2, tokio-tungstenite WebSocket) over tokio_pvm::ByteStream \
+         and tokio::net::UnixStream"
+    );
+    rate_rows(out, cells, notes, "stack", true);
+    let _ = writeln!(out);
+    for line in [
+        format!(
+            "HTTP/2: one connection, {} requests in flight; each POST carries a fresh body of \
+             the size (stamped with the request's number, also sent in a header), which the \
+             server reads whole and checks, answering with a fresh body of the same size, which \
+             the client reads whole and checks. Timed in the client from just before the first \
+             request to the last response read (handshake excluded); rates count every \
+             request, GB/s both bodies (2 x size per request).",
+            stacks::H2_IN_FLIGHT
+        ),
+        format!(
+            "HTTP/2 settings, both sides, both carriers: stream window {}, connection window \
+             {}, max frame {}, send buffer {} per stream (hyper's defaults would throttle 4 MiB \
+             bodies).",
+            size_label(stacks::H2_STREAM_WINDOW as usize),
+            size_label(stacks::H2_CONN_WINDOW as usize),
+            size_label(stacks::H2_MAX_FRAME as usize),
+            size_label(stacks::H2_SEND_BUF),
+        ),
+        "WebSocket: the client sends binary messages of fresh data (stamped) with send() = \
+         feed + flush, one after another, masked as the protocol requires of a client; the \
+         server checks each one's length and stamps, in order, and times from the first \
+         message's arrival to the last one's; rates count the messages after the first."
+            .to_owned(),
+        "ByteStream: tokio_pvm::ByteStream over a Connection with the default Config; \
+         UnixStream: tokio::net::UnixStream. Both children run in a task spawned on a \
+         multi-thread runtime."
+            .to_owned(),
+        "CPU s/GB: both children, whole lifetimes less the building of their 64 MiB sources, \
+         per GB moved (both bodies for HTTP/2). vs unix: GB/s over the same protocol over \
+         UnixStream at the same size."
+            .to_owned(),
     ] {
         let _ = writeln!(out, "{line}");
     }
@@ -362,6 +460,22 @@ fn json_num(value: Option<f64>) -> String {
     }
 }
 
+/// The GB/s, CPU and ratio fields of `cell`, one of `cells`: `"gb_per_s": .., ..,
+/// "ratio_reference": ..`.
+fn json_rates<R: Row>(cells: &[Cell<R>], cell: &Cell<R>) -> String {
+    let s = summary(cells, cell);
+    format!(
+        "\"gb_per_s\": {}, \"gb_per_s_min\": {}, \"gb_per_s_max\": {}, \"cpu_s_per_gb\": {}, \
+         \"ratio_vs_unix\": {}, \"ratio_reference\": {}",
+        json_num(s.gb_per_s),
+        json_num(s.gb_per_s_min),
+        json_num(s.gb_per_s_max),
+        json_num(s.cpu_s_per_gb),
+        json_num(s.ratio_vs_unix),
+        json_str(cell.transport.reference().label()),
+    )
+}
+
 fn json_errors(errors: &[String]) -> String {
     let items: Vec<String> = errors.iter().map(|e| json_str(e)).collect();
     format!("[{}]", items.join(", "))
@@ -406,29 +520,45 @@ pub(crate) fn json(results: &Results) -> String {
         .cells
         .iter()
         .map(|cell| {
-            let s = summarize(cell, unix_reference(results, cell.size, cell.transport));
             format!(
                 "    {{\"size\": {}, \"transport\": {}, \"messages\": {}, \"ok_reps\": {}, \
-                 \"msg_per_s\": {}, \"gb_per_s\": {}, \"gb_per_s_min\": {}, \
-                 \"gb_per_s_max\": {}, \"cpu_s_per_gb\": {}, \"ratio_vs_unix\": {}, \
-                 \"ratio_reference\": {}, {}, \"errors\": {}}}",
+                 \"msg_per_s\": {}, {}, {}, \"errors\": {}}}",
                 cell.size,
                 json_str(cell.transport.label()),
                 cell.messages,
                 cell.samples.len(),
-                json_num(s.msg_per_s),
-                json_num(s.gb_per_s),
-                json_num(s.gb_per_s_min),
-                json_num(s.gb_per_s_max),
-                json_num(s.cpu_s_per_gb),
-                json_num(s.ratio_vs_unix),
-                json_str(cell.transport.reference().label()),
+                json_num(summary(&results.cells, cell).per_s),
+                json_rates(&results.cells, cell),
                 json_loans(&cell_loans(cell)),
                 json_errors(&cell.errors),
             )
         })
         .collect();
     let _ = writeln!(out, "{}", rows.join(",\n"));
+    let _ = writeln!(out, "  ],");
+    let _ = writeln!(out, "  \"stacks\": [");
+    let rows: Vec<String> = results
+        .stacks
+        .iter()
+        .map(|cell| {
+            format!(
+                "    {{\"size\": {}, \"stack\": {}, \"key\": {}, \"unit\": {}, \"count\": {}, \
+                 \"ok_reps\": {}, \"per_s\": {}, {}, \"errors\": {}}}",
+                cell.size,
+                json_str(cell.transport.label()),
+                json_str(cell.transport.key()),
+                json_str(cell.transport.unit()),
+                cell.messages,
+                cell.samples.len(),
+                json_num(summary(&results.stacks, cell).per_s),
+                json_rates(&results.stacks, cell),
+                json_errors(&cell.errors),
+            )
+        })
+        .collect();
+    if !rows.is_empty() {
+        let _ = writeln!(out, "{}", rows.join(",\n"));
+    }
     let _ = writeln!(out, "  ],");
     let _ = writeln!(out, "  \"latency\": [");
     let rows: Vec<String> = results
@@ -477,10 +607,10 @@ mod tests {
         assert_eq!(json_num(Some(f64::NAN)), "null");
     }
 
-    /// Results with a loan row that fell back to the heap in one repetition, a failed row and
-    /// a latency row.
+    /// Results with a loan row that fell back to the heap in one repetition, a failed row,
+    /// two protocol-stack rows (HTTP/2 over each carrier) and a latency row.
     fn sample_results() -> Results {
-        use crate::{Cell, Sample};
+        use crate::{Cell, Sample, Transport};
         use std::time::Duration;
         let sample = |ms, loans| Sample {
             elapsed: Duration::from_millis(ms),
@@ -522,6 +652,22 @@ mod tests {
                     vec!["repetition 1: gone".to_owned()],
                 ),
             ],
+            stacks: vec![
+                Cell {
+                    size: 1 << 20,
+                    transport: Stack::ALL[0],
+                    messages: 1000,
+                    samples: vec![sample(1000, None)],
+                    errors: vec![],
+                },
+                Cell {
+                    size: 1 << 20,
+                    transport: Stack::ALL[1],
+                    messages: 1000,
+                    samples: vec![sample(4000, None)],
+                    errors: vec![],
+                },
+            ],
             latency: vec![LatencyCell {
                 size: 64,
                 transport: Transport::PvmLoan,
@@ -553,6 +699,13 @@ mod tests {
         );
         // The loan row's median GB/s (of 10 and 12 ms) over the Unix row's (20 ms).
         assert!(out.contains("1.83x"), "{out}");
+        // 1,000 requests of 1 MiB each way in 1 s, over ByteStream; in 4 s over UnixStream.
+        assert!(
+            out.contains("1 MiB  HTTP/2 over ByteStream           1,000 req/s     2.097"),
+            "{out}"
+        );
+        assert!(out.contains("4.00x"), "{out}");
+        assert!(out.contains("HTTP/2 1 MiB x 1,000"), "{out}");
     }
 
     #[test]
@@ -569,5 +722,14 @@ mod tests {
         assert!(rows[1]["loans_shared"].is_null());
         assert_eq!(rows[2]["ok_reps"], 0);
         assert_eq!(v["latency"][0]["loans_shared"], serde_json::json!([0, 0]));
+        let stacks = v["stacks"].as_array().unwrap();
+        assert_eq!(stacks.len(), 2);
+        assert_eq!(stacks[0]["stack"], "HTTP/2 over ByteStream");
+        assert_eq!(stacks[0]["key"], "h2-pvm");
+        assert_eq!(stacks[0]["unit"], "req");
+        assert_eq!(stacks[0]["count"], 1000);
+        assert_eq!(stacks[0]["per_s"], 1000.0);
+        assert_eq!(stacks[0]["ratio_vs_unix"], 4.0);
+        assert_eq!(stacks[1]["ratio_reference"], "HTTP/2 over UnixStream");
     }
 }
