@@ -125,8 +125,8 @@
 //! * `HTTP/2 over ByteStream`, `HTTP/2 over UnixStream`: hyper's HTTP/2 client
 //!   (`client::conn::http2`) and server (`server::conn::http2`, with `TokioExecutor` and
 //!   `TokioIo`). The client makes N POST requests on the one connection, 32 in flight at a
-//!   time (a `JoinSet` of tasks, each with a clone of the `SendRequest`), N = 30,000 at 1 KiB,
-//!   8,000 at 64 KiB, 256 at 4 MiB. Each request's body is `size` bytes of fresh data (see
+//!   time (a `JoinSet` of tasks, each with a clone of the `SendRequest`), N = 60,000 at 1 KiB,
+//!   16,000 at 64 KiB, 256 at 4 MiB. Each request's body is `size` bytes of fresh data (see
 //!   Data), stamped with the request's number, which also travels in an `x-seq` header. The
 //!   server reads each body whole, checks its length and stamps, and answers with a fresh body
 //!   of the same size stamped with the same number; the client reads it whole and checks it.
@@ -139,21 +139,23 @@
 //! * `WebSocket over ByteStream`, `WebSocket over UnixStream`: tokio-tungstenite
 //!   (`client_async`, `accept_async`; largest message and frame 64 MiB on both sides). The
 //!   client sends N binary messages of `size` bytes of fresh data (stamped), one after another
-//!   with `send` (feed + flush, as applications do), N = 150,000 at 1 KiB, 16,000 at 64 KiB,
-//!   256 at 4 MiB; the client masks every frame, as the protocol requires. The server checks
+//!   with `send` (feed + flush, as applications do), N = 400,000 at 1 KiB, 32,000 at 64 KiB,
+//!   512 at 4 MiB; the client masks every frame, as the protocol requires. The server checks
 //!   every message's length and stamps, in order, and times from the first message's arrival
 //!   to the last one's, as a throughput receiver does; rates count the N - 1 messages in
 //!   between. Nothing goes back until the last message, after which the server sends a text
 //!   message, `done`, and the client starts the close handshake.
 //!
-//! With `--quick` the counts are divided by 20 (at least 64). Every side reports only once
-//! everything it checks has passed. A connection's end is not timed, but it must be clean: the
-//! HTTP/2 client drops its `SendRequest` and waits for the connection to end; both sides of
-//! either protocol then close their stream as careful servers close sockets (shut the writing
-//! side down, read until the peer's end of stream) before they exit. An error h2 reports for
-//! the connection itself once every request has been answered and every response checked is
-//! a race at the close (seen over any socket) and does not fail the measurement; any error
-//! before does. "vs unix" is GB/s over the same protocol's UnixStream row at the same size.
+//! The counts make each measurement take 1 to 5 s on the machine they were chosen on (2 CPUs,
+//! busy or not); with `--quick` they are divided by 20 (at least 64). Every side reports only
+//! once everything it checks has passed. A connection's end is not timed, but it must be
+//! clean: the HTTP/2 client drops its `SendRequest` and waits for the connection to end; both
+//! sides of either protocol then close their stream as careful servers close sockets (shut the
+//! writing side down, read until the peer's end of stream) before they exit. An error h2
+//! reports for the connection itself once every request has been answered and every response
+//! checked is a race at the close (seen over any socket) and does not fail the measurement;
+//! any error before does. "vs unix" is GB/s over the same protocol's UnixStream row at the
+//! same size.
 //!
 //! # Latency
 //! One-way latency, for 64 B and 1 MiB, of three rows: `tokio-pvm`, `tokio-pvm (loan)` and the
@@ -1146,8 +1148,8 @@ mod tests {
             }
             assert_eq!(stack.reference().reference(), stack.reference());
         }
-        assert_eq!(Stack::ALL[0].count(1 << 10, false), 30_000);
-        assert_eq!(Stack::ALL[0].count(1 << 10, true), 1_500);
+        assert_eq!(Stack::ALL[0].count(1 << 10, false), 60_000);
+        assert_eq!(Stack::ALL[0].count(1 << 10, true), 3_000);
         assert_eq!(Stack::ALL[2].count(4 << 20, true), 64);
     }
 

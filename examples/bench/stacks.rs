@@ -61,9 +61,9 @@ use crate::{Reported, Row, expect_line, parse_done, parse_source, path_arg};
 pub(crate) const STACK_SIZES: [usize; 3] = [1 << 10, 64 << 10, 4 << 20];
 
 /// Requests per HTTP/2 measurement, at each of [`STACK_SIZES`], in a full run.
-const H2_REQUESTS: [u64; 3] = [30_000, 8_000, 256];
+const H2_REQUESTS: [u64; 3] = [60_000, 16_000, 256];
 /// Messages per WebSocket measurement, at each of [`STACK_SIZES`], in a full run.
-const WS_MESSAGES: [u64; 3] = [150_000, 16_000, 256];
+const WS_MESSAGES: [u64; 3] = [400_000, 32_000, 512];
 /// With `--quick`, counts are divided by this, down to at least [`QUICK_MIN`].
 const QUICK_DIVISOR: u64 = 20;
 const QUICK_MIN: u64 = 64;
