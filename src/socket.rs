@@ -1,8 +1,9 @@
 //! The control socket: a non-blocking Unix stream socket driven by Tokio's `AsyncFd`.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 
 use nix::sys::socket::Shutdown;
@@ -94,6 +95,21 @@ impl ControlSocket {
     }
 }
 
+/// Polls `f` outside the task's cooperative budget (Tokio's `coop`). The control socket's
+/// reads and writes are the transport's own work, many per application operation; the
+/// application's operations (a message received, a flush, a byte stream read) each take one
+/// unit of the budget instead, as a socket's read or write does. Left inside the budget, a
+/// task reading many small messages used it up in a fraction of the reads a socket would
+/// allow, and each forced yield sent the task to another worker thread.
+fn outside_budget<T>(cx: &mut Context<'_>, f: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+    let mut f = Some(f);
+    let once = std::future::poll_fn(move |cx| match f.take() {
+        Some(f) => f(cx),
+        None => Poll::Pending,
+    });
+    pin!(tokio::task::coop::unconstrained(once)).poll(cx)
+}
+
 impl AsFd for ControlSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.get_ref().as_fd()
@@ -108,10 +124,12 @@ impl AsyncRead for ControlSocket {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            let mut guard = ready!(this.fd.poll_read_ready(cx))?;
+            let fd = &this.fd;
+            let mut guard = ready!(outside_budget(cx, |cx| fd.poll_read_ready(cx)))?;
             // SAFETY: `recv` only writes into the unfilled part and we mark as initialised
             // exactly the `n` bytes the kernel reports having written.
             let unfilled = unsafe { buf.unfilled_mut() };
+            let len = unfilled.len();
             let fds = &mut this.fds;
             match guard.try_io(|fd| match fds {
                 Some(kept) => sys::recv_with_fds(fd.as_fd(), unfilled, kept),
@@ -121,6 +139,12 @@ impl AsyncRead for ControlSocket {
                     // SAFETY: the kernel wrote `n` bytes at the start of the unfilled region.
                     unsafe { buf.assume_init(n) };
                     buf.advance(n);
+                    if n > 0 && n < len {
+                        // A short read emptied the socket: the next read would only say
+                        // "would block". Wait for the reactor's next event instead (what
+                        // Tokio's own streams do), saving a system call per wake-up.
+                        guard.clear_ready();
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -138,7 +162,8 @@ impl AsyncWrite for ControlSocket {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         loop {
-            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
+            let fd = &self.fd;
+            let mut guard = ready!(outside_budget(cx, |cx| fd.poll_write_ready(cx)))?;
             match guard.try_io(|fd| sys::send(fd.as_fd(), buf)) {
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(result) => return Poll::Ready(result),

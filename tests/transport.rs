@@ -93,6 +93,39 @@ async fn thousands_of_messages_stay_in_order() {
     assert!(child.finish(Duration::from_secs(10)).0);
 }
 
+/// Receiving takes one unit of the task's cooperative budget per message, as a socket read
+/// does: a task draining a full receive buffer lets the runtime's other tasks run every 128
+/// messages instead of holding a `current_thread` runtime until the buffer is empty.
+#[tokio::test(flavor = "current_thread")]
+async fn receiving_yields_to_other_tasks_as_a_socket_does() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = temp_dir("coop");
+    let path = dir.join("s");
+    let mut listener = Listener::bind(&path).unwrap();
+    let child = ChildProc::spawn("send", &[path.to_str().unwrap(), "10", "1000"]);
+    let mut conn = accept(&mut listener).await;
+    // The connection's driver receives all 1,000 (one window) while this task waits for the
+    // child, whose close returns once they are.
+    let finished = tokio::task::spawn_blocking(move || child.finish(Duration::from_secs(10)));
+    assert!(finished.await.unwrap().0);
+    let other_ran = Arc::new(AtomicBool::new(false));
+    let flag = other_ran.clone();
+    tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+    let mut read_before_it_ran = None;
+    let mut seq = 0u64;
+    while let Some(m) = conn.next().await {
+        assert!(check(seq, 10, &m.unwrap()));
+        seq += 1;
+        if read_before_it_ran.is_none() && other_ran.load(Ordering::SeqCst) {
+            read_before_it_ran = Some(seq);
+        }
+    }
+    assert_eq!(seq, 1000);
+    let n = read_before_it_ran.expect("the other task ran");
+    assert!(n <= 200, "the other task ran only after {n} messages");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_directions_at_once() {
     let dir = temp_dir("echo");
