@@ -476,6 +476,20 @@ impl FrameCodec {
     }
 }
 
+/// Room the read buffer is given for the next read of the socket when it runs low.
+const READ_ROOM: usize = 32 << 10;
+
+/// Makes room in the read buffer for at least the `more` bytes the frame being read still
+/// needs. The buffer is shared with the payloads of earlier inline frames (their `Bytes`),
+/// so running out of room means a new allocation: it is made for a read of [`READ_ROOM`]
+/// at a time, not a few bytes, so that reads are large and allocations rare; while a quarter
+/// of that is left, the room there is used as it is.
+fn make_room(src: &mut BytesMut, more: usize) {
+    if src.capacity() - src.len() < more.max(READ_ROOM / 4) {
+        src.reserve(more.max(READ_ROOM));
+    }
+}
+
 fn expect_zero(value: u64, what: &str) -> Result<(), Error> {
     if value != 0 {
         return Err(Error::protocol(format!("{what} is {value}, must be 0")));
@@ -492,7 +506,7 @@ impl Decoder for FrameCodec {
             Some(p) => p,
             None => {
                 if src.len() < HEADER_LEN {
-                    src.reserve(HEADER_LEN - src.len());
+                    make_room(src, HEADER_LEN - src.len());
                     return Ok(None);
                 }
                 let ty = src[0];
@@ -536,13 +550,12 @@ impl Decoder for FrameCodec {
         };
         if src.len() < body_len {
             // The body length was checked against the limits above.
-            src.reserve(body_len - src.len());
+            make_room(src, body_len - src.len());
             return Ok(None);
         }
         self.pending = None;
         let body = src.split_to(body_len).freeze();
         let frame = self.decode_body(ty, body)?;
-        src.reserve(HEADER_LEN);
         Ok(Some(frame))
     }
 

@@ -88,12 +88,13 @@ async fn a_read_takes_every_byte_that_has_arrived() {
     .expect("no hang");
 }
 
-/// Bytes a `ByteStream` writes travel inline through the socket, as a socket's bytes do, up
-/// to 64 KiB a message; larger writes are pulled. A frame header and its payload handed over
-/// in one vectored write become one message.
+/// Bytes a `ByteStream` writes travel inline through the socket, as a socket's bytes do, in
+/// messages of up to 2 KiB; larger messages are pulled. A frame header and its payload handed
+/// over in one vectored write become one message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn written_bytes_travel_inline_up_to_64_kib() {
+async fn written_bytes_travel_inline_up_to_2_kib() {
     use std::io::IoSlice;
+    use util::raw::{T_ACK, T_BATCH, T_DATA, T_INLINE};
     let dir = util::temp_dir("bytestream-inline");
     let path = dir.join("s");
     let listener = tokio_pvm::Listener::bind(&path).unwrap();
@@ -102,36 +103,30 @@ async fn written_bytes_travel_inline_up_to_64_kib() {
     let conn = timeout(LIMIT, listener.accept()).await.unwrap().unwrap();
     let mut peer = peer.await.unwrap();
     let mut stream = ByteStream::new(conn);
-    let ack = |count: u64| count.to_le_bytes();
+    // The body length of an inline frame carrying `len` bytes.
+    let inline_body = |ty: u8, len: usize| 8 + 4 * usize::from(ty == T_BATCH) + len;
 
-    stream.write_all(&[1; 4096]).await.unwrap();
-    stream.flush().await.unwrap();
-    let (ty, body) = peer.recv().unwrap();
-    assert!(
-        ty == util::raw::T_BATCH || ty == util::raw::T_INLINE,
-        "a 4 KiB flush went as frame type {ty}"
-    );
-    assert!(body[8..].ends_with(&[1; 4096]));
-    peer.send(util::raw::T_ACK, &ack(1));
-
+    // A header and a payload of 2 KiB in all: one inline message.
     let header = [9u8; 9];
-    let payload = vec![2u8; 60 << 10];
+    let payload = [1u8; 2048 - 9];
     let n = stream
         .write_vectored(&[IoSlice::new(&header), IoSlice::new(&payload)])
         .await
         .unwrap();
-    assert_eq!(n, header.len() + payload.len(), "both buffers were taken");
+    assert_eq!(n, 2048, "both buffers were taken");
     stream.flush().await.unwrap();
     let (ty, body) = peer.recv().unwrap();
-    assert!(ty == util::raw::T_BATCH || ty == util::raw::T_INLINE);
-    assert_eq!(
-        body.len(),
-        8 + 4 * usize::from(ty == util::raw::T_BATCH) + 9 + (60 << 10)
+    assert!(
+        ty == T_BATCH || ty == T_INLINE,
+        "2 KiB went as frame type {ty}"
     );
-    peer.send(util::raw::T_ACK, &ack(2));
+    assert_eq!(body.len(), inline_body(ty, 2048));
+    assert!(body.ends_with(&payload) && body[body.len() - 2048..].starts_with(&header));
+    peer.send(T_ACK, &1u64.to_le_bytes());
 
-    stream.write_all(&[3; 128 << 10]).await.unwrap();
+    // One byte more: pulled.
+    stream.write_all(&[2; 2049]).await.unwrap();
     stream.flush().await.unwrap();
     let (ty, _) = peer.recv().unwrap();
-    assert_eq!(ty, util::raw::T_DATA, "a 128 KiB write is pulled");
+    assert_eq!(ty, T_DATA, "2 KiB + 1 is pulled");
 }
