@@ -10,6 +10,7 @@ use futures_sink::Sink;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::connection::{Connection, Receiver, Sender};
+use crate::pool::{BufferPool, MIN_POOLED};
 use crate::{Mode, PeerInfo};
 
 /// How many written bytes [`ByteStream`] gathers into one message by default.
@@ -24,13 +25,21 @@ pub const DEFAULT_GATHER: usize = 64 << 10;
 /// a pulled one three, and many small pulls share one `process_vm_readv`).
 const STREAM_INLINE: u32 = 2 << 10;
 
+/// Largest message one write makes. A longer write is taken in part (as a socket takes what
+/// fits into its buffer), so that its pieces are pulled while the next are written, and no
+/// message is larger than the peer accepts.
+const MAX_WRITE: usize = 4 << 20;
+
 /// A [`Connection`] as `tokio::io::AsyncRead + AsyncWrite + AsyncBufRead`, to run protocols
 /// written for sockets (HTTP/1.1 and HTTP/2, gRPC, WebSocket, line protocols, …) over the
 /// transport. It behaves as a Unix socket does at every stage of its life:
 ///
-/// - **Writes are gathered** into one message until `gather` bytes (default
-///   [`DEFAULT_GATHER`], 64 KiB) are waiting; a single write at least that large becomes a
-///   message of its own (copied once, since the caller keeps its buffer).
+/// - **Writes are gathered** into one message while they fit into `gather` bytes (default
+///   [`DEFAULT_GATHER`], 64 KiB); a write that does not fit goes out at once, together with
+///   what was gathered, as one message of up to 4 MiB (a longer write is taken in part, as a
+///   socket takes what fits its buffer). A vectored write (a frame's header and payload) is
+///   one write. Messages up to 2 KiB travel inline through the control socket, as a
+///   socket's bytes do; larger ones are pulled, from buffers the connection recycles.
 /// - **`flush`** sends the gathered bytes as a message even if it is short and writes its
 ///   descriptor into the socket, as flushing a socket hands bytes to the kernel: it does not
 ///   wait for the peer.
@@ -100,6 +109,10 @@ pub struct ByteWriter {
     /// Bytes written and not yet sent as a message.
     buf: BytesMut,
     gather: usize,
+    /// Where a write large enough to be a message of its own is copied: the connection's
+    /// pool of large buffers, to which a buffer returns once the peer has pulled it. Fresh
+    /// memory for every such message cost a page fault per 4 KiB page, more than the copy.
+    pool: BufferPool,
 }
 
 impl ByteStream {
@@ -108,9 +121,11 @@ impl ByteStream {
         ByteStream::with_gather(conn, DEFAULT_GATHER)
     }
 
-    /// Wraps `conn`, gathering writes into messages of up to `gather` bytes (at least 1).
+    /// Wraps `conn`, gathering writes into messages of up to `gather` bytes (at least 1, at
+    /// most 4 MiB and the peer's largest message).
     pub fn with_gather(conn: Connection, gather: usize) -> ByteStream {
         let (tx, rx) = conn.split();
+        let pool = tx.buffer_pool();
         ByteStream {
             reader: ByteReader {
                 rx,
@@ -119,7 +134,8 @@ impl ByteStream {
             writer: ByteWriter {
                 sender: tx,
                 buf: BytesMut::new(),
-                gather: gather.max(1),
+                gather: gather.clamp(1, MAX_WRITE),
+                pool,
             },
         }
     }
@@ -207,22 +223,59 @@ impl ByteWriter {
         Poll::Ready(Ok(()))
     }
 
-    /// Takes `data`: gathered, or sent as a message of its own if it is at least `gather`
-    /// bytes long.
-    fn poll_write_one(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        if self.buf.len() + data.len() > self.gather {
+    /// Takes the bytes of `bufs`: gathered while they fit into `gather`; otherwise they go
+    /// out at once, together with what was gathered, as one message of up to [`MAX_WRITE`]
+    /// bytes (a longer write is taken in part, as a socket takes what fits into its buffer).
+    fn poll_write_bufs(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let max = usize::try_from(self.sender.max_message_size())
+            .unwrap_or(usize::MAX)
+            .clamp(1, MAX_WRITE);
+        if self.buf.len() + total <= self.gather.min(max) {
+            for b in bufs {
+                self.buf.extend_from_slice(b);
+            }
+            return Poll::Ready(Ok(total));
+        }
+        if self.buf.len() == max {
+            // The gathered bytes are a largest message already: they go on their own.
             ready!(self.poll_send_buffered(cx))?;
         }
-        if data.len() >= self.gather {
-            // Large enough to be a message of its own.
-            ready!(Pin::new(&mut self.sender).poll_ready(cx))?;
-            let message = Bytes::copy_from_slice(data);
-            self.sender
-                .start_send_inline_up_to(message, STREAM_INLINE)?;
+        ready!(Pin::new(&mut self.sender).poll_ready(cx))?;
+        let take = total.min(max - self.buf.len());
+        let len = self.buf.len() + take;
+        let message = if len >= MIN_POOLED {
+            let mut pooled = self.pool.take(len);
+            fill(pooled.as_mut_slice(), &self.buf, bufs);
+            pooled.into_bytes()
         } else {
-            self.buf.extend_from_slice(data);
+            let mut heap = vec![0; len];
+            fill(&mut heap, &self.buf, bufs);
+            Bytes::from(heap)
+        };
+        self.buf.clear();
+        self.sender
+            .start_send_inline_up_to(message, STREAM_INLINE)?;
+        Poll::Ready(Ok(take))
+    }
+}
+
+/// Fills `dst` with `gathered`, then with as many bytes of `bufs` as fit.
+fn fill(dst: &mut [u8], gathered: &[u8], bufs: &[io::IoSlice<'_>]) {
+    let (head, mut rest) = dst.split_at_mut(gathered.len());
+    head.copy_from_slice(gathered);
+    for b in bufs {
+        if rest.is_empty() {
+            break;
         }
-        Poll::Ready(Ok(data.len()))
+        let n = b.len().min(rest.len());
+        let (part, tail) = rest.split_at_mut(n);
+        part.copy_from_slice(&b[..n]);
+        rest = tail;
     }
 }
 
@@ -289,31 +342,18 @@ impl AsyncWrite for ByteWriter {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_one(cx, data)
+        self.get_mut()
+            .poll_write_bufs(cx, &[io::IoSlice::new(data)])
     }
 
-    /// Gathers as many of the buffers as fit into the message being gathered (a frame's
-    /// header and its payload, say, become one message instead of two), or takes the first
-    /// one as [`poll_write`](AsyncWrite::poll_write) does.
+    /// Takes all the buffers as one write (a frame's header and its payload, say, become one
+    /// message, not two).
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let mut bufs = bufs.iter().filter(|b| !b.is_empty());
-        let Some(first) = bufs.next() else {
-            return Poll::Ready(Ok(0));
-        };
-        let mut taken = ready!(this.poll_write_one(cx, first))?;
-        for buf in bufs {
-            if this.buf.is_empty() || this.buf.len() + buf.len() > this.gather {
-                break;
-            }
-            this.buf.extend_from_slice(buf);
-            taken += buf.len();
-        }
-        Poll::Ready(Ok(taken))
+        self.get_mut().poll_write_bufs(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -492,6 +492,16 @@ impl Sender {
         self.shared.poll_write_out(cx)
     }
 
+    /// Largest message the peer accepts.
+    pub(crate) fn max_message_size(&self) -> u64 {
+        self.shared.send_max_message()
+    }
+
+    /// The connection's pool of large buffers, shared with the receiving half.
+    pub(crate) fn buffer_pool(&self) -> crate::pool::BufferPool {
+        self.shared.buffer_pool()
+    }
+
     /// Hands `data` to the connection to be sent after this half is dropped, as the window
     /// allows, within the linger time (what a dropped `ByteStream` had not flushed).
     pub(crate) fn send_on_drop(&self, data: Bytes, inline_up_to: u32) {

@@ -130,3 +130,46 @@ async fn written_bytes_travel_inline_up_to_2_kib() {
     let (ty, _) = peer.recv().unwrap();
     assert_eq!(ty, T_DATA, "2 KiB + 1 is pulled");
 }
+
+/// No write makes a message larger than the peer accepts or than 4 MiB: a long write is taken
+/// in part, as a socket takes what fits its buffer, and the bytes arrive whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_cut_to_what_the_peer_accepts() {
+    // The peer accepts messages of at most 1,000 bytes.
+    let (a, b) = Connection::pair_with(tokio_pvm::Config::new().max_message_size(1000))
+        .await
+        .unwrap();
+    let (mut a, mut b) = (ByteStream::new(a), ByteStream::new(b));
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    timeout(LIMIT, async {
+        let n = a.write(&data).await.unwrap();
+        assert!((1..=1000).contains(&n), "one write took {n} bytes");
+        a.write_all(&data[n..]).await.unwrap();
+        a.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        assert!(got == data, "the bytes arrive whole and in order");
+    })
+    .await
+    .expect("no hang");
+
+    let (a, b) = Connection::pair().await.unwrap();
+    let (mut a, mut b) = (ByteStream::new(a), ByteStream::new(b));
+    let data: Vec<u8> = (0..9u32 << 20).map(|i| (i % 253) as u8).collect();
+    let expect = data.clone();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    timeout(LIMIT, async {
+        let n = a.write(&data).await.unwrap();
+        assert_eq!(n, 4 << 20, "a 9 MiB write takes 4 MiB");
+        a.write_all(&data[n..]).await.unwrap();
+        a.shutdown().await.unwrap();
+    })
+    .await
+    .expect("no hang");
+    let got = timeout(LIMIT, reader).await.unwrap().unwrap();
+    assert!(got == expect, "9 MiB arrive whole and in order");
+}

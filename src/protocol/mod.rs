@@ -277,6 +277,8 @@ pub(crate) struct Shared {
     /// Messages up to this size travel inline (a copy of a few bytes costs less than a
     /// loan's bookkeeping): loans this small come from the heap.
     inline_threshold: u32,
+    /// Largest message the peer accepts.
+    send_max_message: u64,
 }
 
 #[derive(Debug)]
@@ -344,6 +346,7 @@ impl Shared {
             send_ready: AtomicBool::new(false),
             lend: lanes.lend,
             inline_threshold: limits.inline_threshold,
+            send_max_message: limits.send_max_message,
         });
         driver::spawn(shared.clone());
         shared
@@ -470,6 +473,16 @@ impl Shared {
             g.drive_read();
         });
         region.try_loan(len).unwrap_or_else(|| LoanBuf::heap(len))
+    }
+
+    /// Largest message the peer accepts.
+    pub(crate) fn send_max_message(&self) -> u64 {
+        self.send_max_message
+    }
+
+    /// The connection's pool of large buffers (see [`BufferPool`]).
+    pub(crate) fn buffer_pool(&self) -> BufferPool {
+        self.lock().pool.clone()
     }
 
     /// Whether loaned messages travel zero-copy to the peer.
