@@ -10,7 +10,7 @@ use futures_sink::Sink;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::connection::{Connection, Receiver, Sender};
-use crate::pool::{BufferPool, MIN_POOLED};
+use crate::pool::BufferPool;
 use crate::{Mode, PeerInfo};
 
 /// How many written bytes [`ByteStream`] gathers into one message by default.
@@ -24,6 +24,12 @@ pub const DEFAULT_GATHER: usize = 64 << 10;
 /// five times: into the message, the socket's buffer, the kernel, out of it, to the reader;
 /// a pulled one three, and many small pulls share one `process_vm_readv`).
 const STREAM_INLINE: u32 = 2 << 10;
+
+/// Messages of at least this size are written into the connection's recycled buffers: fresh
+/// memory that large comes from `mmap` and costs a page fault per 4 KiB page, more than the
+/// copy. Smaller ones come from the allocator, which reuses them without faults (and a pooled
+/// buffer would be up to twice their size: the pool's classes are powers of two).
+const POOLED_WRITE: usize = 1 << 20;
 
 /// Largest message one write makes. A longer write is taken in part (as a socket takes what
 /// fits into its buffer), so that its pieces are pulled while the next are written, and no
@@ -109,9 +115,8 @@ pub struct ByteWriter {
     /// Bytes written and not yet sent as a message.
     buf: BytesMut,
     gather: usize,
-    /// Where a write large enough to be a message of its own is copied: the connection's
-    /// pool of large buffers, to which a buffer returns once the peer has pulled it. Fresh
-    /// memory for every such message cost a page fault per 4 KiB page, more than the copy.
+    /// Where messages of [`POOLED_WRITE`] bytes and more are copied: the connection's pool of
+    /// large buffers, to which a buffer returns once the peer has pulled it.
     pool: BufferPool,
 }
 
@@ -248,7 +253,7 @@ impl ByteWriter {
         ready!(Pin::new(&mut self.sender).poll_ready(cx))?;
         let take = total.min(max - self.buf.len());
         let len = self.buf.len() + take;
-        let message = if len >= MIN_POOLED {
+        let message = if len >= POOLED_WRITE {
             let mut pooled = self.pool.take(len);
             fill(pooled.as_mut_slice(), &self.buf, bufs);
             pooled.into_bytes()
@@ -362,8 +367,19 @@ impl AsyncWrite for ByteWriter {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_send_buffered(cx))?;
-        Poll::Ready(ready!(this.sender.poll_write_out(cx)).map_err(io::Error::from))
+        if this.buf.is_empty() {
+            return this.sender.poll_write_out(cx).map_err(io::Error::from);
+        }
+        // The gathered bytes as a message, and the socket written, under one lock. The task's
+        // budget is checked before the message is taken from `buf`: once taken, it is sent,
+        // even if the socket is full (`Pending`: the next flush writes it).
+        let coop = ready!(tokio::task::coop::poll_proceed(cx));
+        ready!(Pin::new(&mut this.sender).poll_ready(cx))?;
+        coop.made_progress();
+        let message = this.buf.split().freeze();
+        this.sender
+            .send_and_write_out(message, STREAM_INLINE, cx)
+            .map_err(io::Error::from)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

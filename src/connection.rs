@@ -492,6 +492,21 @@ impl Sender {
         self.shared.poll_write_out(cx)
     }
 
+    /// Sends `item` (after `poll_ready`) as [`start_send_inline_up_to`] does and writes the
+    /// socket as [`poll_write_out`] does, under one lock. `Pending` only means the socket is
+    /// full: the message was taken all the same.
+    ///
+    /// [`start_send_inline_up_to`]: Sender::start_send_inline_up_to
+    /// [`poll_write_out`]: Sender::poll_write_out
+    pub(crate) fn send_and_write_out(
+        &mut self,
+        item: Bytes,
+        inline_up_to: u32,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<()>> {
+        self.shared.send_and_write_out(item, inline_up_to, cx)
+    }
+
     /// Largest message the peer accepts.
     pub(crate) fn max_message_size(&self) -> u64 {
         self.shared.send_max_message()

@@ -419,6 +419,18 @@ impl Shared {
         self.with(Role::Send, |g| g.start_send(item, inline_up_to))
     }
 
+    /// Sends `item` and writes it out (see [`Guard::send_and_write_out`]). It takes no unit
+    /// of the task's budget: the caller takes one before it takes the message, which must
+    /// not be refused once taken.
+    pub(crate) fn send_and_write_out(
+        &self,
+        item: Bytes,
+        inline_up_to: u32,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<()>> {
+        self.with(Role::Send, |g| g.send_and_write_out(item, inline_up_to, cx))
+    }
+
     pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         with_budget(cx, |cx| self.poll_parking(Role::Send, |g| g.poll_flush(cx)))
     }

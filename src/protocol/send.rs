@@ -248,6 +248,24 @@ impl Guard<'_> {
         Ok(())
     }
 
+    /// Sends `item` as [`start_send`](Guard::start_send) does and writes the frames queued
+    /// so far into the socket, in one go (a byte stream's flush). `Pending` only means the
+    /// socket is full: the message was taken all the same.
+    pub(super) fn send_and_write_out(
+        mut self,
+        item: Bytes,
+        inline_up_to: u32,
+        cx: &Context<'_>,
+    ) -> Poll<Result<()>> {
+        self.register(cx);
+        self.check_can_send()?;
+        self.send_message(item, inline_up_to)?;
+        let written = self.flush_writes();
+        let ready = self.ready_at_once();
+        self.shared.send_ready.store(ready, Ordering::Release);
+        written
+    }
+
     /// Queues one message: inline into the write buffer, or as a descriptor of `item`, which
     /// is then held until the peer acknowledges it (see [`start_send`](Guard::start_send) for
     /// `inline_up_to`).
