@@ -373,9 +373,7 @@ impl AsyncWrite for ByteWriter {
         // The gathered bytes as a message, and the socket written, under one lock. The task's
         // budget is checked before the message is taken from `buf`: once taken, it is sent,
         // even if the socket is full (`Pending`: the next flush writes it).
-        let coop = ready!(tokio::task::coop::poll_proceed(cx));
         ready!(Pin::new(&mut this.sender).poll_ready(cx))?;
-        coop.made_progress();
         let message = this.buf.split().freeze();
         this.sender
             .send_and_write_out(message, STREAM_INLINE, cx)

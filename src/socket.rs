@@ -1,9 +1,8 @@
 //! The control socket: a non-blocking Unix stream socket driven by Tokio's `AsyncFd`.
 
-use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use nix::sys::socket::Shutdown;
@@ -95,21 +94,6 @@ impl ControlSocket {
     }
 }
 
-/// Polls `f` outside the task's cooperative budget (Tokio's `coop`). The control socket's
-/// reads and writes are the transport's own work, many per application operation; the
-/// application's operations (a message received, a flush, a byte stream read) each take one
-/// unit of the budget instead, as a socket's read or write does. Left inside the budget, a
-/// task reading many small messages used it up in a fraction of the reads a socket would
-/// allow, and each forced yield sent the task to another worker thread.
-fn outside_budget<T>(cx: &mut Context<'_>, f: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
-    let mut f = Some(f);
-    let once = std::future::poll_fn(move |cx| match f.take() {
-        Some(f) => f(cx),
-        None => Poll::Pending,
-    });
-    pin!(tokio::task::coop::unconstrained(once)).poll(cx)
-}
-
 impl AsFd for ControlSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.get_ref().as_fd()
@@ -124,8 +108,7 @@ impl AsyncRead for ControlSocket {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            let fd = &this.fd;
-            let mut guard = ready!(outside_budget(cx, |cx| fd.poll_read_ready(cx)))?;
+            let mut guard = ready!(this.fd.poll_read_ready(cx))?;
             // SAFETY: `recv` only writes into the unfilled part and we mark as initialised
             // exactly the `n` bytes the kernel reports having written.
             let unfilled = unsafe { buf.unfilled_mut() };
@@ -162,8 +145,7 @@ impl AsyncWrite for ControlSocket {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         loop {
-            let fd = &self.fd;
-            let mut guard = ready!(outside_budget(cx, |cx| fd.poll_write_ready(cx)))?;
+            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
             match guard.try_io(|fd| sys::send(fd.as_fd(), buf)) {
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(result) => return Poll::Ready(result),

@@ -44,7 +44,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
-use std::task::{Context, Poll, Wake, Waker, ready};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -410,7 +410,7 @@ impl Shared {
         if self.send_ready.load(Ordering::Acquire) {
             return Poll::Ready(Ok(()));
         }
-        with_budget(cx, |cx| self.poll_parking(Role::Send, |g| g.poll_ready(cx)))
+        self.poll_parking(Role::Send, |g| g.poll_ready(cx))
     }
 
     /// Sends `item`, inline if it is no larger than `inline_up_to` (as far as the peer
@@ -432,21 +432,19 @@ impl Shared {
     }
 
     pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        with_budget(cx, |cx| self.poll_parking(Role::Send, |g| g.poll_flush(cx)))
+        self.poll_parking(Role::Send, |g| g.poll_flush(cx))
     }
 
     pub(crate) fn poll_close(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        with_budget(cx, |cx| self.with(Role::Send, |g| g.poll_close(cx)))
+        self.with(Role::Send, |g| g.poll_close(cx))
     }
 
     /// Writes the frames queued so far into the socket, without waiting for the peer.
     pub(crate) fn poll_write_out(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        with_budget(cx, |cx| {
-            self.with(Role::Send, |mut g| {
-                g.register(cx);
-                g.check_fatal()?;
-                g.flush_writes()
-            })
+        self.with(Role::Send, |mut g| {
+            g.register(cx);
+            g.check_fatal()?;
+            g.flush_writes()
         })
     }
 
@@ -458,7 +456,7 @@ impl Shared {
 
     pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
         set(&self.wakers.recv_polled, true);
-        let r = with_budget(cx, |cx| self.poll_parking(Role::Recv, |g| g.poll_next(cx)));
+        let r = self.poll_parking(Role::Recv, |g| g.poll_next(cx));
         if r.is_pending() {
             // Pairs with the fence in `ReleaseWake`: a release that came in while this poll
             // was ending is sent by the driver.
@@ -679,19 +677,6 @@ impl Guard<'_> {
         self.maybe_shutdown_write();
         progressed
     }
-}
-
-/// Runs an application operation as one unit of the task's cooperative budget (Tokio's
-/// `coop`), as a socket's read or write is: once the budget is used up, the task yields
-/// (`Pending`, woken at once) before doing it. The control socket's own reads and writes
-/// underneath take none (see `socket::outside_budget`).
-fn with_budget<T>(cx: &mut Context<'_>, op: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
-    let coop = ready!(tokio::task::coop::poll_proceed(cx));
-    let r = op(cx);
-    if r.is_ready() {
-        coop.made_progress();
-    }
-    r
 }
 
 /// Stores `value` unless it is there already: these flags are written on every poll and read
