@@ -288,8 +288,10 @@ impl Config {
 
     /// Receive buffers of 64 KiB and more are recycled: when the application drops a received
     /// message, its buffer returns to the connection's pool with its pages still mapped, which
-    /// spares the next pull the page faults of fresh memory. This caps the idle bytes the pool
-    /// keeps (default 32 MiB; 0 turns recycling off). All connections of the process together
+    /// spares the next pull the page faults of fresh memory. A [`ByteStream`](crate::ByteStream)
+    /// takes the buffers of the messages of 1 MiB and more it writes from the same pool (they
+    /// return once the peer has pulled them). This caps the idle bytes the pool keeps (default
+    /// 32 MiB; 0 turns recycling off). All connections of the process together
     /// keep at most [`set_process_buffer_pool`](crate::set_process_buffer_pool) idle bytes
     /// (64 MiB by default).
     #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
