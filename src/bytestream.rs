@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::connection::{Connection, Receiver, Sender};
 use crate::pool::BufferPool;
+use crate::protocol::Outgoing;
 use crate::{Mode, PeerInfo};
 
 /// How many written bytes [`ByteStream`] gathers into one message by default.
@@ -367,10 +368,20 @@ impl AsyncWrite for ByteWriter {
         // budget is checked before the message is taken from `buf`: once taken, it is sent,
         // even if the socket is full (`Pending`: the next flush writes it).
         ready!(Pin::new(&mut this.sender).poll_ready(cx))?;
-        let message = this.buf.split().freeze();
-        this.sender
-            .send_and_write_out(message, STREAM_INLINE, cx)
-            .map_err(io::Error::from)
+        let written = if this.buf.len() <= STREAM_INLINE as usize {
+            // Small enough to travel inline: copied straight into the control socket's write
+            // buffer, and the gather buffer kept for the next bytes.
+            let written =
+                this.sender
+                    .send_and_write_out(Outgoing::Borrowed(&this.buf), STREAM_INLINE, cx);
+            this.buf.clear();
+            written
+        } else {
+            let message = this.buf.split().freeze();
+            this.sender
+                .send_and_write_out(Outgoing::Owned(message), STREAM_INLINE, cx)
+        };
+        written.map_err(io::Error::from)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -500,7 +500,7 @@ impl Sender {
     /// [`poll_write_out`]: Sender::poll_write_out
     pub(crate) fn send_and_write_out(
         &mut self,
-        item: Bytes,
+        item: crate::protocol::Outgoing<'_>,
         inline_up_to: u32,
         cx: &mut Context<'_>,
     ) -> Poll<Result<()>> {

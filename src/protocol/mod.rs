@@ -63,6 +63,7 @@ use crate::{Mode, PeerInfo};
 use frames::is_reset;
 
 use recv::RecvState;
+pub(crate) use send::Outgoing;
 use send::SendState;
 
 /// Who is working on the connection.
@@ -424,7 +425,7 @@ impl Shared {
     /// not be refused once taken.
     pub(crate) fn send_and_write_out(
         &self,
-        item: Bytes,
+        item: Outgoing<'_>,
         inline_up_to: u32,
         cx: &mut Context<'_>,
     ) -> Poll<Result<()>> {

@@ -21,6 +21,24 @@ use crate::sys::RemoteRange;
 /// Queued frames are written out once the write buffer holds this much.
 const WRITE_BATCH_BYTES: usize = 256 << 10;
 
+/// A message to send: owned (held until the peer acknowledges it, if it is pulled), or bytes
+/// the caller keeps (copied: into the write buffer if the message travels inline, into a
+/// buffer of its own otherwise).
+#[derive(Debug)]
+pub(crate) enum Outgoing<'a> {
+    Owned(Bytes),
+    Borrowed(&'a [u8]),
+}
+
+impl Outgoing<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Outgoing::Owned(b) => b,
+            Outgoing::Borrowed(s) => s,
+        }
+    }
+}
+
 /// What this side has sent and the peer has not acknowledged yet.
 #[derive(Debug, Default)]
 pub(super) struct SendState {
@@ -242,7 +260,7 @@ impl Guard<'_> {
     /// inline) or the negotiated inline threshold, as a descriptor to pull otherwise.
     pub(super) fn start_send(mut self, item: Bytes, inline_up_to: u32) -> Result<()> {
         self.check_can_send()?;
-        self.send_message(item, inline_up_to)?;
+        self.send_message(Outgoing::Owned(item), inline_up_to)?;
         let ready = self.ready_at_once();
         self.shared.send_ready.store(ready, Ordering::Release);
         Ok(())
@@ -253,7 +271,7 @@ impl Guard<'_> {
     /// socket is full: the message was taken all the same.
     pub(super) fn send_and_write_out(
         mut self,
-        item: Bytes,
+        item: Outgoing<'_>,
         inline_up_to: u32,
         cx: &Context<'_>,
     ) -> Poll<Result<()>> {
@@ -269,9 +287,9 @@ impl Guard<'_> {
     /// Queues one message: inline into the write buffer, or as a descriptor of `item`, which
     /// is then held until the peer acknowledges it (see [`start_send`](Guard::start_send) for
     /// `inline_up_to`).
-    fn send_message(&mut self, item: Bytes, inline_up_to: u32) -> Result<()> {
+    fn send_message(&mut self, item: Outgoing<'_>, inline_up_to: u32) -> Result<()> {
         let limits = self.state.limits;
-        let len = item.len() as u64;
+        let len = item.as_slice().len() as u64;
         if len > limits.send_max_message {
             return Err(Error::limit(format!(
                 "a {len}-byte message is larger than the peer accepts ({} bytes); the message \
@@ -282,20 +300,24 @@ impl Guard<'_> {
         let seq = self.state.send.sent();
         let inline = len <= u64::from(limits.inline_threshold)
             || len <= u64::from(inline_up_to).min(limits.peer_inline_max());
-        let lent_at = match &self.shared.lend {
-            Some(region) if !inline => region.offset_of(&item),
+        let lent_at = match (&self.shared.lend, &item) {
+            (Some(region), Outgoing::Owned(item)) if !inline => region.offset_of(item),
             _ => None,
         };
-        let held = if let Some(offset) = lent_at {
+        let held = if inline {
+            self.queue_inline(seq, item.as_slice())?;
+            Bytes::new()
+        } else if let (Some(offset), Outgoing::Owned(item)) = (lent_at, &item) {
             // A loan the peer maps: it reads the message in place and releases it when its
             // application drops it; until then the loan stays lent.
             self.queue_frame(OutFrame::Shared { seq, offset, len })?;
-            self.state.lent.entry(offset).or_insert((item, 0)).1 += 1;
-            Bytes::new()
-        } else if inline {
-            self.queue_inline(seq, &item)?;
+            self.state.lent.entry(offset).or_insert((item.clone(), 0)).1 += 1;
             Bytes::new()
         } else {
+            let item = match item {
+                Outgoing::Owned(item) => item,
+                Outgoing::Borrowed(bytes) => Bytes::copy_from_slice(bytes),
+            };
             let range = [RemoteRange {
                 addr: item.as_ptr() as usize as u64,
                 len,
@@ -360,7 +382,7 @@ impl Guard<'_> {
             let Some((item, inline_up_to)) = self.state.send.backlog.pop_front() else {
                 break;
             };
-            if let Err(e) = self.send_message(item, inline_up_to) {
+            if let Err(e) = self.send_message(Outgoing::Owned(item), inline_up_to) {
                 self.fail(e, true);
                 return true;
             }
