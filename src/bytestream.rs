@@ -124,6 +124,9 @@ pub struct ByteWriter {
     /// Where messages of [`POOLED_WRITE`] bytes and more are copied: the connection's pool of
     /// large buffers, to which a buffer returns once the peer has pulled it.
     pool: BufferPool,
+    /// Whether the pool keeps anything (`Config::buffer_pool(0)` turns it off: a pooled
+    /// buffer, up to twice the message's size, would then be freed every time).
+    pooled: bool,
 }
 
 impl ByteStream {
@@ -137,6 +140,7 @@ impl ByteStream {
     pub fn with_gather(conn: Connection, gather: usize) -> ByteStream {
         let (tx, rx) = conn.split();
         let pool = tx.buffer_pool();
+        let pooled = pool.enabled();
         ByteStream {
             reader: ByteReader {
                 rx,
@@ -147,6 +151,7 @@ impl ByteStream {
                 buf: BytesMut::new(),
                 gather: gather.clamp(1, MAX_WRITE),
                 pool,
+                pooled,
             },
         }
     }
@@ -262,7 +267,7 @@ impl ByteWriter {
         ready!(self.poll_send_buffered(cx))?;
         ready!(Pin::new(&mut self.sender).poll_ready(cx))?;
         let take = data.len().min(max);
-        let message = if take >= POOLED_WRITE {
+        let message = if take >= POOLED_WRITE && self.pooled {
             let mut pooled = self.pool.take(take);
             pooled.as_mut_slice().copy_from_slice(&data[..take]);
             pooled.into_bytes()
@@ -364,9 +369,9 @@ impl AsyncWrite for ByteWriter {
         if this.buf.is_empty() {
             return this.sender.poll_write_out(cx).map_err(io::Error::from);
         }
-        // The gathered bytes as a message, and the socket written, under one lock. The task's
-        // budget is checked before the message is taken from `buf`: once taken, it is sent,
-        // even if the socket is full (`Pending`: the next flush writes it).
+        // The gathered bytes as a message, and the socket written, under one lock. Once the
+        // window has room the message is taken, even if the socket is full (`Pending`: the
+        // next flush writes it).
         ready!(Pin::new(&mut this.sender).poll_ready(cx))?;
         let written = if this.buf.len() <= STREAM_INLINE as usize {
             // Small enough to travel inline: copied straight into the control socket's write

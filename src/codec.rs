@@ -483,7 +483,9 @@ const READ_ROOM: usize = 32 << 10;
 /// needs. The buffer is shared with the payloads of earlier inline frames (their `Bytes`),
 /// so running out of room means a new allocation: it is made for a read of [`READ_ROOM`]
 /// at a time, not a few bytes, so that reads are large and allocations rare; while a quarter
-/// of that is left, the room there is used as it is.
+/// of that is left, the room there is used as it is. (An inline message the application
+/// keeps keeps its chunk of the buffer alive, as with any codec that hands out parts of its
+/// read buffer; a `ByteStream` copies and lets go at once.)
 fn make_room(src: &mut BytesMut, more: usize) {
     if src.capacity() - src.len() < more.max(READ_ROOM / 4) {
         src.reserve(more.max(READ_ROOM));

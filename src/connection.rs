@@ -345,6 +345,9 @@ impl Connection {
     }
 
     /// Messages sent and not yet acknowledged by the peer, and their total size in bytes.
+    /// The peer acknowledges pulled messages at once, but inline and loaned ones only with
+    /// its own writes or once a quarter of the window is unacknowledged: `flush` (or `close`)
+    /// asks it to acknowledge everything, so wait on that, not on this count reaching 0.
     pub fn in_flight(&self) -> (usize, u64) {
         self.sender.in_flight()
     }
@@ -370,6 +373,9 @@ impl Sender {
     }
 
     /// Messages sent and not yet acknowledged by the peer, and their total size in bytes.
+    /// The peer acknowledges pulled messages at once, but inline and loaned ones only with
+    /// its own writes or once a quarter of the window is unacknowledged: `flush` (or `close`)
+    /// asks it to acknowledge everything, so wait on that, not on this count reaching 0.
     pub fn in_flight(&self) -> (usize, u64) {
         self.shared.in_flight()
     }

@@ -122,10 +122,13 @@ impl AsyncRead for ControlSocket {
                     // SAFETY: the kernel wrote `n` bytes at the start of the unfilled region.
                     unsafe { buf.assume_init(n) };
                     buf.advance(n);
-                    if n > 0 && n < len {
+                    if n > 0 && n < len && this.fds.is_none() {
                         // A short read emptied the socket: the next read would only say
                         // "would block". Wait for the reactor's next event instead (what
-                        // Tokio's own streams do), saving a system call per wake-up.
+                        // Tokio's own streams do), saving a system call per wake-up. Not
+                        // while descriptors are accepted: a read stops after bytes that
+                        // carry descriptors with more bytes queued behind them, and those
+                        // would then wait for an event that does not come.
                         guard.clear_ready();
                     }
                     return Poll::Ready(Ok(()));

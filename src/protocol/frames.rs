@@ -148,8 +148,8 @@ impl Guard<'_> {
             // The peer said it discards what we send: what it did not acknowledge is not lost.
             st.send.discard_in_flight();
         }
-        // Messages whose ACK was not queued are discarded by `fail`: they count as lost.
-        let lost = st.recv.unacknowledged();
+        // Messages announced and not received yet are discarded by `fail`: they are lost.
+        let lost = st.recv.not_received();
         let ours = st.send.in_flight().0;
         if !st.recv.ended_cleanly() {
             self.fail(

@@ -420,9 +420,7 @@ impl Shared {
         self.with(Role::Send, |g| g.start_send(item, inline_up_to))
     }
 
-    /// Sends `item` and writes it out (see [`Guard::send_and_write_out`]). It takes no unit
-    /// of the task's budget: the caller takes one before it takes the message, which must
-    /// not be refused once taken.
+    /// Sends `item` and writes it out (see [`Guard::send_and_write_out`]).
     pub(crate) fn send_and_write_out(
         &self,
         item: Outgoing<'_>,
@@ -564,8 +562,8 @@ impl Guard<'_> {
     }
 
     /// Ends the connection with `err`. With `tell_peer`, an ERROR frame carries the reason to
-    /// the peer first. Messages whose acknowledgement was queued are still delivered before
-    /// the error; the rest are discarded.
+    /// the peer first. Messages in the receive buffer are still delivered before the error;
+    /// those announced and not received yet are discarded.
     fn fail(&mut self, err: Error, tell_peer: bool) {
         self.shared.send_ready.store(false, Ordering::Release);
         if self.state.fatal.is_some() {
@@ -611,7 +609,9 @@ impl Guard<'_> {
             self.state.send.written();
             return Poll::Ready(Ok(()));
         }
-        // An acknowledgement that was not urgent goes with whatever this side writes.
+        // Acknowledgements that were not urgent, and releases of loaned messages, go with
+        // whatever this side writes.
+        self.send_releases(true);
         if let Some(count) = self.state.recv.ack_due()
             && self.state.fatal.is_none()
             && !self.state.write_closed

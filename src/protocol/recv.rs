@@ -27,7 +27,7 @@ use crate::sys::RemoteRange;
 
 /// Released loans are sent back once this many have gathered, or messages of this many bytes
 /// (the sender lends the memory again, still warm in the caches), or when the connection would
-/// otherwise wait or writes anyway.
+/// otherwise wait, or with anything this side writes (see `Guard::flush_writes`).
 const RELEASE_BATCH: (usize, usize) = (64, 256 << 10);
 
 /// A message announced by the peer, not pulled yet.
@@ -204,7 +204,13 @@ impl RecvState {
         self.pulled_unsent = false;
     }
 
+    /// Messages announced and not in the receive buffer yet (queued or being pulled).
+    pub(super) fn not_received(&self) -> usize {
+        self.queue.len() + self.pulls.len()
+    }
+
     /// Messages announced whose acknowledgement was not queued.
+    #[cfg(test)]
     pub(super) fn unacknowledged(&self) -> u64 {
         self.next_seq - self.ack_sent
     }
@@ -495,7 +501,8 @@ impl Guard<'_> {
     }
 
     /// Moves finished pulls at the front into the receive buffer: one hang-up check for the
-    /// batch, then one cumulative acknowledgement. Returns whether anything moved.
+    /// batch, then one cumulative acknowledgement (written at once: the peer holds the
+    /// buffers of pulled messages until it comes). Returns whether anything moved.
     pub(super) fn collect_pulls(&mut self, cx: &mut Context<'_>) -> bool {
         let pid = self.state.peer_pid;
         // The finished pulls at the front: `n` of them.
@@ -572,9 +579,15 @@ impl Guard<'_> {
         if self.state.fatal.is_none() {
             if !self.state.recv.has_ready() {
                 // The buffer is empty: start the next pulls before handing this message
-                // over, so that they overlap with the application's work.
+                // over, so that they overlap with the application's work. Those done in
+                // place are collected (checked, acknowledged) at once: the application may
+                // not read again soon, and while it uses its sending half the driver leaves
+                // the receiving work to it.
                 self.drive_read();
-                self.start_pulls();
+                if self.start_pulls() {
+                    let shared = self.shared;
+                    self.collect_pulls(&mut Context::from_waker(&shared.io_waker));
+                }
             } else if !self.state.recv.queue.is_empty()
                 && !self.shared.wakers.watched.load(Ordering::Relaxed)
             {
