@@ -312,16 +312,12 @@ impl AsyncRead for ByteReader {
                 // Full, or a large part copied: as much as one socket read would return.
                 break;
             }
-            // Room left after a small message (a chatty protocol's frame): take the messages
-            // that have arrived too, without waiting. (The used-up message is let go first:
-            // its memory may then be reused at once.)
+            // Room left after a small message (a chatty protocol's frame): copy the messages
+            // that have arrived too, without waiting, under one lock. (The used-up message is
+            // let go first: its memory may then be reused at once.)
             this.chunk = Bytes::new();
-            while this.chunk.is_empty() {
-                match this.rx.try_next() {
-                    Some(message) => this.chunk = message,
-                    None => return Poll::Ready(Ok(())),
-                }
-            }
+            this.chunk = this.rx.copy_arrived(buf, SMALL_READ).unwrap_or_default();
+            break;
         }
         Poll::Ready(Ok(()))
     }

@@ -557,11 +557,15 @@ impl Sink<Bytes> for Sender {
 }
 
 impl Receiver {
-    /// The next message if one has arrived, without waiting or registering a waker: for a
-    /// reader that has taken a message and has room for more. `None` if nothing is ready (an
-    /// error or the end of the stream is for the next `poll_next` to report).
-    pub(crate) fn try_next(&self) -> Option<Bytes> {
-        self.shared.try_next()
+    /// Copies the messages that have arrived into `dst`, under one lock, without waiting:
+    /// until it is full, nothing more has arrived, or a part longer than `small` was copied.
+    /// Returns the rest of a message that did not fit.
+    pub(crate) fn copy_arrived(
+        &self,
+        dst: &mut tokio::io::ReadBuf<'_>,
+        small: usize,
+    ) -> Option<Bytes> {
+        self.shared.copy_arrived(dst, small)
     }
 }
 

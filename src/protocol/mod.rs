@@ -447,10 +447,14 @@ impl Shared {
         })
     }
 
-    /// The next message if one has arrived, without waiting (see [`Guard::try_next`]).
-    pub(crate) fn try_next(&self) -> Option<Bytes> {
+    /// Copies the messages that have arrived into `dst` (see [`Guard::copy_arrived`]).
+    pub(crate) fn copy_arrived(
+        &self,
+        dst: &mut tokio::io::ReadBuf<'_>,
+        small: usize,
+    ) -> Option<Bytes> {
         set(&self.wakers.recv_polled, true);
-        self.with(Role::Recv, |g| g.try_next())
+        self.with(Role::Recv, |g| g.copy_arrived(dst, small))
     }
 
     pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {

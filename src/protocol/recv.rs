@@ -16,7 +16,8 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
+use tokio::io::ReadBuf;
 use tracing::{debug, trace};
 
 use super::{Guard, Negotiated, Role};
@@ -600,22 +601,35 @@ impl Guard<'_> {
         Some(data)
     }
 
-    /// The next message if one is in the receive buffer, or arrived inline in the socket,
-    /// without waiting and without registering a waker; `None` otherwise (an error or the
-    /// end of the stream is left for the next [`poll_next`](Guard::poll_next)).
-    pub(super) fn try_next(mut self) -> Option<Bytes> {
+    /// Copies the messages that have arrived into `dst`, in order, under this one lock: until
+    /// `dst` is full, nothing has arrived, or a part longer than `small` was copied (as much
+    /// as one socket read would return). Returns the rest of a message that did not fit (the
+    /// caller keeps it for its next read). Errors and the end of the stream are left for the
+    /// next [`poll_next`](Guard::poll_next).
+    pub(super) fn copy_arrived(mut self, dst: &mut ReadBuf<'_>, small: usize) -> Option<Bytes> {
         self.send_releases(false);
-        if self.state.recv.done {
-            return None;
+        let mut read_socket = true;
+        while dst.remaining() > 0 && !self.state.recv.done {
+            if !self.state.recv.has_ready() {
+                if !read_socket || self.state.fatal.is_some() {
+                    return None;
+                }
+                // Once: what the socket holds now, as a socket read takes it.
+                read_socket = false;
+                self.drive_read();
+            }
+            let mut message = self.take_ready()?;
+            let n = message.len().min(dst.remaining());
+            dst.put_slice(&message[..n]);
+            if n < message.len() {
+                message.advance(n);
+                return Some(message);
+            }
+            if n > small {
+                return None;
+            }
         }
-        if let Some(data) = self.take_ready() {
-            return Some(data);
-        }
-        if self.state.fatal.is_some() {
-            return None;
-        }
-        self.drive_read();
-        self.take_ready()
+        None
     }
 
     pub(super) fn poll_next(mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
