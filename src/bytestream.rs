@@ -304,20 +304,17 @@ impl AsyncRead for ByteReader {
             return Poll::Ready(Ok(()));
         }
         ready!(this.poll_chunk(cx))?;
-        while !this.chunk.is_empty() {
-            let n = this.chunk.len().min(buf.remaining());
-            buf.put_slice(&this.chunk[..n]);
-            this.chunk.advance(n);
-            if buf.remaining() == 0 || n > SMALL_READ {
-                // Full, or a large part copied: as much as one socket read would return.
-                break;
-            }
-            // Room left after a small message (a chatty protocol's frame): copy the messages
-            // that have arrived too, without waiting, under one lock. (The used-up message is
-            // let go first: its memory may then be reused at once.)
+        // Empty only at the end of the stream.
+        let n = this.chunk.len().min(buf.remaining());
+        buf.put_slice(&this.chunk[..n]);
+        this.chunk.advance(n);
+        if buf.remaining() > 0 && (1..=SMALL_READ).contains(&n) {
+            // Room left after a small message (a chatty protocol's frame), all of it copied:
+            // copy the messages that have arrived too, without waiting, under one lock. (The
+            // used-up message is let go first: its memory may then be reused at once.) After
+            // a large part, as much as one socket read returns has been copied.
             this.chunk = Bytes::new();
             this.chunk = this.rx.copy_arrived(buf, SMALL_READ).unwrap_or_default();
-            break;
         }
         Poll::Ready(Ok(()))
     }
