@@ -139,6 +139,7 @@ impl ByteStream {
     /// most 4 MiB and the peer's largest message).
     pub fn with_gather(conn: Connection, gather: usize) -> ByteStream {
         let (tx, rx) = conn.split();
+        tx.raise_inline_threshold(STREAM_INLINE);
         let pool = tx.buffer_pool();
         let pooled = pool.enabled();
         ByteStream {
@@ -227,16 +228,35 @@ impl ByteWriter {
         self.sender.peer()
     }
 
-    /// Sends the gathered bytes as one message, once the window has room.
-    fn poll_send_buffered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Sends the gathered bytes as one message once the window has room and, with
+    /// `write_out` (a flush), writes the socket under the same lock. A message small enough
+    /// to travel inline is copied straight from the gather buffer into the control socket's
+    /// write buffer. Once the window has room the bytes are taken, even if the socket is full
+    /// (`Pending`: the next flush writes them).
+    fn poll_send_buffered(
+        &mut self,
+        cx: &mut Context<'_>,
+        write_out: bool,
+    ) -> Poll<io::Result<()>> {
         if self.buf.is_empty() {
-            return Poll::Ready(Ok(()));
+            return match write_out {
+                true => self.sender.poll_write_out(cx).map_err(io::Error::from),
+                false => Poll::Ready(Ok(())),
+            };
         }
         ready!(Pin::new(&mut self.sender).poll_ready(cx))?;
-        let message = self.buf.split().freeze();
-        self.sender
-            .start_send_inline_up_to(message, STREAM_INLINE)?;
-        Poll::Ready(Ok(()))
+        let item = if self.buf.len() <= STREAM_INLINE as usize {
+            Outgoing::Borrowed(&self.buf)
+        } else {
+            Outgoing::Owned(self.buf.split().freeze())
+        };
+        let sent = self.sender.send_message(item, write_out.then_some(cx));
+        self.buf.clear();
+        match sent {
+            Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
     }
 
     /// Takes the bytes of `bufs`: the leading buffers that fit into `gather` are gathered;
@@ -264,7 +284,7 @@ impl ByteWriter {
         let Some(data) = rest.next().filter(|_| taken == 0) else {
             return Poll::Ready(Ok(taken));
         };
-        ready!(self.poll_send_buffered(cx))?;
+        ready!(self.poll_send_buffered(cx, false))?;
         ready!(Pin::new(&mut self.sender).poll_ready(cx))?;
         let take = data.len().min(max);
         let message = if take >= POOLED_WRITE && self.pooled {
@@ -274,8 +294,8 @@ impl ByteWriter {
         } else {
             Bytes::copy_from_slice(&data[..take])
         };
-        self.sender
-            .start_send_inline_up_to(message, STREAM_INLINE)?;
+        // Taken whole: nothing is written without a context.
+        let _ = self.sender.send_message(Outgoing::Owned(message), None)?;
         Poll::Ready(Ok(take))
     }
 }
@@ -285,8 +305,7 @@ impl Drop for ByteWriter {
         // Written bytes are the application's data as much as flushed ones: hand them to the
         // driver, which sends them before closing (the sender's own drop, right after).
         if !self.buf.is_empty() {
-            self.sender
-                .send_on_drop(self.buf.split().freeze(), STREAM_INLINE);
+            self.sender.send_on_drop(self.buf.split().freeze());
         }
     }
 }
@@ -358,33 +377,12 @@ impl AsyncWrite for ByteWriter {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.buf.is_empty() {
-            return this.sender.poll_write_out(cx).map_err(io::Error::from);
-        }
-        // The gathered bytes as a message, and the socket written, under one lock. Once the
-        // window has room the message is taken, even if the socket is full (`Pending`: the
-        // next flush writes it).
-        ready!(Pin::new(&mut this.sender).poll_ready(cx))?;
-        let written = if this.buf.len() <= STREAM_INLINE as usize {
-            // Small enough to travel inline: copied straight into the control socket's write
-            // buffer, and the gather buffer kept for the next bytes.
-            let written =
-                this.sender
-                    .send_and_write_out(Outgoing::Borrowed(&this.buf), STREAM_INLINE, cx);
-            this.buf.clear();
-            written
-        } else {
-            let message = this.buf.split().freeze();
-            this.sender
-                .send_and_write_out(Outgoing::Owned(message), STREAM_INLINE, cx)
-        };
-        written.map_err(io::Error::from)
+        self.get_mut().poll_send_buffered(cx, true)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_send_buffered(cx))?;
+        ready!(this.poll_send_buffered(cx, false))?;
         Poll::Ready(ready!(Pin::new(&mut this.sender).poll_close(cx)).map_err(io::Error::from))
     }
 }

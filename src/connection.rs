@@ -18,7 +18,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::handshake::{handshake, handshake_until};
 use crate::listener::ConnectionPermit;
 use crate::loan::LoanBuf;
-use crate::protocol::{Role, Shared};
+use crate::protocol::{Outgoing, Role, Shared};
 use crate::sys;
 
 /// Who is at the other end of a connection, as the kernel reported it when the socket was
@@ -498,19 +498,20 @@ impl Sender {
         self.shared.poll_write_out(cx)
     }
 
-    /// Sends `item` (after `poll_ready`) as [`start_send_inline_up_to`] does and writes the
-    /// socket as [`poll_write_out`] does, under one lock. `Pending` only means the socket is
-    /// full: the message was taken all the same.
-    ///
-    /// [`start_send_inline_up_to`]: Sender::start_send_inline_up_to
-    /// [`poll_write_out`]: Sender::poll_write_out
-    pub(crate) fn send_and_write_out(
+    /// Sends `item` (after `poll_ready`, as [`Sink::start_send`]) and, given a `cx`, writes
+    /// the socket as [`poll_write_out`](Sender::poll_write_out) does, under one lock.
+    /// `Ok(Pending)` only means the socket is full: the message was taken all the same.
+    pub(crate) fn send_message(
         &mut self,
-        item: crate::protocol::Outgoing<'_>,
-        inline_up_to: u32,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<()>> {
-        self.shared.send_and_write_out(item, inline_up_to, cx)
+        item: Outgoing<'_>,
+        write_out: Option<&mut Context<'_>>,
+    ) -> Result<Poll<()>> {
+        self.shared.start_send(item, write_out)
+    }
+
+    /// Messages up to `bytes` travel inline from now on, as far as the peer accepts them.
+    pub(crate) fn raise_inline_threshold(&self, bytes: u32) {
+        self.shared.raise_inline_threshold(bytes);
     }
 
     /// Largest message the peer accepts.
@@ -525,14 +526,8 @@ impl Sender {
 
     /// Hands `data` to the connection to be sent after this half is dropped, as the window
     /// allows, within the linger time (what a dropped `ByteStream` had not flushed).
-    pub(crate) fn send_on_drop(&self, data: Bytes, inline_up_to: u32) {
-        self.shared.send_on_drop(data, inline_up_to);
-    }
-
-    /// Sends `item` (after `poll_ready`, as [`Sink::start_send`]), inline if it is no larger
-    /// than `inline_up_to` and the peer accepts messages that large inline.
-    pub(crate) fn start_send_inline_up_to(&mut self, item: Bytes, inline_up_to: u32) -> Result<()> {
-        self.shared.start_send(item, inline_up_to)
+    pub(crate) fn send_on_drop(&self, data: Bytes) {
+        self.shared.send_on_drop(data);
     }
 }
 
@@ -544,7 +539,10 @@ impl Sink<Bytes> for Sender {
     }
 
     fn start_send(self: Pin<&mut Self>, item: Bytes) -> Result<()> {
-        self.shared.start_send(item, 0)
+        // Without a context nothing is written: the result is never `Pending`.
+        self.shared
+            .start_send(Outgoing::Owned(item), None)
+            .map(drop)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {

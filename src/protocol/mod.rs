@@ -414,20 +414,18 @@ impl Shared {
         self.poll_parking(Role::Send, |g| g.poll_ready(cx))
     }
 
-    /// Sends `item`, inline if it is no larger than `inline_up_to` (as far as the peer
-    /// accepts inline messages) or than the negotiated inline threshold.
-    pub(crate) fn start_send(&self, item: Bytes, inline_up_to: u32) -> Result<()> {
-        self.with(Role::Send, |g| g.start_send(item, inline_up_to))
-    }
-
-    /// Sends `item` and writes it out (see [`Guard::send_and_write_out`]).
-    pub(crate) fn send_and_write_out(
+    /// Sends `item`, and with a `cx` writes it out (see [`Guard::start_send`]).
+    pub(crate) fn start_send(
         &self,
         item: Outgoing<'_>,
-        inline_up_to: u32,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<()>> {
-        self.with(Role::Send, |g| g.send_and_write_out(item, inline_up_to, cx))
+        write_out: Option<&mut Context<'_>>,
+    ) -> Result<Poll<()>> {
+        self.with(Role::Send, |g| g.start_send(item, write_out.map(|cx| &*cx)))
+    }
+
+    /// Raises the inline threshold (see [`Guard::raise_inline_threshold`]).
+    pub(crate) fn raise_inline_threshold(&self, bytes: u32) {
+        self.with(Role::Send, |g| g.raise_inline_threshold(bytes));
     }
 
     pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
@@ -505,10 +503,8 @@ impl Shared {
 
     /// Queues `data` to be sent after the sending half is dropped, as the window allows (what
     /// a dropped [`ByteStream`](crate::ByteStream) had not flushed).
-    pub(crate) fn send_on_drop(&self, data: Bytes, inline_up_to: u32) {
-        self.with(Role::Send, |mut g| {
-            g.state.send.backlog.push_back((data, inline_up_to))
-        });
+    pub(crate) fn send_on_drop(&self, data: Bytes) {
+        self.with(Role::Send, |mut g| g.state.send.backlog.push_back(data));
     }
 
     /// Called when a half is dropped: the driver takes over what it leaves behind.

@@ -64,8 +64,8 @@ pub(super) struct SendState {
     /// The peer closed its receiving side (STOP): it acknowledges and discards.
     stopped: bool,
     /// Bytes a dropped [`ByteStream`](crate::ByteStream) had not flushed, sent as the window
-    /// opens, each with the size up to which it may travel inline.
-    pub(super) backlog: VecDeque<(Bytes, u32)>,
+    /// opens.
+    pub(super) backlog: VecDeque<Bytes>,
     /// When a dropped sender stops waiting for the peer to pull what it left.
     pub(super) linger_until: Option<Instant>,
 }
@@ -256,38 +256,43 @@ impl Guard<'_> {
         }
     }
 
-    /// Sends `item`: inline if it is no larger than `inline_up_to` (and the peer accepts it
-    /// inline) or the negotiated inline threshold, as a descriptor to pull otherwise.
-    pub(super) fn start_send(mut self, item: Bytes, inline_up_to: u32) -> Result<()> {
-        self.check_can_send()?;
-        self.send_message(Outgoing::Owned(item), inline_up_to)?;
-        let ready = self.ready_at_once();
-        self.shared.send_ready.store(ready, Ordering::Release);
-        Ok(())
-    }
-
-    /// Sends `item` as [`start_send`](Guard::start_send) does and writes the frames queued
-    /// so far into the socket, in one go (a byte stream's flush). `Pending` only means the
-    /// socket is full: the message was taken all the same.
-    pub(super) fn send_and_write_out(
+    /// Sends `item` (inline up to the inline threshold, as a descriptor to pull otherwise)
+    /// and, given a `cx` (a byte stream's flush), writes the frames queued so far into the
+    /// socket under the same lock. `Ok(Pending)` only means the socket is full: the message
+    /// was taken all the same.
+    pub(super) fn start_send(
         mut self,
         item: Outgoing<'_>,
-        inline_up_to: u32,
-        cx: &Context<'_>,
-    ) -> Poll<Result<()>> {
-        self.register(cx);
+        write_out: Option<&Context<'_>>,
+    ) -> Result<Poll<()>> {
+        if let Some(cx) = write_out {
+            self.register(cx);
+        }
         self.check_can_send()?;
-        self.send_message(item, inline_up_to)?;
-        let written = self.flush_writes();
+        self.send_message(item)?;
+        let written = match write_out {
+            Some(_) => self.flush_writes(),
+            None => Poll::Ready(Ok(())),
+        };
         let ready = self.ready_at_once();
         self.shared.send_ready.store(ready, Ordering::Release);
-        written
+        match written {
+            Poll::Ready(r) => r.map(Poll::Ready),
+            Poll::Pending => Ok(Poll::Pending),
+        }
+    }
+
+    /// Raises the inline threshold to `bytes`, as far as the peer accepts inline messages
+    /// that large (a [`ByteStream`](crate::ByteStream)'s messages: see its docs).
+    pub(super) fn raise_inline_threshold(mut self, bytes: u32) {
+        let limits = &mut self.state.limits;
+        let peer = u32::try_from(limits.peer_inline_max()).unwrap_or(u32::MAX);
+        limits.inline_threshold = limits.inline_threshold.max(bytes.min(peer));
     }
 
     /// Queues one message: inline into the write buffer, or as a descriptor of `item`, which
-    /// is then held until the peer acknowledges it (see [`start_send`](Guard::start_send) for
-    /// `inline_up_to`).
-    fn send_message(&mut self, item: Outgoing<'_>, inline_up_to: u32) -> Result<()> {
+    /// is then held until the peer acknowledges it.
+    fn send_message(&mut self, item: Outgoing<'_>) -> Result<()> {
         let limits = self.state.limits;
         let len = item.as_slice().len() as u64;
         if len > limits.send_max_message {
@@ -298,8 +303,7 @@ impl Guard<'_> {
             )));
         }
         let seq = self.state.send.sent();
-        let inline = len <= u64::from(limits.inline_threshold)
-            || len <= u64::from(inline_up_to).min(limits.peer_inline_max());
+        let inline = len <= u64::from(limits.inline_threshold);
         let lent_at = match (&self.shared.lend, &item) {
             (Some(region), Outgoing::Owned(item)) if !inline => region.offset_of(item),
             _ => None,
@@ -379,10 +383,10 @@ impl Guard<'_> {
             && self.state.send.window_open(&self.state.limits)
             && self.check_can_send().is_ok()
         {
-            let Some((item, inline_up_to)) = self.state.send.backlog.pop_front() else {
+            let Some(item) = self.state.send.backlog.pop_front() else {
                 break;
             };
-            if let Err(e) = self.send_message(Outgoing::Owned(item), inline_up_to) {
+            if let Err(e) = self.send_message(Outgoing::Owned(item)) {
                 self.fail(e, true);
                 return true;
             }
