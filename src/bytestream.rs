@@ -19,11 +19,12 @@ pub const DEFAULT_GATHER: usize = 64 << 10;
 
 /// Messages up to this size travel inline through the control socket, as the bytes of a
 /// socket do, instead of being pulled (as far as the peer accepts inline messages that large:
-/// [`Config::max_inline_size`](crate::Config::max_inline_size), 64 KiB by default). Measured
-/// with WebSocket messages between two processes: inline is faster up to about 2 KiB (one
-/// system call fewer per message on each side), a pull beyond (an inline message is copied
-/// five times: into the message, the socket's buffer, the kernel, out of it, to the reader;
-/// a pulled one three, and many small pulls share one `process_vm_readv`).
+/// [`Config::max_inline_size`](crate::Config::max_inline_size), 64 KiB by default): the
+/// [`ByteStream`] raises its connection's inline threshold to it. Measured with WebSocket
+/// messages between two processes (BENCHMARKS.md): inline is 1.1-1.2x a pull at 1 KiB, equal
+/// at 2 KiB, 0.6x at 4-8 KiB. An inline message's bytes go through the socket's buffer and
+/// the kernel; a pulled one is copied once by `process_vm_readv`, which one call does for
+/// many small messages, and acknowledged at once.
 const STREAM_INLINE: u32 = 2 << 10;
 
 /// Messages of at least this size are written into the connection's recycled buffers: fresh
@@ -264,8 +265,8 @@ impl ByteWriter {
     /// frame header, say: small, inline), then that buffer as one message of up to
     /// [`MAX_WRITE`] bytes (a longer one is taken in part, as a socket takes what fits into
     /// its buffer). Messages so keep the sizes the application writes: a header joined to a
-    /// 64 KiB payload made the peer's receive buffer twice as large (its pool's classes are
-    /// powers of two) and measured 17% slower under HTTP/2.
+    /// 64 KiB payload would take a receive buffer twice as large at the peer (its pool's
+    /// classes are powers of two).
     fn poll_write_bufs(
         &mut self,
         cx: &mut Context<'_>,
