@@ -15,6 +15,15 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 child_entry!();
 
+/// Reads `stream` to its end in a task of its own.
+fn read_all(mut stream: ByteStream) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        got
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_codec_runs_over_a_byte_stream_both_ways() {
     let (a, b) = Connection::pair().await.unwrap();
@@ -44,14 +53,10 @@ async fn lines_codec_runs_over_a_byte_stream_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_mebibytes_arrive_intact_then_eof() {
     let (a, b) = Connection::pair().await.unwrap();
-    let (mut a, mut b) = (ByteStream::new(a), ByteStream::new(b));
+    let (mut a, b) = (ByteStream::new(a), ByteStream::new(b));
     let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
     let expect = data.clone();
-    let reader = tokio::spawn(async move {
-        let mut got = Vec::new();
-        b.read_to_end(&mut got).await.unwrap();
-        got
-    });
+    let reader = read_all(b);
     timeout(LIMIT, async {
         // Odd-sized writes: some are gathered, some go through as messages of their own.
         for chunk in data.chunks(100_003) {
@@ -154,14 +159,10 @@ async fn writes_are_cut_to_what_the_peer_accepts() {
     .expect("no hang");
 
     let (a, b) = Connection::pair().await.unwrap();
-    let (mut a, mut b) = (ByteStream::new(a), ByteStream::new(b));
+    let (mut a, b) = (ByteStream::new(a), ByteStream::new(b));
     let data: Vec<u8> = (0..9u32 << 20).map(|i| (i % 253) as u8).collect();
     let expect = data.clone();
-    let reader = tokio::spawn(async move {
-        let mut got = Vec::new();
-        b.read_to_end(&mut got).await.unwrap();
-        got
-    });
+    let reader = read_all(b);
     timeout(LIMIT, async {
         let n = a.write(&data).await.unwrap();
         assert_eq!(n, 4 << 20, "a 9 MiB write takes 4 MiB");
