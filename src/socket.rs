@@ -23,6 +23,9 @@ pub(crate) struct ControlSocket {
     /// once, so a peer cannot fill this process's descriptor table. `None` otherwise, and the
     /// kernel then closes any descriptor a peer sends.
     fds: Option<Option<OwnedFd>>,
+    /// [`peer_busy`](ControlSocket::peer_busy) cleared the write readiness while the socket
+    /// may have room: the next write tries the socket before it waits for readiness.
+    write_cleared: bool,
 }
 
 impl ControlSocket {
@@ -31,6 +34,7 @@ impl ControlSocket {
         Ok(ControlSocket {
             fd: sys::register(fd)?,
             fds: None,
+            write_cleared: false,
         })
     }
 
@@ -76,6 +80,33 @@ impl ControlSocket {
             }
         }
         Ok(())
+    }
+
+    /// Whether the peer has yet to read bytes written earlier. If so, `cx` is woken once it
+    /// has read some (the socket's next write-space event), and true is returned: bytes
+    /// written now would only queue behind the unread ones, and can as well go with that
+    /// wake-up in one write. False if the peer has read everything, or when in doubt.
+    ///
+    /// It takes no wake-up away from other writers: readiness is cleared only as of the
+    /// moment it was looked at (an event after that stays), and the next
+    /// [`poll_write`](AsyncWrite::poll_write) tries the socket before it waits.
+    pub(crate) fn peer_busy(&mut self, cx: &mut Context<'_>) -> bool {
+        let guard = match self.fd.poll_write_ready(cx) {
+            // Readiness cleared here before and no event since: `cx` is registered for the
+            // next one. (Pending after a write that found the socket full is not "busy": that
+            // writer waits for the space, and `cx` must not take its place.)
+            Poll::Pending => return self.write_cleared,
+            Poll::Ready(Err(_)) => return false,
+            Poll::Ready(Ok(guard)) => guard,
+        };
+        if !matches!(sys::unread_output(self.as_fd()), Ok(n) if n > 0) {
+            return false;
+        }
+        let mut guard = guard;
+        guard.clear_ready();
+        self.write_cleared = true;
+        // An event between the look and the clear kept the readiness: then write now.
+        self.fd.poll_write_ready(cx).is_pending()
     }
 
     /// `(pid, uid, gid)` of the peer as the kernel recorded them.
@@ -147,8 +178,18 @@ impl AsyncWrite for ControlSocket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        while this.write_cleared {
+            // Readiness was cleared by `peer_busy`, not by a full socket: try it first.
+            match sys::send(this.as_fd(), buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => this.write_cleared = false,
+                result => return Poll::Ready(result),
+            }
+        }
         loop {
-            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
+            let mut guard = ready!(this.fd.poll_write_ready(cx))?;
+            this.write_cleared = false;
             match guard.try_io(|fd| sys::send(fd.as_fd(), buf)) {
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(result) => return Poll::Ready(result),

@@ -133,6 +133,18 @@ pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     .map_err(nix_err)
 }
 
+/// Bytes written into the socket that the peer has not read yet (`SIOCOUTQ`).
+pub(crate) fn unread_output(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: `SIOCOUTQ` writes one `int` through the pointer, which points at a live local
+    // `c_int`; the descriptor is borrowed for the call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(queued).unwrap_or(0))
+}
+
 /// What a check of the peer found, from one `poll` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PeerState {

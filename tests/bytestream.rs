@@ -204,3 +204,53 @@ async fn every_flushed_write_arrives_when_the_task_budget_runs_out() {
         );
     }
 }
+
+/// Rounds of a few small flushed writes and a reply: flushes that find the peer's earlier
+/// bytes unread are written together when it reads them, and no round waits for a write that
+/// nobody makes.
+async fn request_and_reply_rounds() {
+    let (a, b) = Connection::pair().await.unwrap();
+    let (mut a, mut b) = (ByteStream::new(a), ByteStream::new(b));
+    let echo = tokio::spawn(async move {
+        let mut buf = [0u8; 300];
+        loop {
+            b.read_exact(&mut buf).await.unwrap();
+            if buf[0] == 0xff {
+                break;
+            }
+            b.write_all(&buf[..1]).await.unwrap();
+            b.flush().await.unwrap();
+        }
+    });
+    for round in 0..2000u32 {
+        let tag = (round % 255) as u8;
+        for _ in 0..3 {
+            a.write_all(&[tag; 100]).await.unwrap();
+            a.flush().await.unwrap();
+        }
+        let mut reply = [0u8; 1];
+        timeout(LIMIT, a.read_exact(&mut reply))
+            .await
+            .unwrap_or_else(|_| panic!("round {round} waited"))
+            .unwrap();
+        assert_eq!(reply[0], tag);
+    }
+    a.write_all(&[0xff; 300]).await.unwrap();
+    a.flush().await.unwrap();
+    timeout(LIMIT, echo).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn request_and_reply_rounds_on_a_current_thread_runtime() {
+    request_and_reply_rounds().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_reply_rounds_in_block_on() {
+    request_and_reply_rounds().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_reply_rounds_in_a_spawned_task() {
+    tokio::spawn(request_and_reply_rounds()).await.unwrap();
+}

@@ -389,3 +389,58 @@ async fn a_refusal_is_reported_even_when_the_write_fails_first() {
     }
     server.join().unwrap();
 }
+
+/// The messages of the BATCH and INLINE frames among `frames`, in order.
+fn payloads(frames: &[(u8, Vec<u8>)]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for (ty, body) in frames {
+        match *ty {
+            T_INLINE => out.push(body[8..].to_vec()),
+            T_BATCH => {
+                let mut rest = &body[8..];
+                while !rest.is_empty() {
+                    let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+                    out.push(rest[4..4 + len].to_vec());
+                    rest = &rest[4 + len..];
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A byte stream's flush while the peer has yet to read earlier bytes leaves its frames in
+/// the write buffer; they go out together, with nothing more done on the writing side, as
+/// soon as the peer reads, and a stream dropped meanwhile loses none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushes_while_the_peer_has_not_read_go_out_together_when_it_reads() {
+    use tokio::io::AsyncWriteExt;
+    let dir = temp_dir("coalesce");
+    let path = dir.join("s");
+    let mut listener = Listener::bind(&path).unwrap();
+    let p = path.clone();
+    let (conn, mut peer) = accept_raw(&mut listener, move || RawPeer::handshake(&p)).await;
+    let mut stream = tokio_pvm::ByteStream::new(conn);
+
+    // The first flush finds everything read and writes at once; the next two find it unread.
+    for m in [&b"a"[..], b"bb", b"ccc"] {
+        stream.write_all(m).await.unwrap();
+        stream.flush().await.unwrap();
+    }
+    let first = peer.recv().expect("the first flush was written");
+    assert_eq!(payloads(&[first]), [b"a".to_vec()]);
+    // That read is the only signal: the stream is not polled again.
+    let frames = peer.frames_within(Duration::from_millis(300));
+    assert_eq!(payloads(&frames), [b"bb".to_vec(), b"ccc".to_vec()]);
+    assert_eq!(frames.len(), 1, "one BATCH frame, one write: {frames:?}");
+
+    // Again, and the stream is dropped before the peer reads: the driver still writes.
+    for m in [&b"d"[..], b"ee"] {
+        stream.write_all(m).await.unwrap();
+        stream.flush().await.unwrap();
+    }
+    drop(stream);
+    let frames = peer.frames_within(Duration::from_millis(300));
+    assert_eq!(payloads(&frames), [b"d".to_vec(), b"ee".to_vec()]);
+}

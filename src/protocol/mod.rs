@@ -100,6 +100,10 @@ struct Wakers {
     recv_polled: AtomicBool,
     /// The application dropped loaned messages whose release the peer has not been told of.
     released: AtomicBool,
+    /// A byte stream's flush left frames in the write buffer while the peer had yet to read
+    /// earlier bytes (see [`Guard::write_out_coalesced`]): the driver writes them when the
+    /// peer reads, whatever the halves do. Cleared once the write buffer is written out.
+    deferred: AtomicBool,
 }
 
 impl Wakers {
@@ -144,6 +148,21 @@ impl Wake for Wakers {
         if !(covered && self.watched.load(Ordering::Relaxed)) {
             self.wake_one(Role::Driver);
         }
+    }
+}
+
+/// Registered for the socket's write space while flushed frames wait for the peer to read
+/// what it was sent before: wakes the driver, which writes them.
+#[derive(Debug)]
+struct DeferWake(Arc<Wakers>);
+
+impl Wake for DeferWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.wake_one(Role::Driver);
     }
 }
 
@@ -263,6 +282,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     wakers: Arc<Wakers>,
     io_waker: Waker,
+    /// Wakes the driver for frames a flush left to it (see [`DeferWake`]).
+    defer_waker: Waker,
     pub(crate) peer: PeerInfo,
     pub(crate) modes: Modes,
     pub(crate) span: tracing::Span,
@@ -339,6 +360,7 @@ impl Shared {
                 borrow: lanes.borrow,
             }),
             io_waker: Waker::from(wakers.clone()),
+            defer_waker: Waker::from(Arc::new(DeferWake(wakers.clone()))),
             wakers,
             peer,
             modes,
@@ -441,7 +463,7 @@ impl Shared {
         self.with(Role::Send, |mut g| {
             g.register(cx);
             g.check_fatal()?;
-            g.flush_writes()
+            g.write_out_coalesced()
         })
     }
 
@@ -607,6 +629,7 @@ impl Guard<'_> {
     fn flush_writes(&mut self) -> Poll<Result<()>> {
         if self.state.io.write_buffer().is_empty() {
             self.state.send.written();
+            set(&self.shared.wakers.deferred, false);
             return Poll::Ready(Ok(()));
         }
         // Acknowledgements that were not urgent, and releases of loaned messages, go with
@@ -629,6 +652,7 @@ impl Guard<'_> {
         match Pin::new(&mut self.state.io).poll_flush(&mut cx) {
             Poll::Ready(Ok(())) => {
                 self.state.send.written();
+                set(&self.shared.wakers.deferred, false);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) if is_reset(&e) => {
@@ -650,6 +674,28 @@ impl Guard<'_> {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    /// Writes the buffered frames out for a byte stream's flush, or, while the peer has yet
+    /// to read bytes written before, leaves them to go with the next write: the driver's,
+    /// woken as soon as the peer reads. A socket's peer would find the new bytes only after
+    /// the unread ones anyway, so this costs the peer nothing, and a run of small flushes
+    /// (a chatty protocol's frames) costs one system call instead of one each. Other writes
+    /// (acknowledgements, a full batch, flush of the `Sink`, close) write everything at once.
+    fn write_out_coalesced(&mut self) -> Poll<Result<()>> {
+        if !self.state.io.write_buffer().is_empty()
+            && self.state.fatal.is_none()
+            && !self.state.write_closed
+        {
+            // Set before the driver can be woken: it then writes even if a half looks busy.
+            set(&self.shared.wakers.deferred, true);
+            let shared = self.shared;
+            let mut cx = Context::from_waker(&shared.defer_waker);
+            if self.state.io.get_mut().peer_busy(&mut cx) {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        self.flush_writes()
     }
 
     fn check_fatal(&self) -> Result<()> {

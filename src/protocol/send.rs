@@ -271,7 +271,7 @@ impl Guard<'_> {
         self.check_can_send()?;
         self.send_message(item)?;
         let written = match write_out {
-            Some(_) => self.flush_writes(),
+            Some(_) => self.write_out_coalesced(),
             None => Poll::Ready(Ok(())),
         };
         let ready = self.ready_at_once();
