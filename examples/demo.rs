@@ -131,7 +131,7 @@ async fn consume(listener: &mut Listener, exe: &Path, run: Run) -> Result<Summar
     let mut command = std::process::Command::new(exe);
     command
         .arg(CHILD_FLAG)
-        .arg(listener.path())
+        .arg(listener.path().expect("a Unix listener"))
         .arg(run.count.to_string())
         .arg(run.size.to_string())
         .stdin(Stdio::null());
@@ -153,10 +153,10 @@ async fn consume(listener: &mut Listener, exe: &Path, run: Run) -> Result<Summar
             return Err(format!("producer {pid} did not connect within {STALL:?}"));
         }
     };
-    if conn.peer().pid() as u32 != pid {
+    if conn.peer().pid() != Some(pid as i32) {
         return Err(format!(
-            "expected a connection from producer {pid}, got one from process {}",
-            conn.peer().pid()
+            "expected a connection from producer {pid}, got one from {}",
+            conn.peer()
         ));
     }
 

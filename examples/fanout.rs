@@ -316,7 +316,7 @@ async fn accept_all(
                 return Err(format!("{missing} subscriber(s) did not connect within {STALL:?}"));
             }
         };
-        let pid = conn.peer().pid() as u32;
+        let pid = conn.peer().pid().unwrap_or(0) as u32;
         let Some(i) = pids.iter().position(|&p| p == pid) else {
             return Err(format!(
                 "a connection from process {pid}, which is not one of the subscribers started"
@@ -337,7 +337,13 @@ async fn run_once(
     size: usize,
     count: u64,
 ) -> Result<Outcome, String> {
-    let mut children = spawn_subscribers(exe, listener.path(), n, size, count)?;
+    let mut children = spawn_subscribers(
+        exe,
+        listener.path().expect("a Unix listener"),
+        n,
+        size,
+        count,
+    )?;
     let mut fanout = Fanout::new(config);
     accept_all(listener, &mut fanout, &mut children).await?;
 

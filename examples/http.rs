@@ -221,13 +221,13 @@ async fn serve(path: &Path) -> Result<(), String> {
 
 /// Serves HTTP/1.1 on one connection until the client closes it.
 async fn serve_connection(conn: Connection) {
-    let peer = conn.peer().pid();
+    let peer = conn.peer().clone();
     let io = TokioIo::new(ByteStream::new(conn));
     let served = hyper::server::conn::http1::Builder::new()
         .serve_connection(io, hyper::service::service_fn(handle))
         .await;
     if let Err(e) = served {
-        eprintln!("http server: connection from process {peer}: {e}");
+        eprintln!("http server: connection from {peer}: {e}");
     }
 }
 

@@ -55,13 +55,15 @@ const MAX_WRITE: usize = 4 << 20;
 ///   control socket, as a socket's bytes do; larger ones are pulled.
 /// - **`flush`** sends the gathered bytes as a message even if it is short and hands it to
 ///   the connection: it does not wait for the peer. The message (or its descriptor) is
-///   written into the control socket at once, unless the peer has yet to read bytes written
-///   there before; then it follows them as soon as the peer reads, in one write with
-///   whatever else was flushed meanwhile, without another call on this side (the
-///   connection's driver task writes it). The peer would reach the new bytes only after
-///   the unread ones anyway; they cost it one more wake-up of this side, and a chatty
-///   protocol's run of small flushes costs one system call instead of one each. Until then the bytes live in this process, as pulled messages
-///   always do (see dropping, below).
+///   written into the control socket at once, except on a multi-thread runtime while the
+///   peer has yet to read bytes written there before: then it follows them, in one write with
+///   whatever else was flushed meanwhile, as soon as the socket reports room (at the latest
+///   once the peer has read everything), without another call on this side (the
+///   connection's driver task writes it). The peer would reach the new bytes only after the
+///   unread ones anyway, and a chatty protocol's run of small flushes costs a few system
+///   calls instead of one each (a flush that finds everything read costs an `ioctl` more).
+///   Until then the bytes live in this process, as pulled messages always do (see dropping,
+///   below). Over TCP every flush writes at once.
 /// - **Reads** return the peer's messages as one continuous stream of bytes; message
 ///   boundaries are not visible. The peer's messages are received (pulled into this side's
 ///   receive buffer, bounded by the window) whether or not anything reads, as a socket's

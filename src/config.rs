@@ -64,6 +64,15 @@ pub struct Config {
     uid_policy: UidPolicy,
     pub(crate) slow_subscriber: SlowSubscriber,
     pub(crate) slow_subscriber_grace: Duration,
+    /// TLS for the TCP carrier.
+    #[cfg(feature = "tcp")]
+    pub(crate) tls: Option<crate::tcp::Tls>,
+    /// Plain TCP between loopback addresses allowed (no TLS).
+    #[cfg(feature = "tcp")]
+    pub(crate) plain_tcp_on_loopback: bool,
+    pub(crate) tcp_nodelay: bool,
+    pub(crate) tcp_keepalive: Option<Duration>,
+    pub(crate) connect_timeout: Duration,
 }
 
 /// What a [`Fanout`](crate::Fanout) does with a subscriber whose window is full when a message
@@ -107,6 +116,12 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a listener gives a new connection to send its HELLO: 2 seconds.
 pub(crate) const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Default [`Config::connect_timeout`]: 5 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default [`Config::tcp_keepalive`]: 60 s idle.
+pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -130,6 +145,13 @@ impl Default for Config {
             uid_policy: UidPolicy::SameUid,
             slow_subscriber: SlowSubscriber::Wait,
             slow_subscriber_grace: DEFAULT_SLOW_SUBSCRIBER_GRACE,
+            #[cfg(feature = "tcp")]
+            tls: None,
+            #[cfg(feature = "tcp")]
+            plain_tcp_on_loopback: false,
+            tcp_nodelay: true,
+            tcp_keepalive: Some(DEFAULT_TCP_KEEPALIVE),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
 }
@@ -395,6 +417,61 @@ impl Config {
     #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn slow_subscriber_grace(mut self, grace: Duration) -> Config {
         self.slow_subscriber_grace = grace;
+        self
+    }
+
+    /// TLS for the TCP carrier (`tcp://` addresses): this side's certificate and the
+    /// authorities it trusts (see [`Tls`](crate::Tls)). Required on both sides of a TCP
+    /// connection unless both opted into
+    /// [`danger_plain_tcp_on_loopback`](Config::danger_plain_tcp_on_loopback); a Unix
+    /// connection ignores it.
+    #[cfg(feature = "tcp")]
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
+    pub fn tls(mut self, tls: crate::tcp::Tls) -> Config {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Allows TCP connections without TLS, between two loopback addresses only: no
+    /// encryption, and no identity (any local process that can open a TCP socket can
+    /// connect, whatever its user; a Unix socket checks the user). For tests and benchmarks;
+    /// a non-loopback peer or address is refused with an error naming [`Config::tls`].
+    /// Ignored when [`tls`](Config::tls) is set.
+    #[cfg(feature = "tcp")]
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
+    pub fn danger_plain_tcp_on_loopback(mut self) -> Config {
+        self.plain_tcp_on_loopback = true;
+        self
+    }
+
+    /// Whether TCP connections set `TCP_NODELAY` (default `true`): frames are written when
+    /// the protocol writes them (it already batches small messages), not held back by
+    /// Nagle's algorithm for up to 40 ms waiting for an acknowledgement.
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
+    pub fn tcp_nodelay(mut self, nodelay: bool) -> Config {
+        self.tcp_nodelay = nodelay;
+        self
+    }
+
+    /// TCP keep-alive: after `idle` without traffic the kernel probes the peer every tenth
+    /// of that (at least 1 s) and declares the connection dead after 3 unanswered probes, so
+    /// a peer whose host vanished is reported (`PeerGone`) instead of waited for forever.
+    /// Default [`DEFAULT_TCP_KEEPALIVE`] (60 s idle: dead after about 78 s); `None` turns it
+    /// off.
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
+    pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Config {
+        self.tcp_keepalive = idle;
+        self
+    }
+
+    /// How long a TCP `connect` may take before it fails with [`ErrorKind::Timeout`]
+    /// (default [`DEFAULT_CONNECT_TIMEOUT`], 5 s); the TLS and protocol handshakes that
+    /// follow have [`handshake_timeout`](Config::handshake_timeout).
+    ///
+    /// [`ErrorKind::Timeout`]: crate::ErrorKind::Timeout
+    #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Config {
+        self.connect_timeout = timeout;
         self
     }
 

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures_core::Stream;
 use futures_sink::Sink;
 
+use crate::address::Address;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handshake::{handshake, handshake_until};
@@ -21,29 +22,128 @@ use crate::loan::LoanBuf;
 use crate::protocol::{Outgoing, Role, Shared};
 use crate::sys;
 
-/// Who is at the other end of a connection, as the kernel reported it when the socket was
-/// connected (`SO_PEERCRED`). Never taken from anything the peer sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Who is at the other end of a connection. Never taken from anything the peer sent: for a
+/// process of this host, the kernel's record of the socket's peer (`SO_PEERCRED`); over TCP,
+/// the peer's address and the certificate its TLS handshake proved it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PeerInfo {
-    pub(crate) pid: i32,
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
+    kind: PeerKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum PeerKind {
+    Local {
+        pid: i32,
+        uid: u32,
+        gid: u32,
+    },
+    #[cfg(feature = "tcp")]
+    Remote {
+        addr: std::net::SocketAddr,
+        /// The end-entity certificate (DER) and its subject, under TLS.
+        certificate: Option<(Arc<[u8]>, Arc<str>)>,
+    },
 }
 
 impl PeerInfo {
-    /// The peer's process id, in this process's pid namespace.
-    pub fn pid(&self) -> i32 {
-        self.pid
+    pub(crate) fn local(pid: i32, uid: u32, gid: u32) -> PeerInfo {
+        PeerInfo {
+            kind: PeerKind::Local { pid, uid, gid },
+        }
     }
 
-    /// The peer's effective user id.
-    pub fn uid(&self) -> u32 {
-        self.uid
+    #[cfg(feature = "tcp")]
+    pub(crate) fn remote(
+        addr: std::net::SocketAddr,
+        certificate: Option<(Arc<[u8]>, Arc<str>)>,
+    ) -> PeerInfo {
+        PeerInfo {
+            kind: PeerKind::Remote { addr, certificate },
+        }
     }
 
-    /// The peer's effective group id.
-    pub fn gid(&self) -> u32 {
-        self.gid
+    /// The peer's process id, in this process's pid namespace; `None` for a peer over TCP.
+    pub fn pid(&self) -> Option<i32> {
+        match self.kind {
+            PeerKind::Local { pid, .. } => Some(pid),
+            #[cfg(feature = "tcp")]
+            PeerKind::Remote { .. } => None,
+        }
+    }
+
+    /// The peer's effective user id; `None` for a peer over TCP (its certificate is its
+    /// identity: see [`certificate_subject`](PeerInfo::certificate_subject)).
+    pub fn uid(&self) -> Option<u32> {
+        match self.kind {
+            PeerKind::Local { uid, .. } => Some(uid),
+            #[cfg(feature = "tcp")]
+            PeerKind::Remote { .. } => None,
+        }
+    }
+
+    /// The peer's effective group id; `None` for a peer over TCP.
+    pub fn gid(&self) -> Option<u32> {
+        match self.kind {
+            PeerKind::Local { gid, .. } => Some(gid),
+            #[cfg(feature = "tcp")]
+            PeerKind::Remote { .. } => None,
+        }
+    }
+
+    /// Whether the peer is a process of this host, connected over a Unix socket.
+    pub fn is_local(&self) -> bool {
+        matches!(self.kind, PeerKind::Local { .. })
+    }
+
+    /// The peer's address, for a peer over TCP.
+    #[cfg(feature = "tcp")]
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        match self.kind {
+            PeerKind::Remote { addr, .. } => Some(addr),
+            PeerKind::Local { .. } => None,
+        }
+    }
+
+    /// The subject of the certificate the peer presented in the TLS handshake (verified
+    /// against [`Tls`](crate::Tls)'s certificate authorities), as `CN=name, O=org`: the
+    /// peer's identity over TCP. `None` for a local peer and over plain TCP.
+    #[cfg(feature = "tcp")]
+    pub fn certificate_subject(&self) -> Option<&str> {
+        match &self.kind {
+            PeerKind::Remote {
+                certificate: Some((_, subject)),
+                ..
+            } => Some(subject),
+            _ => None,
+        }
+    }
+
+    /// The certificate the peer presented in the TLS handshake, DER-encoded, for checks
+    /// beyond its subject (its subject alternative names, say, with an X.509 parser).
+    #[cfg(feature = "tcp")]
+    pub fn certificate(&self) -> Option<&[u8]> {
+        match &self.kind {
+            PeerKind::Remote {
+                certificate: Some((der, _)),
+                ..
+            } => Some(der),
+            _ => None,
+        }
+    }
+}
+
+/// `process 1234 (uid 1000)`, or `192.0.2.7:40312 (CN=ingest-1)` for a peer over TCP: how
+/// error messages name the peer.
+impl fmt::Display for PeerInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            PeerKind::Local { pid, uid, .. } => write!(f, "process {pid} (uid {uid})"),
+            #[cfg(feature = "tcp")]
+            PeerKind::Remote { addr, certificate } => match certificate {
+                Some((_, subject)) => write!(f, "{addr} ({subject})"),
+                None => write!(f, "{addr} (plain TCP)"),
+            },
+        }
     }
 }
 
@@ -156,10 +256,10 @@ impl std::fmt::Display for ReuniteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "the sending half (peer process {}) and the receiving half (peer process {}) are \
-             not from the same connection",
-            self.0.peer().pid(),
-            self.1.peer().pid()
+            "the sending half (peer {}) and the receiving half (peer {}) are not from the \
+             same connection",
+            self.0.peer(),
+            self.1.peer()
         )
     }
 }
@@ -207,27 +307,38 @@ impl Connection {
         }
     }
 
-    /// Connects to a [`Listener`](crate::Listener) at `path` with the default [`Config`].
+    /// Connects to a [`Listener`](crate::Listener) at `addr` with the default [`Config`]: a
+    /// Unix socket path (`/run/app.sock`, `unix:/run/app.sock`, a [`Path`]) or
+    /// `tcp://host:port` (see [`Address`]).
     ///
     /// # Cancel safety
     /// Cancelling leaves nothing behind: the half-made connection is dropped and the
     /// listener sees it go away. Connecting again starts afresh.
-    pub async fn connect(path: impl AsRef<Path>) -> Result<Connection> {
-        Connection::connect_with(path, Config::default()).await
+    pub async fn connect(addr: impl Into<Address>) -> Result<Connection> {
+        Connection::connect_with(addr, Config::default()).await
     }
 
-    /// Connects to a [`Listener`](crate::Listener) at `path`.
+    /// Connects to a [`Listener`](crate::Listener) at `addr` (see [`Address`]).
     ///
-    /// Fails with [`ErrorKind::PermissionDenied`] if either side refuses the other's uid, and
-    /// with [`ErrorKind::Timeout`] if the whole attempt takes longer than
-    /// [`Config::handshake_timeout`]. A side that cannot read the other's memory receives
-    /// inline instead ([`Mode::Inline`]), unless [`Config::require_pull`] is set on it: then
-    /// connecting fails (see there for the error kinds).
+    /// Fails with [`ErrorKind::PermissionDenied`] if either side refuses the other's uid
+    /// (Unix) or certificate (TCP), and with [`ErrorKind::Timeout`] if the whole attempt
+    /// takes longer than [`Config::handshake_timeout`] (plus
+    /// [`Config::connect_timeout`] for the TCP connect). Over a Unix socket, a side that
+    /// cannot read the other's memory receives inline instead ([`Mode::Inline`]), unless
+    /// [`Config::require_pull`] is set on it: then connecting fails (see there for the error
+    /// kinds). Over TCP every message travels inline, inside TLS ([`Config::tls`]; both
+    /// sides need it).
     ///
     /// # Cancel safety
     /// As [`connect`](Connection::connect): cancelling drops the half-made connection.
-    pub async fn connect_with(path: impl AsRef<Path>, config: Config) -> Result<Connection> {
-        let path = path.as_ref();
+    pub async fn connect_with(addr: impl Into<Address>, config: Config) -> Result<Connection> {
+        match addr.into() {
+            Address::Unix(path) => Connection::connect_unix(&path, config).await,
+            Address::Tcp(host_port) => Connection::connect_tcp(&host_port, config).await,
+        }
+    }
+
+    async fn connect_unix(path: &Path, config: Config) -> Result<Connection> {
         let deadline = tokio::time::Instant::now() + config.handshake_timeout;
         let fd = tokio::time::timeout_at(deadline, connect_socket(path))
             .await
@@ -244,6 +355,38 @@ impl Connection {
             })??;
         let shared = handshake_until(fd, &config, deadline).await?;
         Ok(Connection::from_shared(shared))
+    }
+
+    #[cfg(feature = "tcp")]
+    async fn connect_tcp(host_port: &str, config: Config) -> Result<Connection> {
+        let tls_deadline = config.connect_timeout + config.handshake_timeout;
+        let (carrier, peer) =
+            tokio::time::timeout(tls_deadline, crate::tcp::connect(host_port, &config))
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "the TLS handshake with tcp://{host_port} did not finish within {:?}: \
+                         the peer is not a TLS endpoint, is stuck, or is overloaded",
+                            config.handshake_timeout
+                        ),
+                    )
+                })??;
+        let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+        let shared = crate::handshake::handshake_remote(carrier, peer, &config, deadline).await?;
+        Ok(Connection::from_shared(shared))
+    }
+
+    #[cfg(not(feature = "tcp"))]
+    async fn connect_tcp(host_port: &str, _config: Config) -> Result<Connection> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "tcp://{host_port}: this build of tokio-pvm has no TCP carrier; enable its \
+                 `tcp` feature"
+            ),
+        ))
     }
 
     /// A connected pair inside this process, over a `socketpair`, with the default

@@ -200,6 +200,12 @@ impl Error {
     }
 
     /// The kind of the operating system error behind this one, if any.
+    /// The operating system error underneath, if any.
+    #[cfg(feature = "tcp")]
+    pub(crate) fn io_source(&self) -> Option<&io::Error> {
+        self.inner.source.as_ref()
+    }
+
     pub(crate) fn source_kind(&self) -> Option<io::ErrorKind> {
         self.inner.source.as_ref().map(io::Error::kind)
     }

@@ -15,6 +15,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::Mode;
 use crate::PeerInfo;
+use crate::carrier::Carrier;
 use crate::codec::{
     COOKIE_LEN, ErrorCode, Frame, FrameCodec, Hello, Limits, OutFrame, READY_INLINE, READY_SHARED,
     VERSION,
@@ -26,7 +27,7 @@ use crate::protocol::{Lanes, Modes, Negotiated, Shared};
 use crate::socket::ControlSocket;
 use crate::sys::{self, RemoteRange};
 
-type Io = Framed<ControlSocket, FrameCodec>;
+type Io = Framed<Carrier, FrameCodec>;
 
 /// Runs the handshake on a connected socket, bounded by the configured timeout.
 pub(crate) async fn handshake(fd: OwnedFd, config: &Config) -> Result<Arc<Shared>> {
@@ -50,14 +51,7 @@ pub(crate) async fn handshake_until(
     let outer = tracing::Span::current();
     match tokio::time::timeout_at(deadline, run(fd, config, outer).instrument(span)).await {
         Ok(result) => result,
-        Err(_) => Err(Error::new(
-            ErrorKind::Timeout,
-            format!(
-                "the handshake did not finish within {timeout:?}: the peer is not a tokio-pvm \
-                 endpoint, is stuck, or is overloaded; raise Config::handshake_timeout if it is \
-                 only slow"
-            ),
-        )),
+        Err(_) => Err(timed_out(timeout)),
     }
 }
 
@@ -67,13 +61,7 @@ async fn run(fd: OwnedFd, config: &Config, outer: tracing::Span) -> Result<Arc<S
         .peer_credentials()
         .map_err(|e| Error::io("reading the peer's credentials (SO_PEERCRED)", e))?;
     tracing::Span::current().record("peer_pid", pid);
-    let peer = PeerInfo { pid, uid, gid };
-    let limits = Limits {
-        max_message_size: config.max_message_size,
-        max_ranges: config.max_ranges,
-        max_inline: config.max_inline_size,
-    };
-    let mut io = Framed::new(socket, FrameCodec::new(limits));
+    let mut io = Framed::new(Carrier::Unix(socket), codec(config));
 
     let own_uid = nix::unistd::geteuid().as_raw();
     if !config.accepts_uid(own_uid, uid) {
@@ -97,23 +85,94 @@ async fn run(fd: OwnedFd, config: &Config, outer: tracing::Span) -> Result<Arc<S
         .await;
         return Err(err);
     }
+    negotiate(io, PeerInfo::local(pid, uid, gid), config, outer).await
+}
 
-    // Only for an accepted peer: a region costs a memfd and a mapping.
-    let lend = lend_region(config);
+/// The handshake over a TCP carrier whose TLS handshake (if any) is done: HELLO and READY
+/// both ways, every message inline. Fails with a timeout error at `deadline`.
+#[cfg(feature = "tcp")]
+pub(crate) async fn handshake_remote(
+    carrier: Carrier,
+    peer: PeerInfo,
+    config: &Config,
+    deadline: Instant,
+) -> Result<Arc<Shared>> {
+    let span = debug_span!("tokio_pvm::handshake", peer = %peer);
+    let outer = tracing::Span::current();
+    let io = Framed::new(carrier, codec(config));
+    let timeout = config.handshake_timeout;
+    let who = peer.to_string();
+    match tokio::time::timeout_at(
+        deadline,
+        negotiate(io, peer, config, outer).instrument(span),
+    )
+    .await
+    {
+        Ok(result) => result.map_err(|e| crate::tcp::explain(e, &who)),
+        Err(_) => Err(timed_out(timeout)),
+    }
+}
+
+/// The handshake took longer than `timeout`.
+fn timed_out(timeout: Duration) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!(
+            "the handshake did not finish within {timeout:?}: the peer is not a tokio-pvm \
+             endpoint, is stuck, or is overloaded; raise Config::handshake_timeout if it is \
+             only slow"
+        ),
+    )
+}
+
+/// The frame codec under `config`'s limits.
+fn codec(config: &Config) -> FrameCodec {
+    FrameCodec::new(Limits {
+        max_message_size: config.max_message_size,
+        max_ranges: config.max_ranges,
+        max_inline: config.max_inline_size,
+    })
+}
+
+/// HELLO and READY both ways, the memory proof and the loan regions between processes of
+/// this host, then the connection.
+async fn negotiate(
+    mut io: Io,
+    peer: PeerInfo,
+    config: &Config,
+    outer: tracing::Span,
+) -> Result<Arc<Shared>> {
+    // A peer over TCP is never pulled from and never given a region: every message travels
+    // inline, both ways.
+    let local = peer.pid().zip(peer.uid());
+    let who = peer.to_string();
+
+    // Only for an accepted local peer: a region costs a memfd and a mapping.
+    let lend = local.and_then(|_| lend_region(config));
     if lend.is_some() {
         // The peer's region file may arrive with any read from now on (nothing was read yet).
-        io.get_mut().accept_fds();
+        if let Some(socket) = io.get_mut().unix_mut() {
+            socket.accept_fds();
+        }
     }
 
-    let claim = permit_reader(pid, config);
+    let claim = local.map(|(pid, _)| permit_reader(pid, config));
 
     // The cookie lives at a fixed address until the peer has said READY.
     let mut cookie = Box::new([0u8; COOKIE_LEN]);
     sys::random_bytes(&mut cookie[..]).map_err(|e| Error::io("reading random bytes", e))?;
+    // A remote peer never pulls the cookie, and is not told where this process keeps
+    // anything.
     let hello = Hello {
         version: VERSION,
-        cookie_addr: cookie.as_ptr() as usize as u64,
-        cookie: *cookie,
+        cookie_addr: match local {
+            Some(_) => cookie.as_ptr() as usize as u64,
+            None => 0,
+        },
+        cookie: match local {
+            Some(_) => *cookie,
+            None => [0; COOKIE_LEN],
+        },
         max_message_size: config.max_message_size,
         window_messages: config.window_messages,
         window_bytes: config.window_bytes,
@@ -121,25 +180,23 @@ async fn run(fd: OwnedFd, config: &Config, outer: tracing::Span) -> Result<Arc<S
         max_ranges: config.max_ranges,
         loan_region: lend.as_ref().map_or(0, |(r, _)| r.size() as u64),
     };
-    send(&mut io, OutFrame::Hello(&hello), pid).await?;
-    let theirs = match next_frame(&mut io, pid).await? {
+    send(&mut io, OutFrame::Hello(&hello), &who).await?;
+    let theirs = match next_frame(&mut io, &who).await? {
         Frame::Hello(h) => h,
         other => return Err(unexpected(other, "HELLO")),
     };
     // The version first: another version may give the other fields other meanings.
     if theirs.version != VERSION {
         let msg = format!(
-            "peer process {pid} speaks protocol version {}, this side speaks {VERSION}; run the \
-             same tokio-pvm release on both sides",
+            "peer {who} speaks protocol version {}, this side speaks {VERSION}; run the same \
+             tokio-pvm release on both sides",
             theirs.version
         );
         refuse(&mut io, ErrorCode::Version, &msg).await;
         return Err(Error::protocol(msg));
     }
     if theirs.window_messages == 0 || theirs.window_bytes == 0 || theirs.max_ranges == 0 {
-        let msg = format!(
-            "peer process {pid} announced an empty window or no address ranges in its HELLO"
-        );
+        let msg = format!("peer {who} announced an empty window or no address ranges in its HELLO");
         refuse(&mut io, ErrorCode::Protocol, &msg).await;
         return Err(Error::protocol(msg));
     }
@@ -147,6 +204,9 @@ async fn run(fd: OwnedFd, config: &Config, outer: tracing::Span) -> Result<Arc<S
     // Prove that we can read the peer's memory, and that the pid is really the peer. If we
     // cannot, or may not (see `pull_allowed`), and the configuration allows it, we receive
     // inline instead.
+    let Some((pid, uid)) = local else {
+        return finish_remote(io, peer, config, &theirs, outer).await;
+    };
     let proven = match pull_allowed(pid, uid) {
         Ok(()) => prove_pull(pid, &theirs),
         Err(why) => Err((ErrorCode::PullFailed, why)),
@@ -189,9 +249,8 @@ async fn run(fd: OwnedFd, config: &Config, outer: tracing::Span) -> Result<Arc<S
     // The zero-copy lane: both sides created a region; each passes its own and maps the
     // peer's.
     let both_lend = lend.is_some() && theirs.loan_region > 0;
-    if let (true, Some((region, fd))) = (both_lend, &lend) {
+    if let (true, Some((region, fd)), Some(socket)) = (both_lend, &lend, io.get_ref().unix()) {
         let frame = crate::codec::region_frame(region.size() as u64);
-        let socket = io.get_ref();
         if let Err(e) = socket.send_with_fd(&frame, Some(fd.as_fd())).await {
             // Descriptor passing refused (an LSM, too many in flight): the frame goes alone,
             // and the peer, finding no descriptor with it, leaves this direction's lane closed.
@@ -212,9 +271,9 @@ async fn run(fd: OwnedFd, config: &Config, outer: tracing::Span) -> Result<Arc<S
         }
     }
     let borrow = if both_lend {
-        match next_frame(&mut io, pid).await? {
+        match next_frame(&mut io, &who).await? {
             Frame::Region { size } => {
-                let fd = io.get_mut().take_fd();
+                let fd = io.get_mut().unix_mut().and_then(ControlSocket::take_fd);
                 map_peer_region(fd, size, &theirs, hello.loan_region, pid)
             }
             other => return Err(unexpected(other, "REGION")),
@@ -222,13 +281,15 @@ async fn run(fd: OwnedFd, config: &Config, outer: tracing::Span) -> Result<Arc<S
     } else {
         None
     };
-    io.get_mut().refuse_fds();
+    if let Some(socket) = io.get_mut().unix_mut() {
+        socket.refuse_fds();
+    }
     let mut flags = if inline { READY_INLINE } else { 0 };
     if borrow.is_some() {
         flags |= READY_SHARED;
     }
-    send(&mut io, OutFrame::Ready { flags }, pid).await?;
-    let (send_mode, lends) = match next_frame(&mut io, pid).await? {
+    send(&mut io, OutFrame::Ready { flags }, &who).await?;
+    let (send_mode, lends) = match next_frame(&mut io, &who).await? {
         Frame::Ready { flags } if flags & READY_SHARED != 0 && !both_lend => {
             return Err(Error::protocol(
                 "the peer's READY accepts a loan region this side never offered",
@@ -259,7 +320,31 @@ async fn run(fd: OwnedFd, config: &Config, outer: tracing::Span) -> Result<Arc<S
         io.codec_mut().accept_inline_messages();
     }
 
-    let negotiated = Negotiated {
+    let negotiated = negotiated(config, &theirs, &send_mode);
+    debug!(?negotiated, %peer, "handshake complete");
+    let span = debug_span!(
+        parent: &outer,
+        "tokio_pvm::connection",
+        peer_pid = pid,
+        peer_uid = uid
+    );
+    if let Some(claim) = claim {
+        claim.keep();
+    }
+    let modes = Modes {
+        recv: recv_mode,
+        send: send_mode,
+    };
+    let lanes = Lanes {
+        lend: lend.filter(|_| lends).map(|(region, _fd)| region),
+        borrow,
+    };
+    Ok(Shared::new(io, peer, pidfd, negotiated, modes, lanes, span))
+}
+
+/// What the two HELLOs agree on, for a side that sends in `send_mode`.
+fn negotiated(config: &Config, theirs: &Hello, send_mode: &Mode) -> Negotiated {
+    Negotiated {
         send_window_messages: config.window_messages.min(theirs.window_messages).max(1),
         send_window_bytes: config.window_bytes.min(theirs.window_bytes).max(1),
         recv_max_message: config.max_message_size,
@@ -281,24 +366,55 @@ async fn run(fd: OwnedFd, config: &Config, outer: tracing::Span) -> Result<Arc<S
         pool_bytes: config.pool_bytes,
         pull_timeout: config.pull_timeout,
         linger: config.linger,
-    };
-    debug!(?negotiated, uid, gid, "handshake complete");
-    let span = debug_span!(
-        parent: &outer,
-        "tokio_pvm::connection",
-        peer_pid = pid,
-        peer_uid = uid
-    );
-    claim.keep();
+    }
+}
+
+/// The rest of the handshake with a peer over TCP: both sides receive inline, so READY says
+/// so both ways.
+async fn finish_remote(
+    mut io: Io,
+    peer: PeerInfo,
+    config: &Config,
+    theirs: &Hello,
+    outer: tracing::Span,
+) -> Result<Arc<Shared>> {
+    let who = peer.to_string();
+    let why: Arc<str> = Arc::from("over TCP every message travels inline");
+    send(
+        &mut io,
+        OutFrame::Ready {
+            flags: READY_INLINE,
+        },
+        &who,
+    )
+    .await?;
+    match next_frame(&mut io, &who).await? {
+        Frame::Ready { flags } if flags == READY_INLINE => {}
+        Frame::Ready { .. } => {
+            let msg = format!("peer {who} asked to pull or share memory over TCP");
+            refuse(&mut io, ErrorCode::Protocol, &msg).await;
+            return Err(Error::protocol(msg));
+        }
+        other => return Err(unexpected(other, "READY")),
+    }
+    io.codec_mut().accept_inline_messages();
+    let send_mode = Mode::Inline(why.clone());
+    let negotiated = negotiated(config, theirs, &send_mode);
+    debug!(?negotiated, %peer, "handshake complete");
+    let span = debug_span!(parent: &outer, "tokio_pvm::connection", %peer);
     let modes = Modes {
-        recv: recv_mode,
+        recv: Mode::Inline(why),
         send: send_mode,
     };
-    let lanes = Lanes {
-        lend: lend.filter(|_| lends).map(|(region, _fd)| region),
-        borrow,
-    };
-    Ok(Shared::new(io, peer, pidfd, negotiated, modes, lanes, span))
+    Ok(Shared::new(
+        io,
+        peer,
+        None,
+        negotiated,
+        modes,
+        Lanes::default(),
+        span,
+    ))
 }
 
 /// This side's loan region, if [`Config::loan_region`] asks for one and it can be made.
@@ -507,7 +623,7 @@ fn prove_pull(pid: i32, theirs: &Hello) -> std::result::Result<(), (ErrorCode, E
 
 /// Sends a handshake frame. If the peer already closed the socket, its ERROR frame (sent
 /// before it closed) explains why better than the broken pipe does.
-async fn send(io: &mut Io, frame: OutFrame<'_>, pid: i32) -> Result<()> {
+async fn send(io: &mut Io, frame: OutFrame<'_>, who: &str) -> Result<()> {
     match io.send(frame).await {
         Ok(()) => Ok(()),
         // The reason, if any, is already in our receive buffer or on its way; do not wait
@@ -515,29 +631,29 @@ async fn send(io: &mut Io, frame: OutFrame<'_>, pid: i32) -> Result<()> {
         // A peer's ERROR frame explains the failed write, whatever its code; a bare end of
         // stream explains nothing, so the write error stands.
         Err(e) => match tokio::time::timeout(Duration::from_millis(100), io.next()).await {
-            Ok(Some(Ok(Frame::Error { code, reason }))) => Err(refusal(code, &reason, pid)),
+            Ok(Some(Ok(Frame::Error { code, reason }))) => Err(refusal(code, &reason, who)),
             _ => Err(e),
         },
     }
 }
 
 /// The next frame; a peer's ERROR or end of stream becomes the matching error.
-async fn next_frame(io: &mut Io, pid: i32) -> Result<Frame> {
+async fn next_frame(io: &mut Io, who: &str) -> Result<Frame> {
     match io.next().await {
-        Some(Ok(Frame::Error { code, reason })) => Err(refusal(code, &reason, pid)),
+        Some(Ok(Frame::Error { code, reason })) => Err(refusal(code, &reason, who)),
         Some(result) => result,
         None => Err(Error::new(
             ErrorKind::PeerGone,
-            format!("peer process {pid} closed the connection during the handshake"),
+            format!("peer {who} closed the connection during the handshake"),
         )),
     }
 }
 
 /// The error for a peer's ERROR frame during the handshake.
-fn refusal(code: ErrorCode, reason: &str, pid: i32) -> Error {
+fn refusal(code: ErrorCode, reason: &str, who: &str) -> Error {
     Error::new(
         code.kind(),
-        format!("peer process {pid} refused the connection: {reason}"),
+        format!("peer {who} refused the connection: {reason}"),
     )
 }
 

@@ -71,7 +71,9 @@
 
 // Lints are set in Cargo.toml's [lints] table.
 
+mod address;
 mod bytestream;
+mod carrier;
 mod codec;
 mod config;
 mod connection;
@@ -87,12 +89,17 @@ mod protocol;
 mod pull;
 mod socket;
 mod sys;
+#[cfg(feature = "tcp")]
+mod tcp;
+#[cfg(feature = "tcp")]
+mod x509;
 
+pub use address::Address;
 pub use bytestream::{ByteReader, ByteStream, ByteWriter, DEFAULT_GATHER};
 pub use config::{
-    Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LINGER, DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_PULL_TIMEOUT, DEFAULT_SLOW_SUBSCRIBER_GRACE, DEFAULT_WINDOW_BYTES,
-    DEFAULT_WINDOW_MESSAGES, SlowSubscriber,
+    Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LINGER,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PULL_TIMEOUT, DEFAULT_SLOW_SUBSCRIBER_GRACE,
+    DEFAULT_TCP_KEEPALIVE, DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_MESSAGES, SlowSubscriber,
 };
 pub use connection::{Connection, Mode, PeerInfo, Receiver, ReuniteError, Sender};
 pub use error::{Error, ErrorKind, Result};
@@ -100,6 +107,8 @@ pub use fanout::{Fanout, SubscriberId};
 pub use listener::Listener;
 pub use loan::LoanBuf;
 pub use pool::{DEFAULT_PROCESS_BUFFER_POOL, process_buffer_pool, set_process_buffer_pool};
+#[cfg(feature = "tcp")]
+pub use tcp::Tls;
 
 /// Entry points for the fuzz target and property tests. Not part of the public API.
 #[doc(hidden)]

@@ -82,10 +82,15 @@ impl ControlSocket {
         Ok(())
     }
 
-    /// Whether the peer has yet to read bytes written earlier. If so, `cx` is woken once it
-    /// has read some (the socket's next write-space event), and true is returned: bytes
-    /// written now would only queue behind the unread ones, and can as well go with that
-    /// wake-up in one write. False if the peer has read everything, or when in doubt.
+    /// Whether the peer has yet to read bytes written earlier. If so, `cx` is woken at the
+    /// socket's next write-space event (the kernel raises one when the peer's reads leave
+    /// this side's queued bytes under a quarter of the send buffer, so at the latest when it
+    /// has read everything; any other event on the socket counts too), and true is returned:
+    /// bytes written now would only queue behind the unread ones, and can as well go with
+    /// that wake-up in one write. False if the peer has read everything, or when in doubt.
+    ///
+    /// A peer that shut down only its reading side (`SHUT_RD`, which this crate never does)
+    /// raises no event: bytes left for it wait, where a write would have failed with `EPIPE`.
     ///
     /// It takes no wake-up away from other writers: readiness is cleared only as of the
     /// moment it was looked at (an event after that stays), and the next
@@ -93,8 +98,9 @@ impl ControlSocket {
     pub(crate) fn peer_busy(&mut self, cx: &mut Context<'_>) -> bool {
         let guard = match self.fd.poll_write_ready(cx) {
             // Readiness cleared here before and no event since: `cx` is registered for the
-            // next one. (Pending after a write that found the socket full is not "busy": that
-            // writer waits for the space, and `cx` must not take its place.)
+            // next one. Pending after a write that found the socket full is not "busy": the
+            // caller then writes, and that write registers its own waker again in place of
+            // `cx`.
             Poll::Pending => return self.write_cleared,
             Poll::Ready(Err(_)) => return false,
             Poll::Ready(Ok(guard)) => guard,

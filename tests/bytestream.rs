@@ -205,9 +205,9 @@ async fn every_flushed_write_arrives_when_the_task_budget_runs_out() {
     }
 }
 
-/// Rounds of a few small flushed writes and a reply: flushes that find the peer's earlier
-/// bytes unread are written together when it reads them, and no round waits for a write that
-/// nobody makes.
+/// Rounds of a few small flushed writes and a reply, the writer then waiting on its read:
+/// flushes that found the peer's earlier bytes unread are written together (by the driver, or
+/// by the read's own poll), and no round waits for a write that nobody makes.
 async fn request_and_reply_rounds() {
     let (a, b) = Connection::pair().await.unwrap();
     let (mut a, mut b) = (ByteStream::new(a), ByteStream::new(b));

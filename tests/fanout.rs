@@ -191,7 +191,7 @@ async fn accept(listener: &mut Listener, fanout: &mut Fanout, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_subscriber_processes_get_every_message_in_order() {
     let path = socket_path("four");
-    let mut listener = Listener::bind_with(&path, config()).unwrap();
+    let mut listener = Listener::bind_with(path.as_ref(), config()).unwrap();
     let subs: Vec<Sub> = (0..4).map(|_| Sub::spawn("read", &path)).collect();
     let mut fanout = Fanout::new(&config());
     accept(&mut listener, &mut fanout, 4).await;
@@ -220,7 +220,7 @@ async fn four_subscriber_processes_get_every_message_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_subscriber_neither_blocks_the_others_nor_keeps_buffers() {
     let path = socket_path("killed");
-    let mut listener = Listener::bind_with(&path, config()).unwrap();
+    let mut listener = Listener::bind_with(path.as_ref(), config()).unwrap();
     let mut subs: Vec<Sub> = (0..3).map(|_| Sub::spawn("read", &path)).collect();
     let mut fanout = Fanout::new(&config()); // SlowSubscriber::Wait
     accept(&mut listener, &mut fanout, 3).await;
@@ -276,7 +276,7 @@ async fn drop_policy_removes_a_slow_subscriber_with_an_error() {
     let config = Config::new()
         .window(1024, 64 << 20)
         .slow_subscriber(SlowSubscriber::Drop);
-    let mut listener = Listener::bind_with(&path, config.clone()).unwrap();
+    let mut listener = Listener::bind_with(path.as_ref(), config.clone()).unwrap();
     let fast = Sub::spawn("read_wide", &path);
     let mut fanout = Fanout::new(&config);
     accept(&mut listener, &mut fanout, 1).await;

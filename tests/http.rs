@@ -54,7 +54,7 @@ async fn hyper_client_and_server_in_two_processes_on_one_keep_alive_connection()
     let sizes = [0usize, 1024, 8 << 20, 1024, 0, 65_537, 8 << 20];
     timeout(LIMIT, async {
         let conn = connect(&path).await;
-        assert_eq!(conn.peer().pid(), child.pid());
+        assert_eq!(conn.peer().pid().unwrap(), child.pid());
         let io = TokioIo::new(ByteStream::new(conn));
         let (mut sender, driver) = hyper::client::conn::http1::handshake(io)
             .await
@@ -141,7 +141,7 @@ async fn lines_codec_across_two_processes() {
     let child = ChildProc::spawn("lines_upper", &[path.to_str().unwrap()]);
     timeout(LIMIT, async {
         let conn = listener.accept().await.expect("accept");
-        assert_eq!(conn.peer().pid(), child.pid());
+        assert_eq!(conn.peer().pid().unwrap(), child.pid());
         let mut framed = Framed::new(ByteStream::new(conn), LinesCodec::new());
 
         // One line at a time: send, then wait for its answer.

@@ -226,7 +226,7 @@ async fn poll_accept_makes_a_stream_that_shares_the_listener_with_accept() {
 
 /// Reads `conn` to its end; `(who, peer pid, messages)`.
 async fn count(who: usize, mut conn: Connection) -> (usize, i32, u64) {
-    let pid = conn.peer().pid();
+    let pid = conn.peer().pid().unwrap();
     let mut n = 0;
     while let Some(msg) = conn.next().await {
         msg.expect("a good message");

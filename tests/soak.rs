@@ -47,7 +47,7 @@ async fn soak(producers: u64, messages: u64, kills: usize, duration: Duration) {
             .await
             .unwrap()
             .unwrap();
-        let seed = seeds[&conn.peer().pid()];
+        let seed = seeds[&conn.peer().pid().unwrap()];
         receivers.push(tokio::spawn(async move {
             let mut received = 0u64;
             loop {

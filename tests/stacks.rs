@@ -135,7 +135,7 @@ impl Acceptor {
         match self {
             Acceptor::Pvm(listener) => {
                 let conn = listener.accept().await?;
-                let pid = conn.peer().pid();
+                let pid = conn.peer().pid().unwrap();
                 Ok((Box::new(ByteStream::new(conn)), pid))
             }
             Acceptor::Unix(listener) => {
@@ -157,7 +157,7 @@ async fn connect(transport: Transport, path: &Path) -> io::Result<(Io, i32)> {
             Transport::Pvm => Connection::connect(path)
                 .await
                 .map(|conn| {
-                    let pid = conn.peer().pid();
+                    let pid = conn.peer().pid().unwrap();
                     (Box::new(ByteStream::new(conn)) as Io, pid)
                 })
                 .map_err(io::Error::from),

@@ -8,6 +8,8 @@
 mod admission;
 mod backoff;
 mod hello;
+#[cfg(feature = "tcp")]
+mod tcp;
 mod waiters;
 
 use std::fmt;
@@ -27,6 +29,7 @@ pub(crate) use self::admission::ConnectionPermit;
 use self::backoff::Backoff;
 use self::hello::refuse;
 use self::waiters::Waiters;
+use crate::address::Address;
 use crate::codec::ErrorCode;
 use crate::config::Config;
 use crate::connection::Connection;
@@ -160,10 +163,8 @@ const ACCEPT_BATCH: usize = 16;
 ///
 /// [`accept`]: Listener::accept
 pub struct Listener {
-    fd: AsyncFd<OwnedFd>,
-    path: PathBuf,
-    /// Device and inode of the socket file we created, to remove only our own file.
-    file_id: Option<(u64, u64)>,
+    /// The Unix socket, if the listener has one.
+    unix: Option<UnixSide>,
     /// What accepting changes. Locked only while polling, never across an await.
     state: Mutex<State>,
     /// The callers waiting for a connection.
@@ -173,56 +174,144 @@ pub struct Listener {
     wake_waiters: Waker,
 }
 
+/// The listening Unix socket.
+struct UnixSide {
+    fd: AsyncFd<OwnedFd>,
+    path: PathBuf,
+    /// Device and inode of the socket file we created, to remove only our own file.
+    file_id: Option<(u64, u64)>,
+}
+
 /// What accepting changes.
 struct State {
     admission: Admission,
     backoff: Backoff,
+    /// The TCP sockets, if any.
+    #[cfg(feature = "tcp")]
+    tcp: Vec<tcp::TcpSide>,
 }
 
 impl Listener {
-    /// Listens on `path` with the default [`Config`]. Must be called inside a Tokio runtime.
-    pub fn bind(path: impl AsRef<Path>) -> Result<Listener> {
-        Listener::bind_with(path, Config::default())
+    /// Listens on `addr` with the default [`Config`]: a Unix socket path, or
+    /// `tcp://host:port` (see [`Address`]). Must be called inside a Tokio runtime.
+    pub fn bind(addr: impl Into<Address>) -> Result<Listener> {
+        Listener::bind_with(addr, Config::default())
     }
 
-    /// Listens on `path`; accepted connections use `config`. Must be called inside a Tokio
+    /// Listens on `addr`; accepted connections use `config`. Must be called inside a Tokio
     /// runtime.
     ///
     /// A socket file left behind by a listener that no longer runs is replaced. If a live
     /// listener owns the path, this fails with an [`io::ErrorKind::AddrInUse`] source and the
     /// live listener is left alone. A path that exists and is not a socket is never removed.
-    pub fn bind_with(path: impl AsRef<Path>, config: Config) -> Result<Listener> {
-        let path = path.as_ref();
-        let fd = bind_path(path)?;
-        sys::listen(&fd, BACKLOG)
-            .map_err(|e| Error::io(&format!("listening on {}", path.display()), e))?;
-        let file_id = std::fs::symlink_metadata(path)
-            .ok()
-            .map(|m| (m.dev(), m.ino()));
-        let fd = sys::register(fd).map_err(|e| {
-            Error::io(
-                "registering the listener with the Tokio runtime (is one running?)",
-                e,
-            )
-        })?;
-        debug!(path = %path.display(), "listening");
+    ///
+    /// On TCP, `config` must have [`Config::tls`] (or, on a loopback address only,
+    /// [`Config::danger_plain_tcp_on_loopback`](crate::Config::danger_plain_tcp_on_loopback)):
+    /// binding fails otherwise, naming both. Port 0 picks a free port
+    /// ([`local_addrs`](Listener::local_addrs) tells which).
+    pub fn bind_with(addr: impl Into<Address>, config: Config) -> Result<Listener> {
+        Listener::bind_all([addr.into()], config)
+    }
+
+    /// Listens on several addresses at once, at most one of them a Unix socket: a process
+    /// that serves its neighbours over a Unix socket and other hosts over TCP accepts both
+    /// through one listener. Connections come out of [`accept`](Listener::accept) in the
+    /// order their handshakes finish, whatever the address.
+    ///
+    /// ```no_run
+    /// use tokio_pvm::{Config, Listener, Tls};
+    ///
+    /// # async fn demo(tls: Tls) -> tokio_pvm::Result<()> {
+    /// let listener = Listener::bind_all(
+    ///     ["/run/app.sock", "tcp://0.0.0.0:7000"],
+    ///     Config::new().tls(tls),
+    /// )?;
+    /// let conn = listener.accept().await?;
+    /// println!("{} ({})", conn.peer(), if conn.peer().is_local() { "local" } else { "remote" });
+    /// # Ok(()) }
+    /// ```
+    pub fn bind_all(
+        addrs: impl IntoIterator<Item = impl Into<Address>>,
+        config: Config,
+    ) -> Result<Listener> {
+        let mut unix = None;
+        #[cfg(feature = "tcp")]
+        let mut tcp = Vec::new();
+        for addr in addrs {
+            match addr.into() {
+                Address::Unix(path) if unix.is_none() => unix = Some(UnixSide::bind(&path)?),
+                Address::Unix(path) => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "a listener has at most one Unix socket, and {} is a second one",
+                            path.display()
+                        ),
+                    ));
+                }
+                #[cfg(feature = "tcp")]
+                Address::Tcp(host_port) => {
+                    tcp.push(tcp::TcpSide::bind(&host_port, config.clone())?)
+                }
+                #[cfg(not(feature = "tcp"))]
+                Address::Tcp(host_port) => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!(
+                            "tcp://{host_port}: this build of tokio-pvm has no TCP carrier; \
+                             enable its `tcp` feature"
+                        ),
+                    ));
+                }
+            }
+        }
+        #[cfg(feature = "tcp")]
+        let none = unix.is_none() && tcp.is_empty();
+        #[cfg(not(feature = "tcp"))]
+        let none = unix.is_none();
+        if none {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "Listener::bind_all: no address to listen on",
+            ));
+        }
+        let name = match &unix {
+            Some(u) => u.path.clone(),
+            None => PathBuf::from("(TCP)"),
+        };
         let waiters = Arc::new(Waiters::default());
         Ok(Listener {
-            fd,
-            path: path.to_owned(),
-            file_id,
+            unix,
             state: Mutex::new(State {
-                admission: Admission::new(path, config),
+                admission: Admission::new(&name, config),
                 backoff: Backoff::default(),
+                #[cfg(feature = "tcp")]
+                tcp,
             }),
             wake_waiters: Waker::from(waiters.clone()),
             waiters,
         })
     }
 
-    /// The path this listener is bound to.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The path of the listener's Unix socket, if it has one.
+    pub fn path(&self) -> Option<&Path> {
+        self.unix.as_ref().map(|u| u.path.as_path())
+    }
+
+    /// Every address the listener listens on: its Unix socket, and its TCP sockets with the
+    /// ports bound (`tcp://127.0.0.1:41234` after binding port 0).
+    pub fn local_addrs(&self) -> Vec<Address> {
+        let unix = self.unix.iter().map(|u| Address::Unix(u.path.clone()));
+        #[cfg(feature = "tcp")]
+        let tcp: Vec<Address> = self
+            .lock()
+            .tcp
+            .iter()
+            .map(|t| Address::Tcp(t.addr().to_string()))
+            .collect();
+        #[cfg(not(feature = "tcp"))]
+        let tcp: Vec<Address> = Vec::new();
+        unix.chain(tcp).collect()
     }
 
     /// Waits for the next connection whose handshake succeeds.
@@ -312,7 +401,7 @@ impl Listener {
     /// # let client = tokio::spawn(Connection::connect(path.clone()));
     /// // Never ends: `None` never comes.
     /// let conn = incoming.next().await.expect("a connection or an error")?;
-    /// println!("peer pid {}", conn.peer().pid());
+    /// println!("peer {}", conn.peer());
     /// # client.await.unwrap()?;
     /// # std::fs::remove_dir_all(&dir).unwrap();
     /// # Ok(())
@@ -353,6 +442,12 @@ impl Listener {
             if let Poll::Ready(conn) = state.admission.poll_finished(cx) {
                 return Poll::Ready(Ok(conn));
             }
+            #[cfg(feature = "tcp")]
+            for side in &mut state.tcp {
+                if let Poll::Ready(accepted) = side.poll_accept(cx) {
+                    return Poll::Ready(accepted);
+                }
+            }
             match self.poll_take_in(state, cx) {
                 Poll::Ready(Ok(())) => {} // took in a batch; more may be waiting
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -369,6 +464,9 @@ impl Listener {
     /// socket is waiting (a waker is registered on the listening socket), accepting is paused
     /// (on the timer), or no slot is free (the handshakes under way wake the task).
     fn poll_take_in(&self, state: &mut State, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let Some(unix) = &self.unix else {
+            return Poll::Pending;
+        };
         ready!(state.backoff.poll_wait(cx));
         let mut started = false;
         let stop = |started: bool| match started {
@@ -379,7 +477,7 @@ impl Listener {
             if !state.admission.has_room() {
                 return stop(started);
             }
-            let mut guard = match self.fd.poll_read_ready(cx) {
+            let mut guard = match unix.fd.poll_read_ready(cx) {
                 Poll::Ready(Ok(guard)) => guard,
                 Poll::Ready(Err(e)) => {
                     return Poll::Ready(Err(Error::io("polling the listener", e)));
@@ -407,19 +505,19 @@ impl Listener {
                         return Poll::Ready(Err(Error::io(
                             &format!(
                                 "accepting on {} (paused; the listener retries on its own)",
-                                self.path.display()
+                                unix.path.display()
                             ),
                             e,
                         )));
                     }
-                    debug!(path = %self.path.display(), error = %e, ?delay, "accepting paused");
+                    debug!(path = %unix.path.display(), error = %e, ?delay, "accepting paused");
                     if state.backoff.poll_wait(cx).is_pending() {
                         return stop(started);
                     }
                 }
                 Ok(Err(e)) => {
                     return Poll::Ready(Err(Error::io(
-                        &format!("accepting on {}", self.path.display()),
+                        &format!("accepting on {}", unix.path.display()),
                         e,
                     )));
                 }
@@ -463,6 +561,30 @@ fn transient_accept_error(e: &io::Error) -> bool {
             | io::ErrorKind::Interrupted
             | io::ErrorKind::ConnectionReset
     )
+}
+
+impl UnixSide {
+    /// Binds and listens on `path`, registered with the runtime.
+    fn bind(path: &Path) -> Result<UnixSide> {
+        let fd = bind_path(path)?;
+        sys::listen(&fd, BACKLOG)
+            .map_err(|e| Error::io(&format!("listening on {}", path.display()), e))?;
+        let file_id = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        let fd = sys::register(fd).map_err(|e| {
+            Error::io(
+                "registering the listener with the Tokio runtime (is one running?)",
+                e,
+            )
+        })?;
+        debug!(path = %path.display(), "listening");
+        Ok(UnixSide {
+            fd,
+            path: path.to_owned(),
+            file_id,
+        })
+    }
 }
 
 /// Binds a new socket to `path`, replacing a stale socket file but never a live listener's.
@@ -525,17 +647,33 @@ fn bind_path(path: &Path) -> Result<OwnedFd> {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        let ours = std::fs::symlink_metadata(&self.path)
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        #[cfg(feature = "tcp")]
+        {
+            // Handshakes under way are aborted with their tasks; the kernel resets what
+            // waits in the TCP backlog when the socket closes.
+            let tcp = state
+                .tcp
+                .iter()
+                .map(tcp::TcpSide::handshakes)
+                .sum::<usize>();
+            if tcp > 0 {
+                debug!(handshakes = tcp, "TCP listener closed");
+            }
+        }
+        let Some(unix) = &self.unix else {
+            return;
+        };
+        let ours = std::fs::symlink_metadata(&unix.path)
             .ok()
             .map(|m| (m.dev(), m.ino()));
-        if ours.is_some() && ours == self.file_id {
-            let _ = std::fs::remove_file(&self.path);
+        if ours.is_some() && ours == unix.file_id {
+            let _ = std::fs::remove_file(&unix.path);
         }
         // Refuse further connects (ECONNREFUSED, for a client that found the path before it
         // was removed), then refuse what waits in the backlog: the kernel would reset those
         // on close, which their clients would see as a bare I/O error.
-        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        let fd = self.fd.get_ref().as_fd();
+        let fd = unix.fd.get_ref().as_fd();
         let _ = sys::shutdown(fd, Shutdown::Both);
         let mut refused = 0usize;
         loop {
@@ -553,7 +691,7 @@ impl Drop for Listener {
             }
         }
         debug!(
-            path = %self.path.display(),
+            path = %unix.path.display(),
             refused,
             handshakes = state.admission.handshakes(),
             "listener closed"
@@ -567,7 +705,7 @@ impl Drop for Listener {
 impl fmt::Debug for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Listener");
-        d.field("path", &self.path);
+        d.field("path", &self.path());
         // Not while this thread may be polling it.
         if let Ok(state) = self.state.try_lock() {
             d.field("handshakes", &state.admission.slots_in_use());

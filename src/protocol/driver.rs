@@ -75,11 +75,11 @@ impl Future for Driver {
             // watchdog wakes the driver if it stops.
             wakers.watched.store(true, Ordering::Relaxed);
         }
-        // Frames a byte stream's flush left to the driver (see `Guard::write_out_coalesced`):
-        // nobody else is sure to write them.
-        let deferred = wakers.deferred.load(Ordering::Relaxed);
+        // Frames a byte stream's flush left to the driver (see `Guard::write_out_coalesced`),
+        // and the socket has room for them: nobody else is sure to write them.
+        let fired = wakers.defer_fired.load(Ordering::Relaxed);
         if reading
-            && !deferred
+            && !fired
             && wakers.parked[Role::Recv as usize].load(Ordering::Relaxed)
             && !wakers.released.load(Ordering::Relaxed)
         {
@@ -91,13 +91,10 @@ impl Future for Driver {
         let Some(mut g) = this.shared.try_enter_driver() else {
             // A half holds the lock and is doing this work; if the application then stops,
             // the watchdog (or the next event) wakes the driver. Deferred frames may not be
-            // part of that work: try again after other tasks ran (a half holds the lock only
-            // for a moment).
-            if deferred {
-                cx.waker().wake_by_ref();
-            }
+            // part of that work: the half wakes the driver again as it leaves the lock.
             return this.poll_linger(cx);
         };
+        wakers.defer_fired.store(false, Ordering::Relaxed);
         let mut rounds = 0;
         while g.make_progress(!reading) {
             rounds += 1;

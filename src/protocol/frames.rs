@@ -99,12 +99,9 @@ impl Guard<'_> {
             }
             Frame::Error { code, reason } => {
                 let kind = code.kind();
-                let pid = self.state.peer_pid;
+                let peer = self.state.peer_name.clone();
                 self.fail(
-                    Error::new(
-                        kind,
-                        format!("peer process {pid} ended the connection: {reason}"),
-                    ),
+                    Error::new(kind, format!("peer {peer} ended the connection: {reason}")),
                     false,
                 );
                 Ok(())
@@ -142,7 +139,7 @@ impl Guard<'_> {
     pub(super) fn on_eof(&mut self) {
         self.shared.send_ready.store(false, Ordering::Release);
         self.state.eof = true;
-        let pid = self.state.peer_pid;
+        let peer = self.state.peer_name.clone();
         let st = &mut *self.state;
         if st.send.stopped() {
             // The peer said it discards what we send: what it did not acknowledge is not lost.
@@ -156,7 +153,7 @@ impl Guard<'_> {
                 Error::new(
                     ErrorKind::PeerGone,
                     format!(
-                        "peer process {pid} closed the connection without closing its sending \
+                        "peer {peer} closed the connection without closing its sending \
                          side ({lost} of its messages and {ours} of ours in flight were not \
                          received): it exited, was killed, or its unsent messages were \
                          abandoned (Config::linger)"
@@ -169,7 +166,7 @@ impl Guard<'_> {
                 Error::new(
                     ErrorKind::PeerGone,
                     format!(
-                        "peer process {pid} closed the connection with {ours} of our messages \
+                        "peer {peer} closed the connection with {ours} of our messages \
                          not yet received"
                     ),
                 ),

@@ -50,15 +50,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_sink::Sink;
 use futures_util::task::AtomicWaker;
-use nix::sys::socket::Shutdown;
 use tokio_util::codec::Framed;
 use tracing::debug;
 
+use crate::carrier::Carrier;
 use crate::codec::{ErrorCode, FrameCodec, OutFrame};
 use crate::error::{Error, ErrorKind, Result};
 use crate::loan::{LendRegion, LoanBuf, PeerRegion};
 use crate::pool::BufferPool;
-use crate::socket::ControlSocket;
 use crate::{Mode, PeerInfo};
 use frames::is_reset;
 
@@ -101,9 +100,14 @@ struct Wakers {
     /// The application dropped loaned messages whose release the peer has not been told of.
     released: AtomicBool,
     /// A byte stream's flush left frames in the write buffer while the peer had yet to read
-    /// earlier bytes (see [`Guard::write_out_coalesced`]): the driver writes them when the
-    /// peer reads, whatever the halves do. Cleared once the write buffer is written out.
+    /// earlier bytes (see [`Guard::write_out_coalesced`]). Cleared once the write buffer is
+    /// written out.
     deferred: AtomicBool,
+    /// The socket reported room while frames were deferred: the driver must write them,
+    /// whatever the halves do. Set by the wake-up, cleared by the driver once it holds the
+    /// lock; a half that leaves the lock while it is set wakes the driver (which may have
+    /// found the lock taken).
+    defer_fired: AtomicBool,
 }
 
 impl Wakers {
@@ -148,6 +152,12 @@ impl Wake for Wakers {
         if !(covered && self.watched.load(Ordering::Relaxed)) {
             self.wake_one(Role::Driver);
         }
+        // Deferred frames are the driver's to write, even when the event came through this
+        // waker (another writer's registration replaced the deferral's).
+        if self.deferred.load(Ordering::Relaxed) {
+            self.defer_fired.store(true, Ordering::Relaxed);
+            self.wake_one(Role::Driver);
+        }
     }
 }
 
@@ -162,6 +172,7 @@ impl Wake for DeferWake {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
+        self.0.defer_fired.store(true, Ordering::Relaxed);
         self.0.wake_one(Role::Driver);
     }
 }
@@ -299,14 +310,21 @@ pub(crate) struct Shared {
     /// Messages up to this size travel inline (a copy of a few bytes costs less than a
     /// loan's bookkeeping): loans this small come from the heap.
     inline_threshold: u32,
+    /// Whether a byte stream's flushes may be left to the driver (see
+    /// [`Guard::write_out_coalesced`]): only on a multi-thread runtime, whose workers run the
+    /// driver even when the application's thread does something else.
+    coalesce: bool,
     /// Largest message the peer accepts.
     send_max_message: u64,
 }
 
 #[derive(Debug)]
 struct State {
-    io: Framed<ControlSocket, FrameCodec>,
+    io: Framed<Carrier, FrameCodec>,
+    /// The peer's pid, for pulls (0 over TCP, where nothing is pulled).
     peer_pid: i32,
+    /// How messages name the peer: `process 1234 (uid 1000)`, or an address over TCP.
+    peer_name: Arc<str>,
     /// The peer process, to confirm after each batch of pulls that it is still the process
     /// that announced the buffers.
     pidfd: Option<OwnedFd>,
@@ -330,7 +348,7 @@ struct State {
 impl Shared {
     /// Wraps an established connection and spawns its driver task on the current runtime.
     pub(crate) fn new(
-        io: Framed<ControlSocket, FrameCodec>,
+        io: Framed<Carrier, FrameCodec>,
         peer: PeerInfo,
         pidfd: Option<OwnedFd>,
         limits: Negotiated,
@@ -347,7 +365,8 @@ impl Shared {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 io,
-                peer_pid: peer.pid(),
+                peer_pid: peer.pid().unwrap_or(0),
+                peer_name: Arc::from(peer.to_string()),
                 pidfd,
                 limits,
                 pool: BufferPool::new(limits.pool_bytes),
@@ -370,6 +389,12 @@ impl Shared {
             lend: lanes.lend,
             inline_threshold: limits.inline_threshold,
             send_max_message: limits.send_max_message,
+            coalesce: tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                matches!(
+                    h.runtime_flavor(),
+                    tokio::runtime::RuntimeFlavor::MultiThread
+                )
+            }),
         });
         driver::spawn(shared.clone());
         shared
@@ -377,7 +402,7 @@ impl Shared {
 
     /// The control socket, open for as long as `self` lives.
     pub(crate) fn socket(&self) -> BorrowedFd<'_> {
-        // SAFETY: `socket_fd` is the descriptor of the `ControlSocket` inside `state`, which
+        // SAFETY: `socket_fd` is the descriptor of the `Carrier` inside `state`, which
         // is dropped (and the descriptor closed) only when `self` is; shutting the socket
         // down does not close it. The borrow cannot outlive `self`.
         unsafe { BorrowedFd::borrow_raw(self.socket_fd) }
@@ -405,7 +430,13 @@ impl Shared {
     /// Runs `f` on the locked state as `role`.
     fn with<R>(&self, role: Role, f: impl FnOnce(Guard<'_>) -> R) -> R {
         set(&self.wakers.polled, true);
-        f(self.enter(role))
+        let r = f(self.enter(role));
+        // The lock is free again: a driver that found it taken may write what it was woken
+        // for.
+        if self.wakers.defer_fired.load(Ordering::Relaxed) {
+            self.wakers.wake_one(Role::Driver);
+        }
+        r
     }
 
     /// Like [`with`](Shared::with) for a poll that reads the socket until it has nothing more
@@ -558,7 +589,7 @@ impl Drop for State {
         // Shut the socket down before the in-flight buffers are released (they are dropped
         // after this body): a peer still pulling from them will see the hang-up when it
         // checks after its pull, and discard what it read.
-        let _ = self.io.get_ref().shutdown(Shutdown::Both);
+        let _ = self.io.get_ref().shutdown_now();
     }
 }
 
@@ -608,7 +639,7 @@ impl Guard<'_> {
             let shared = self.shared;
             let _ = Pin::new(io).poll_flush(&mut Context::from_waker(&shared.io_waker));
         }
-        let _ = self.state.io.get_ref().shutdown(Shutdown::Both);
+        let _ = self.state.io.get_ref().shutdown_now();
         self.state.fatal = Some(err);
         let st = &mut *self.state;
         st.send.on_fail();
@@ -627,26 +658,25 @@ impl Guard<'_> {
 
     /// Writes buffered frames. `Ready(Ok)` once the buffer is empty.
     fn flush_writes(&mut self) -> Poll<Result<()>> {
-        if self.state.io.write_buffer().is_empty() {
-            self.state.send.written();
-            set(&self.shared.wakers.deferred, false);
-            return Poll::Ready(Ok(()));
-        }
-        // Acknowledgements that were not urgent, and releases of loaned messages, go with
-        // whatever this side writes.
-        self.send_releases(true);
-        if let Some(count) = self.state.recv.ack_due()
-            && self.state.fatal.is_none()
-            && !self.state.write_closed
-        {
-            if let Err(e) = self.queue_frame(OutFrame::Ack { count }) {
-                self.fail(e.clone(), false);
-                return Poll::Ready(Err(e));
+        if !self.state.io.write_buffer().is_empty() {
+            // Acknowledgements that were not urgent, and releases of loaned messages, go
+            // with whatever this side writes.
+            self.send_releases(true);
+            if let Some(count) = self.state.recv.ack_due()
+                && self.state.fatal.is_none()
+                && !self.state.write_closed
+            {
+                if let Err(e) = self.queue_frame(OutFrame::Ack { count }) {
+                    self.fail(e.clone(), false);
+                    return Poll::Ready(Err(e));
+                }
+                self.state.recv.ack_queued();
             }
-            self.state.recv.ack_queued();
+            // Writing may consume part of the buffer: nothing more joins the open batch.
+            self.state.send.end_batch();
         }
-        // Writing may consume part of the buffer: nothing more joins the open batch.
-        self.state.send.end_batch();
+        // Flushed even with nothing buffered here: over TLS, bytes an earlier write handed
+        // over may still sit in the TLS session, waiting for room in the socket.
         let shared = self.shared;
         let mut cx = Context::from_waker(&shared.io_waker);
         match Pin::new(&mut self.state.io).poll_flush(&mut cx) {
@@ -678,22 +708,29 @@ impl Guard<'_> {
 
     /// Writes the buffered frames out for a byte stream's flush, or, while the peer has yet
     /// to read bytes written before, leaves them to go with the next write: the driver's,
-    /// woken as soon as the peer reads. A socket's peer would find the new bytes only after
-    /// the unread ones anyway, so this costs the peer nothing, and a run of small flushes
-    /// (a chatty protocol's frames) costs one system call instead of one each. Other writes
-    /// (acknowledgements, a full batch, flush of the `Sink`, close) write everything at once.
+    /// woken when the socket reports room (at the latest once the peer has read everything).
+    /// A socket's peer would find the new bytes only after the unread ones anyway, and a run
+    /// of small flushes (a chatty protocol's frames) costs a few system calls instead of one
+    /// each. Other writes (acknowledgements, a full batch, flush of the `Sink`, close) write
+    /// everything at once.
+    ///
+    /// Only on a multi-thread runtime: on a current-thread runtime the driver runs only
+    /// while the application's thread is in the runtime, and a flush must not leave bytes
+    /// behind that would wait for the application to come back.
     fn write_out_coalesced(&mut self) -> Poll<Result<()>> {
-        if !self.state.io.write_buffer().is_empty()
+        if self.shared.coalesce
+            && !self.state.io.write_buffer().is_empty()
             && self.state.fatal.is_none()
             && !self.state.write_closed
         {
-            // Set before the driver can be woken: it then writes even if a half looks busy.
+            // Set before the wake-up can come (the wake-up needs it to reach the driver).
             set(&self.shared.wakers.deferred, true);
             let shared = self.shared;
             let mut cx = Context::from_waker(&shared.defer_waker);
             if self.state.io.get_mut().peer_busy(&mut cx) {
                 return Poll::Ready(Ok(()));
             }
+            set(&self.shared.wakers.deferred, false);
         }
         self.flush_writes()
     }

@@ -5,12 +5,14 @@
 //! the `Guard` methods below put frames into the socket's write buffer around it.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use tokio::io::AsyncWrite;
+
 use bytes::Bytes;
-use nix::sys::socket::Shutdown;
 use tracing::{debug, trace};
 
 use super::{Guard, Negotiated};
@@ -186,7 +188,7 @@ impl Guard<'_> {
     /// still receiving.
     fn check_can_send(&self) -> Result<()> {
         self.check_fatal()?;
-        let pid = self.state.peer_pid;
+        let peer = self.state.peer_name.clone();
         if self.state.send.closed {
             return Err(Error::new(
                 ErrorKind::Closed,
@@ -197,7 +199,7 @@ impl Guard<'_> {
             return Err(Error::new(
                 ErrorKind::PeerGone,
                 format!(
-                    "peer process {pid} closed its receiving side (dropped its Receiver or \
+                    "peer {peer} closed its receiving side (dropped its Receiver or \
                      ByteStream): nothing more can be sent, as a socket whose peer closed \
                      reports a broken pipe"
                 ),
@@ -206,7 +208,7 @@ impl Guard<'_> {
         if self.state.eof || self.state.write_closed {
             return Err(Error::new(
                 ErrorKind::PeerGone,
-                format!("peer process {pid} closed the connection; nothing more can be sent"),
+                format!("peer {peer} closed the connection; nothing more can be sent"),
             ));
         }
         Ok(())
@@ -533,9 +535,14 @@ impl Guard<'_> {
         let st = &mut *self.state;
         let recv_finished = st.recv.finished() || st.fatal.is_some();
         if st.send.closed && !st.send.shut && recv_finished && st.io.write_buffer().is_empty() {
-            st.send.shut = true;
-            st.send.linger_until = None;
-            let _ = st.io.get_ref().shutdown(Shutdown::Write);
+            // At once on a Unix socket; over TLS the close_notify alert goes first, and a
+            // full socket makes this wait for the next round.
+            let shared = self.shared;
+            let mut cx = Context::from_waker(&shared.io_waker);
+            if Pin::new(st.io.get_mut()).poll_shutdown(&mut cx).is_ready() {
+                st.send.shut = true;
+                st.send.linger_until = None;
+            }
         }
     }
 }

@@ -1,0 +1,351 @@
+//! The TCP carrier: the same connections over `tcp://` addresses, inside mutual TLS (with
+//! certificates made here with rcgen), or plain on loopback when both sides opt in; and
+//! every way TLS refuses a peer, with an error that names the fix.
+
+#![cfg(feature = "tcp")]
+
+mod util;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+use tokio_pvm::{Address, ByteStream, Config, Connection, ErrorKind, Listener, Tls};
+use util::{check, pattern};
+
+child_entry!();
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A certificate authority and the certificates it signs, as PEM.
+struct Pki {
+    ca: rcgen::Certificate,
+    ca_issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&key).unwrap();
+        Pki {
+            ca,
+            ca_issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf certificate for `names` (DNS names or IP addresses) with common name `cn`,
+    /// valid from `not_before` to `not_after` days from now.
+    fn leaf_valid(&self, cn: &str, names: &[&str], days: (i64, i64)) -> (String, String) {
+        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let now = time_now();
+        params.not_before = now + rcgen_days(days.0);
+        params.not_after = now + rcgen_days(days.1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca_issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn leaf(&self, cn: &str, names: &[&str]) -> (String, String) {
+        self.leaf_valid(cn, names, (-1, 30))
+    }
+
+    fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// TLS for a side with a certificate for `cn` (valid for localhost and 127.0.0.1)
+    /// signed here, trusting `trusted`'s authority.
+    fn tls(&self, cn: &str, trusted: &Pki) -> Tls {
+        let (cert, key) = self.leaf(cn, &["localhost", "127.0.0.1"]);
+        Tls::from_pem(cert.as_bytes(), key.as_bytes(), trusted.ca_pem().as_bytes()).unwrap()
+    }
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+fn rcgen_days(days: i64) -> time::Duration {
+    time::Duration::days(days)
+}
+
+fn plain() -> Config {
+    Config::new().danger_plain_tcp_on_loopback()
+}
+
+fn tcp_addr(listener: &Listener) -> Address {
+    listener
+        .local_addrs()
+        .into_iter()
+        .find(|a| matches!(a, Address::Tcp(_)))
+        .expect("a TCP address")
+}
+
+/// Sizes from empty to 16 MiB, both ways at once, each checked byte for byte, in order;
+/// then a clean close each way.
+async fn round_trip(server: Config, client: Config) -> (Connection, Connection) {
+    let listener = Listener::bind_with("tcp://127.0.0.1:0", server).unwrap();
+    let addr = tcp_addr(&listener);
+    let (a, b) = tokio::join!(
+        async { timeout(LIMIT, listener.accept()).await.unwrap().unwrap() },
+        async { Connection::connect_with(&addr, client).await.unwrap() }
+    );
+    (a, b)
+}
+
+async fn exchange(a: Connection, b: Connection) {
+    const SIZES: [usize; 8] = [0, 1, 100, 4096, 65_536, 65_537, 1 << 20, 16 << 20];
+    let send = |conn: Connection| async move {
+        let (mut tx, mut rx) = conn.split();
+        let sending = async {
+            for (seq, &n) in SIZES.iter().enumerate() {
+                tx.send(pattern(seq as u64, n)).await.unwrap();
+            }
+            tx.close().await.unwrap();
+        };
+        let receiving = async {
+            let mut seq = 0u64;
+            while let Some(m) = rx.next().await {
+                let m = m.unwrap();
+                assert!(check(seq, SIZES[seq as usize], &m), "message {seq} damaged");
+                seq += 1;
+            }
+            seq
+        };
+        let ((), got) = tokio::join!(sending, receiving);
+        got
+    };
+    let (got_a, got_b) = timeout(LIMIT, async { tokio::join!(send(a), send(b)) })
+        .await
+        .expect("no hang");
+    assert_eq!((got_a, got_b), (SIZES.len() as u64, SIZES.len() as u64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_tcp_on_loopback_carries_every_size_both_ways() {
+    let (a, b) = round_trip(plain(), plain()).await;
+    assert!(!a.peer().is_local() && a.peer().pid().is_none() && a.peer().uid().is_none());
+    assert!(a.peer().addr().unwrap().ip().is_loopback());
+    assert_eq!(a.peer().certificate_subject(), None);
+    assert!(!a.mode().is_pull() && !b.send_mode().is_pull());
+    exchange(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_carries_every_size_and_names_the_peer_by_its_certificate() {
+    let pki = Pki::new("test CA");
+    let server = Config::new().tls(pki.tls("server-1", &pki));
+    let client = Config::new().tls(pki.tls("client-1", &pki));
+    let (a, b) = round_trip(server, client).await;
+    assert_eq!(a.peer().certificate_subject(), Some("CN=client-1"));
+    assert_eq!(b.peer().certificate_subject(), Some("CN=server-1"));
+    assert!(a.peer().certificate().is_some());
+    assert!(a.peer().to_string().contains("CN=client-1"), "{}", a.peer());
+    exchange(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_stream_runs_over_tls() {
+    let pki = Pki::new("test CA");
+    let (a, b) = round_trip(
+        Config::new().tls(pki.tls("server", &pki)),
+        Config::new().tls(pki.tls("client", &pki)),
+    )
+    .await;
+    let (mut a, b) = (ByteStream::new(a), ByteStream::new(b));
+    let echo = tokio::spawn(async move {
+        let (r, mut w) = b.into_split();
+        let mut lines = tokio::io::BufReader::new(r).lines();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            w.write_all(format!("{line}!\n").as_bytes()).await.unwrap();
+            w.flush().await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+    });
+    for i in 0..100 {
+        a.write_all(format!("line {i}\n").as_bytes()).await.unwrap();
+        a.flush().await.unwrap();
+        let mut reply = String::new();
+        timeout(LIMIT, a.read_line(&mut reply))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply, format!("line {i}!\n"));
+    }
+    a.shutdown().await.unwrap();
+    let mut rest = String::new();
+    assert_eq!(a.read_line(&mut rest).await.unwrap(), 0, "end of stream");
+    timeout(LIMIT, echo).await.unwrap().unwrap();
+}
+
+/// The listener's side of a refused connection: nothing is accepted, and the listener goes
+/// on (a good client connects afterwards).
+async fn refused(server: Config, client: Config, needle_client: &str) -> tokio_pvm::Error {
+    let listener = Listener::bind_with("tcp://127.0.0.1:0", server).unwrap();
+    let addr = tcp_addr(&listener);
+    let err = tokio::select! {
+        r = Connection::connect_with(&addr, client) => r.expect_err("the connection must be refused"),
+        c = listener.accept() => panic!("accepted a connection that must be refused: {c:?}"),
+    };
+    eprintln!("refused as expected: {err}");
+    assert!(
+        err.to_string().contains(needle_client),
+        "client error should mention {needle_client:?}: {err}"
+    );
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_refusals_name_the_cause_and_the_fix() {
+    let pki = Pki::new("test CA");
+    let other = Pki::new("another CA");
+    let server = || Config::new().tls(pki.tls("server", &pki));
+
+    // No TLS on the client at all.
+    let err = refused(server(), Config::new(), "Config::tls").await;
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+
+    // A client certificate from an authority the server does not trust.
+    let err = refused(
+        server(),
+        Config::new().tls(other.tls("intruder", &pki)),
+        "refused",
+    )
+    .await;
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+
+    // A client that trusts another authority than the server's.
+    let err = refused(
+        server(),
+        Config::new().tls(pki.tls("client", &other)),
+        "authority",
+    )
+    .await;
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+
+    // An expired client certificate.
+    let (cert, key) = pki.leaf_valid("old", &["localhost"], (-30, -1));
+    let expired = Tls::from_pem(cert.as_bytes(), key.as_bytes(), pki.ca_pem().as_bytes()).unwrap();
+    let err = refused(server(), Config::new().tls(expired), "refused").await;
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+
+    // A server certificate that does not name the host connected to.
+    let (cert, key) = pki.leaf("elsewhere", &["elsewhere.example"]);
+    let misnamed = Tls::from_pem(cert.as_bytes(), key.as_bytes(), pki.ca_pem().as_bytes()).unwrap();
+    let err = refused(
+        Config::new().tls(misnamed),
+        Config::new().tls(pki.tls("client", &pki)),
+        "Tls::server_name",
+    )
+    .await;
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+
+    // A client without a certificate of its own (built with rustls directly).
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    roots
+        .add(
+            tokio_rustls::rustls::pki_types::CertificateDer::from_pem_slice(
+                pki.ca_pem().as_bytes(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let anonymous = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server_side = pki.tls("unused", &pki);
+    let _ = server_side;
+    let own = pki.tls("anonymous", &pki);
+    let tls = Tls::from_rustls(std::sync::Arc::new(anonymous), own_server(&own));
+    let err = refused(server(), Config::new().tls(tls), "refused").await;
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+}
+
+/// A server configuration for a `Tls` built from rustls parts (only its client half is
+/// used by a connecting side).
+fn own_server(_tls: &Tls) -> std::sync::Arc<tokio_rustls::rustls::ServerConfig> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["unused".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    std::sync::Arc::new(
+        tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+                    .unwrap(),
+            )
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_tcp_is_refused_beyond_loopback_and_without_opting_in() {
+    let err = Listener::bind_with("tcp://0.0.0.0:0", plain()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    assert!(err.to_string().contains("loopback"), "{err}");
+    let err = Listener::bind("tcp://127.0.0.1:0").unwrap_err();
+    assert!(err.to_string().contains("Config::tls"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_listener_serves_a_unix_socket_and_tcp() {
+    let dir = util::temp_dir("both");
+    let path = dir.join("s");
+    let listener = Listener::bind_all(
+        [Address::from(path.as_path()), "tcp://127.0.0.1:0".into()],
+        plain(),
+    )
+    .unwrap();
+    let tcp = tcp_addr(&listener);
+    assert_eq!(listener.path(), Some(path.as_path()));
+    let server = async {
+        let mut peers = Vec::new();
+        for _ in 0..2 {
+            let mut conn = timeout(LIMIT, listener.accept()).await.unwrap().unwrap();
+            peers.push(conn.peer().is_local());
+            conn.send(Bytes::from_static(b"hello")).await.unwrap();
+            conn.close().await.unwrap();
+        }
+        peers
+    };
+    let clients = async {
+        tokio::join!(
+            Connection::connect(&path),
+            Connection::connect_with(&tcp, plain())
+        )
+    };
+    let (mut peers, (local, remote)) = tokio::join!(server, clients);
+    let (mut local, mut remote) = (local.unwrap(), remote.unwrap());
+    peers.sort();
+    assert_eq!(peers, [false, true]);
+    for conn in [&mut local, &mut remote] {
+        assert_eq!(conn.next().await.unwrap().unwrap(), "hello");
+        assert!(conn.next().await.is_none());
+    }
+}
