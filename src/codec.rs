@@ -36,7 +36,7 @@ use crate::error::Error;
 use crate::sys::RemoteRange;
 
 /// Protocol version spoken by this crate.
-pub(crate) const VERSION: u16 = 4;
+pub(crate) const VERSION: u16 = 5;
 /// First bytes of every HELLO body.
 pub(crate) const MAGIC: [u8; 8] = *b"TOKIOPVM";
 /// Size of the handshake cookie.
@@ -76,6 +76,19 @@ const T_REGION: u8 = 10;
 const T_SHARED: u8 = 11;
 const T_RELEASE: u8 = 12;
 const T_SYNC: u8 = 13;
+const T_PART: u8 = 14;
+
+/// Fixed part of a PART body: sequence number and the message's total length.
+const PART_FIXED: usize = 16;
+
+/// Largest payload one PART frame carries. A sender cuts an inline message larger than
+/// [`PART_SIZE`] into parts of at most that size; a receiver accepts parts up to this.
+pub(crate) const MAX_PART: usize = 1 << 20;
+
+/// The size of the parts this side cuts large inline messages into: a message of more than
+/// this travels in PART frames, so that neither side's buffers hold more than a part of it
+/// beyond the message itself.
+pub(crate) const PART_SIZE: usize = 256 << 10;
 
 /// Codes carried by an ERROR frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,16 +262,47 @@ impl Batch {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum OutFrame<'a> {
     Hello(&'a Hello),
-    Ready { flags: u32 },
-    Data { seq: u64, ranges: &'a [RemoteRange] },
-    Inline { seq: u64, payload: &'a [u8] },
-    Ack { count: u64 },
-    Close { sent: u64 },
-    Stop { delivered: u64 },
-    Sync { sent: u64 },
-    Error { code: ErrorCode, reason: &'a str },
-    Shared { seq: u64, offset: u64, len: u64 },
-    Release { offsets: &'a [u64] },
+    Ready {
+        flags: u32,
+    },
+    Data {
+        seq: u64,
+        ranges: &'a [RemoteRange],
+    },
+    Inline {
+        seq: u64,
+        payload: &'a [u8],
+    },
+    Ack {
+        count: u64,
+    },
+    Close {
+        sent: u64,
+    },
+    Stop {
+        delivered: u64,
+    },
+    Sync {
+        sent: u64,
+    },
+    Error {
+        code: ErrorCode,
+        reason: &'a str,
+    },
+    Shared {
+        seq: u64,
+        offset: u64,
+        len: u64,
+    },
+    Release {
+        offsets: &'a [u64],
+    },
+    /// One part of inline message `seq` of `total` bytes: the next `payload.len()` bytes.
+    Part {
+        seq: u64,
+        total: u64,
+        payload: &'a [u8],
+    },
 }
 
 /// What the decoder accepts: this side's receive limits.
@@ -275,6 +319,9 @@ pub(crate) struct FrameCodec {
     limits: Limits,
     /// Header of a frame whose body has not fully arrived: (type, body length).
     pending: Option<(u8, usize)>,
+    /// The inline message whose PART frames are arriving: sequence number, total length,
+    /// the bytes so far.
+    partial: Option<(u64, u64, BytesMut)>,
 }
 
 impl FrameCodec {
@@ -289,6 +336,7 @@ impl FrameCodec {
         FrameCodec {
             limits,
             pending: None,
+            partial: None,
         }
     }
 
@@ -310,6 +358,12 @@ impl FrameCodec {
                 let max = u64::from(l.max_inline).min(l.max_message_size);
                 (BATCH_FIXED + BATCH_ENTRY, BATCH_FIXED + max as usize)
             }
+            T_PART => {
+                // No larger than an INLINE frame may be (so parts come only from a peer that
+                // sends inline), nor than MAX_PART.
+                let max = u64::from(l.max_inline).min(l.max_message_size);
+                (PART_FIXED + 1, PART_FIXED + (max as usize).min(MAX_PART))
+            }
             T_ACK | T_CLOSE | T_STOP | T_SYNC => (8, 8),
             T_ERROR => (8, 8 + MAX_ERROR_TEXT),
             T_REGION => (REGION_LEN, REGION_LEN),
@@ -317,6 +371,56 @@ impl FrameCodec {
             T_RELEASE => (RELEASE_FIXED + 8, RELEASE_FIXED + 8 * MAX_RELEASES),
             other => return Err(Error::protocol(format!("unknown frame type {other}"))),
         })
+    }
+
+    /// One PART frame: the first one of a message opens it (its total length checked
+    /// against the limits, and larger than a PART could carry alone is not required: a
+    /// sender decides), the others must continue it; the last one completes it, and the
+    /// message comes out as an INLINE frame would.
+    fn decode_part(&mut self, mut body: BytesMut) -> Result<Option<Frame>, Error> {
+        let seq = body.get_u64_le();
+        let total = body.get_u64_le();
+        let max = self
+            .limits
+            .max_message_size
+            .min(u64::from(self.limits.max_inline));
+        let (partial_seq, partial_total, buf) = match self.partial.as_mut() {
+            Some(p) => p,
+            None => {
+                if total > max {
+                    return Err(Error::limit(format!(
+                        "the peer sent the first part of a {total}-byte inline message, more \
+                         than the {max} bytes this side accepts"
+                    )));
+                }
+                // Grown as the parts arrive (a peer that announces a large message and
+                // stalls holds no more than it sent), at most to the message's size.
+                let first = usize::try_from(total).unwrap_or(usize::MAX).min(MAX_PART);
+                self.partial
+                    .insert((seq, total, BytesMut::with_capacity(first)))
+            }
+        };
+        if seq != *partial_seq || total != *partial_total {
+            return Err(Error::protocol(format!(
+                "a PART frame for message {seq} of {total} bytes came while message \
+                 {partial_seq} of {partial_total} bytes was incomplete"
+            )));
+        }
+        let have = buf.len() as u64;
+        if have + body.len() as u64 > total {
+            return Err(Error::protocol(format!(
+                "the parts of message {seq} carry more than its {total} bytes"
+            )));
+        }
+        buf.extend_from_slice(&body);
+        if buf.len() as u64 == total {
+            let (seq, _, buf) = self.partial.take().expect("checked above");
+            return Ok(Some(Frame::Inline {
+                seq,
+                payload: buf.freeze(),
+            }));
+        }
+        Ok(None)
     }
 
     fn decode_body(&self, ty: u8, mut body: Bytes) -> Result<Frame, Error> {
@@ -504,61 +608,82 @@ impl Decoder for FrameCodec {
     type Error = Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, Error> {
-        let (ty, body_len) = match self.pending {
-            Some(p) => p,
-            None => {
-                if src.len() < HEADER_LEN {
-                    make_room(src, HEADER_LEN - src.len());
-                    return Ok(None);
+        // A PART that does not complete its message yields nothing: go on with the next
+        // frame in the buffer (returning `None` would wait for more bytes from the socket).
+        loop {
+            let (ty, body_len) = match self.pending {
+                Some(p) => p,
+                None => {
+                    if src.len() < HEADER_LEN {
+                        make_room(src, HEADER_LEN - src.len());
+                        return Ok(None);
+                    }
+                    let ty = src[0];
+                    let flags = src[1];
+                    let reserved = u16::from_le_bytes([src[2], src[3]]);
+                    let body_len = u32::from_le_bytes([src[4], src[5], src[6], src[7]]) as usize;
+                    let (min, max) = self.max_body(ty)?;
+                    if flags != 0 || reserved != 0 {
+                        return Err(Error::protocol(format!(
+                            "frame type {ty} has flags {flags:#x} and reserved {reserved:#x}; both \
+                             must be 0 in protocol version {VERSION}"
+                        )));
+                    }
+                    if body_len < min || body_len > max {
+                        return Err(match ty {
+                            T_INLINE if body_len > max => Error::limit(format!(
+                                "the peer sent an inline payload of {} bytes, more than the {} \
+                                 this side accepts",
+                                body_len - 8,
+                                max - 8
+                            )),
+                            T_BATCH if body_len > max => Error::limit(format!(
+                                "the peer sent a batch of inline messages of {} bytes, more than \
+                                 the {} this side accepts in one frame",
+                                body_len - BATCH_FIXED,
+                                max - BATCH_FIXED
+                            )),
+                            T_DATA if body_len > max => Error::limit(format!(
+                                "the peer sent a descriptor with more than {} address ranges",
+                                self.limits.max_ranges
+                            )),
+                            _ => Error::protocol(format!(
+                                "frame type {ty} has a {body_len}-byte body; allowed {min}..={max}"
+                            )),
+                        });
+                    }
+                    src.advance(HEADER_LEN);
+                    self.pending = Some((ty, body_len));
+                    (ty, body_len)
                 }
-                let ty = src[0];
-                let flags = src[1];
-                let reserved = u16::from_le_bytes([src[2], src[3]]);
-                let body_len = u32::from_le_bytes([src[4], src[5], src[6], src[7]]) as usize;
-                let (min, max) = self.max_body(ty)?;
-                if flags != 0 || reserved != 0 {
-                    return Err(Error::protocol(format!(
-                        "frame type {ty} has flags {flags:#x} and reserved {reserved:#x}; both \
-                         must be 0 in protocol version {VERSION}"
-                    )));
-                }
-                if body_len < min || body_len > max {
-                    return Err(match ty {
-                        T_INLINE if body_len > max => Error::limit(format!(
-                            "the peer sent an inline payload of {} bytes, more than the {} \
-                             this side accepts",
-                            body_len - 8,
-                            max - 8
-                        )),
-                        T_BATCH if body_len > max => Error::limit(format!(
-                            "the peer sent a batch of inline messages of {} bytes, more than \
-                             the {} this side accepts in one frame",
-                            body_len - BATCH_FIXED,
-                            max - BATCH_FIXED
-                        )),
-                        T_DATA if body_len > max => Error::limit(format!(
-                            "the peer sent a descriptor with more than {} address ranges",
-                            self.limits.max_ranges
-                        )),
-                        _ => Error::protocol(format!(
-                            "frame type {ty} has a {body_len}-byte body; allowed {min}..={max}"
-                        )),
-                    });
-                }
-                src.advance(HEADER_LEN);
-                self.pending = Some((ty, body_len));
-                (ty, body_len)
+            };
+            if src.len() < body_len {
+                // The body length was checked against the limits above.
+                make_room(src, body_len - src.len());
+                return Ok(None);
             }
-        };
-        if src.len() < body_len {
-            // The body length was checked against the limits above.
-            make_room(src, body_len - src.len());
-            return Ok(None);
+            self.pending = None;
+            if ty == T_PART {
+                match self.decode_part(src.split_to(body_len))? {
+                    Some(frame) => return Ok(Some(frame)),
+                    None => continue,
+                }
+            }
+            if self.partial.is_some() && !matches!(ty, T_ACK | T_STOP | T_RELEASE | T_ERROR) {
+                let (seq, total, got) = self
+                    .partial
+                    .as_ref()
+                    .map_or((0, 0, 0), |p| (p.0, p.1, p.2.len()));
+                return Err(Error::protocol(format!(
+                    "frame type {ty} arrived while message {seq} had {got} of its {total} bytes; \
+                     only acknowledgements, STOP, RELEASE and ERROR may come between the parts \
+                     of a message"
+                )));
+            }
+            let body = src.split_to(body_len).freeze();
+            let frame = self.decode_body(ty, body)?;
+            return Ok(Some(frame));
         }
-        self.pending = None;
-        let body = src.split_to(body_len).freeze();
-        let frame = self.decode_body(ty, body)?;
-        Ok(Some(frame))
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, Error> {
@@ -676,6 +801,16 @@ impl Encoder<OutFrame<'_>> for FrameCodec {
             OutFrame::Inline { seq, payload } => {
                 put_header(dst, T_INLINE, 8 + payload.len());
                 dst.put_u64_le(seq);
+                dst.put_slice(payload);
+            }
+            OutFrame::Part {
+                seq,
+                total,
+                payload,
+            } => {
+                put_header(dst, T_PART, PART_FIXED + payload.len());
+                dst.put_u64_le(seq);
+                dst.put_u64_le(total);
                 dst.put_slice(payload);
             }
             OutFrame::Ack { count } => {
@@ -1010,6 +1145,86 @@ mod tests {
         let mut buf = BytesMut::new();
         codec.encode(frame, &mut buf).unwrap();
         codec.decode(&mut buf).unwrap().unwrap()
+    }
+
+    fn parts_codec() -> FrameCodec {
+        let mut codec = FrameCodec::new(limits());
+        codec.accept_inline_messages();
+        codec
+    }
+
+    fn part(seq: u64, total: u64, payload: &[u8]) -> BytesMut {
+        let mut buf = BytesMut::new();
+        parts_codec()
+            .encode(
+                OutFrame::Part {
+                    seq,
+                    total,
+                    payload,
+                },
+                &mut buf,
+            )
+            .unwrap();
+        buf
+    }
+
+    #[test]
+    fn parts_make_one_message_with_acknowledgements_between_them() {
+        let mut codec = parts_codec();
+        let mut src = part(3, 10, b"abcd");
+        codec.encode(OutFrame::Ack { count: 7 }, &mut src).unwrap();
+        src.extend_from_slice(&part(3, 10, b"efg"));
+        src.extend_from_slice(&part(3, 10, b"hij"));
+        // The ACK comes out first; the parts before it are held.
+        assert!(matches!(
+            codec.decode(&mut src).unwrap(),
+            Some(Frame::Ack { count: 7 })
+        ));
+        match codec.decode(&mut src).unwrap() {
+            Some(Frame::Inline { seq: 3, payload }) => assert_eq!(&payload[..], b"abcdefghij"),
+            other => panic!("{other:?}"),
+        }
+        assert!(src.is_empty());
+        assert!(codec.decode(&mut src).unwrap().is_none());
+    }
+
+    #[test]
+    fn parts_that_do_not_add_up_are_protocol_errors() {
+        let cases: [(&[BytesMut], &str); 4] = [
+            (&[part(1, 10, b"abc"), part(2, 10, b"def")], "incomplete"),
+            (&[part(1, 10, b"abc"), part(1, 11, b"def")], "incomplete"),
+            (&[part(1, 4, b"abc"), part(1, 4, b"de")], "more than"),
+            (
+                &[part(1, 10, b"abc"), BytesMut::from(&header(T_CLOSE, 8)[..])],
+                "between the parts",
+            ),
+        ];
+        for (frames, needle) in cases {
+            let mut codec = parts_codec();
+            let mut src = BytesMut::new();
+            for f in frames {
+                src.extend_from_slice(f);
+            }
+            src.extend_from_slice(&[0; 8]); // a CLOSE body, where one is used
+            let err = match codec.decode(&mut src) {
+                Ok(Some(f)) => panic!("decoded {f:?}"),
+                Ok(None) => panic!("waited for more instead of refusing"),
+                Err(e) => e,
+            };
+            assert!(
+                err.is_protocol() && err.to_string().contains(needle),
+                "{err}"
+            );
+        }
+        // Larger than the largest message: refused at the first part, before allocating.
+        let mut codec = parts_codec();
+        let err = codec.decode(&mut part(0, (1 << 20) + 1, b"x")).unwrap_err();
+        assert!(err.is_limit_exceeded(), "{err}");
+        // Without inline messages accepted, a part may be no larger than an inline payload.
+        let err = FrameCodec::new(limits())
+            .decode(&mut part(0, 100, &[0; 65]))
+            .unwrap_err();
+        assert!(err.is_protocol(), "{err}");
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! Each byte-stream scenario runs on `UnixStream::pair()` first (what a socket does is the
 //! expected outcome) and then on `ByteStream` over `Connection::pair()`, on a current-thread
-//! and on a multi-thread runtime. Connections between two processes are covered by
+//! and on a multi-thread runtime, and over the TCP carrier. Connections between two processes are covered by
 //! `tests/stacks.rs` (real protocol stacks) and `tests/transport.rs`.
 
 use std::future::Future;
@@ -42,6 +42,16 @@ async fn unix_pair() -> (UnixStream, UnixStream) {
 async fn pvm_pair() -> (ByteStream, ByteStream) {
     let (a, b) = Connection::pair().await.unwrap();
     (ByteStream::new(a), ByteStream::new(b))
+}
+
+/// A `ByteStream` pair over the TCP carrier (plain, on loopback).
+#[cfg(feature = "tcp")]
+async fn tcp_pair() -> (ByteStream, ByteStream) {
+    let config = Config::new().danger_plain_tcp_on_loopback();
+    let listener = tokio_pvm::Listener::bind_with("tcp://127.0.0.1:0", config.clone()).unwrap();
+    let addr = listener.local_addrs().pop().unwrap();
+    let (a, b) = tokio::join!(listener.accept(), Connection::connect_with(&addr, config));
+    (ByteStream::new(a.unwrap()), ByteStream::new(b.unwrap()))
 }
 
 // ----- the scenarios -----------------------------------------------------------------------
@@ -181,6 +191,16 @@ macro_rules! on_both {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let (a, b) = super::pvm_pair().await;
+                    super::$name(a, b).await;
+                }
+            )*
+        }
+        #[cfg(feature = "tcp")]
+        mod byte_stream_over_tcp {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (a, b) = super::tcp_pair().await;
                     super::$name(a, b).await;
                 }
             )*

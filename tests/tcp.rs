@@ -349,3 +349,102 @@ async fn one_listener_serves_a_unix_socket_and_tcp() {
         assert!(conn.next().await.is_none());
     }
 }
+
+/// A peer over plain TCP that speaks the wire protocol by hand: HELLO and READY (inline), then
+/// whatever the test reads.
+struct RawTcpPeer {
+    sock: std::net::TcpStream,
+}
+
+impl RawTcpPeer {
+    fn handshake(addr: &str) -> RawTcpPeer {
+        use std::io::Write;
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut hello = util::raw::hello_body(&[0; 16]);
+        hello[16..24].copy_from_slice(&0u64.to_le_bytes()); // no cookie address over TCP
+        sock.write_all(&util::raw::frame(util::raw::T_HELLO, &hello))
+            .unwrap();
+        let mut peer = RawTcpPeer { sock };
+        assert_eq!(peer.recv().0, util::raw::T_HELLO);
+        let mut ready = 1u32.to_le_bytes().to_vec(); // INLINE
+        ready.extend_from_slice(&[0; 4]);
+        peer.sock
+            .write_all(&util::raw::frame(util::raw::T_READY, &ready))
+            .unwrap();
+        assert_eq!(peer.recv().0, util::raw::T_READY);
+        peer
+    }
+
+    fn recv(&mut self) -> (u8, Vec<u8>) {
+        use std::io::Read;
+        let mut h = [0u8; 8];
+        self.sock.read_exact(&mut h).unwrap();
+        let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+        let mut body = vec![0; len];
+        self.sock.read_exact(&mut body).unwrap();
+        (h[0], body)
+    }
+}
+
+/// A message larger than 256 KiB travels in PART frames of at most 256 KiB, in order, that
+/// add up to it; a small one in one frame. Neither side buffers more than a part of a large
+/// message besides the message itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_travel_in_bounded_parts() {
+    const T_PART: u8 = 14;
+    let listener = Listener::bind_with("tcp://127.0.0.1:0", plain()).unwrap();
+    let Address::Tcp(addr) = tcp_addr(&listener) else {
+        unreachable!()
+    };
+    let raw = tokio::task::spawn_blocking(move || RawTcpPeer::handshake(&addr));
+    let mut conn = timeout(LIMIT, listener.accept()).await.unwrap().unwrap();
+    let mut peer = raw.await.unwrap();
+    let big = pattern(0, (4 << 20) + 5);
+    let small = pattern(1, 1000);
+    let (b, s) = (big.clone(), small.clone());
+    let reader = tokio::task::spawn_blocking(move || {
+        let (big, small) = (b, s);
+        let mut parts = Vec::new();
+        let mut message = Vec::new();
+        while message.len() < big.len() {
+            let (ty, body) = peer.recv();
+            assert_eq!(ty, T_PART, "a large message travels in parts");
+            assert_eq!(u64::from_le_bytes(body[..8].try_into().unwrap()), 0);
+            assert_eq!(
+                u64::from_le_bytes(body[8..16].try_into().unwrap()),
+                big.len() as u64
+            );
+            parts.push(body.len() - 16);
+            message.extend_from_slice(&body[16..]);
+        }
+        assert_eq!(message, big);
+        let (ty, body) = peer.recv();
+        assert!(
+            ty == util::raw::T_INLINE || ty == util::raw::T_BATCH,
+            "a small message is one frame: {ty}"
+        );
+        assert!(body.ends_with(&small));
+        // The sender's flush asks for the acknowledgement of both (SYNC), after them.
+        let (ty, body) = peer.recv();
+        assert_eq!(ty, util::raw::T_SYNC);
+        assert_eq!(body, 2u64.to_le_bytes());
+        use std::io::Write;
+        peer.sock
+            .write_all(&util::raw::frame(util::raw::T_ACK, &2u64.to_le_bytes()))
+            .unwrap();
+        parts
+    });
+    // The second message waits for the first to be in the socket, as a socket's writer
+    // waits for room.
+    timeout(LIMIT, async {
+        conn.feed(big).await.unwrap();
+        conn.send(small).await.unwrap();
+    })
+    .await
+    .expect("no hang");
+    let parts = timeout(LIMIT, reader).await.unwrap().unwrap();
+    assert!(parts.iter().all(|&n| n <= 256 << 10), "{parts:?}");
+    assert_eq!(parts.len(), 17);
+}

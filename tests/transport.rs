@@ -20,15 +20,14 @@ async fn accept(listener: &mut Listener) -> Connection {
         .expect("accept failed")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_size_from_a_child_arrives_intact() {
-    let dir = temp_dir("sizes");
-    let path = dir.join("s");
-    let mut listener = Listener::bind(&path).unwrap();
-    let child = ChildProc::spawn("send", &[path.to_str().unwrap(), SIZES, "2"]);
+async fn every_size_from_a_child(tcp: bool) {
+    let (mut listener, addr) = listen("sizes", tcp);
+    let child = ChildProc::spawn("send", &[&addr, SIZES, "2"]);
     let mut conn = accept(&mut listener).await;
-    assert_eq!(conn.peer().pid().unwrap(), child.pid());
-    assert_eq!(conn.peer().uid().unwrap(), nix::unistd::getuid().as_raw());
+    if !tcp {
+        assert_eq!(conn.peer().pid().unwrap(), child.pid());
+        assert_eq!(conn.peer().uid().unwrap(), nix::unistd::getuid().as_raw());
+    }
     let sizes: Vec<usize> = SIZES.split(',').map(|s| s.parse().unwrap()).collect();
     let mut seq = 0u64;
     while let Some(m) = timeout(Duration::from_secs(20), conn.next()).await.unwrap() {
@@ -49,11 +48,19 @@ async fn every_size_from_a_child_arrives_intact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_size_to_a_child_arrives_intact() {
-    let dir = temp_dir("sizes-out");
-    let path = dir.join("s");
-    let mut listener = Listener::bind(&path).unwrap();
-    let child = ChildProc::spawn("recv", &[path.to_str().unwrap(), SIZES]);
+async fn every_size_from_a_child_arrives_intact() {
+    every_size_from_a_child(false).await;
+}
+
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_size_from_a_child_over_tcp_arrives_intact() {
+    every_size_from_a_child(true).await;
+}
+
+async fn every_size_to_a_child(tcp: bool) {
+    let (mut listener, addr) = listen("sizes-out", tcp);
+    let child = ChildProc::spawn("recv", &[&addr, SIZES]);
     let mut conn = accept(&mut listener).await;
     let sizes: Vec<usize> = SIZES.split(',').map(|s| s.parse().unwrap()).collect();
     for (seq, &n) in sizes.iter().enumerate() {
@@ -67,6 +74,17 @@ async fn every_size_to_a_child_arrives_intact() {
     let (ok, out) = child.finish(Duration::from_secs(10));
     assert!(ok, "the child found every byte intact");
     assert_eq!(out, [sizes.len().to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_size_to_a_child_arrives_intact() {
+    every_size_to_a_child(false).await;
+}
+
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_size_to_a_child_over_tcp_arrives_intact() {
+    every_size_to_a_child(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,12 +231,25 @@ async fn slow_receiver_holds_the_sender_at_the_window() {
     assert_eq!(out, ["90"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sender_killed_mid_stream_ends_the_stream_with_an_error() {
-    let dir = temp_dir("kill-sender");
-    let path = dir.join("s");
-    let mut listener = Listener::bind(&path).unwrap();
-    let mut child = ChildProc::spawn("flood", &[path.to_str().unwrap(), "1048576"]);
+/// Where a test listens: a Unix socket (`name` in a temporary directory), or TCP on
+/// loopback (plain); and the address a child connects to.
+fn listen(name: &str, tcp: bool) -> (Listener, String) {
+    #[cfg(feature = "tcp")]
+    if tcp {
+        let config = Config::new().danger_plain_tcp_on_loopback();
+        let listener = Listener::bind_with("tcp://127.0.0.1:0", config).unwrap();
+        let addr = listener.local_addrs().remove(0).to_string();
+        return (listener, addr);
+    }
+    assert!(!tcp, "this build has no TCP carrier");
+    let path = temp_dir(name).join("s");
+    let listener = Listener::bind(&path).unwrap();
+    (listener, path.to_str().unwrap().to_owned())
+}
+
+async fn sender_killed_mid_stream(tcp: bool) {
+    let (mut listener, addr) = listen("kill-sender", tcp);
+    let mut child = ChildProc::spawn("flood", &[&addr, "1048576"]);
     let mut conn = accept(&mut listener).await;
     for _ in 0..20 {
         let m = conn.next().await.unwrap().unwrap();
@@ -230,7 +261,7 @@ async fn sender_killed_mid_stream_ends_the_stream_with_an_error() {
             match conn.next().await {
                 Some(Ok(m)) => assert!(
                     check(0, 1 << 20, &m),
-                    "a message pulled before the kill is intact"
+                    "a message received before the kill is intact"
                 ),
                 Some(Err(e)) => break e,
                 None => panic!("stream ended without an error after the peer was killed"),
@@ -240,17 +271,29 @@ async fn sender_killed_mid_stream_ends_the_stream_with_an_error() {
     .await
     .expect("no error within 5 s of the peer's death");
     assert!(end.is_peer_gone(), "{end}");
-    assert!(end.to_string().contains(&child.pid().to_string()), "{end}");
+    let who = match tcp {
+        true => "127.0.0.1".to_owned(),
+        false => child.pid().to_string(),
+    };
+    assert!(end.to_string().contains(&who), "{end}");
     assert!(conn.next().await.is_none(), "one error, then None");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_byte_stream_reading_from_a_killed_peer_sees_a_reset_not_a_broken_pipe() {
+async fn sender_killed_mid_stream_ends_the_stream_with_an_error() {
+    sender_killed_mid_stream(false).await;
+}
+
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_killed_mid_stream_over_tcp_ends_the_stream_with_an_error() {
+    sender_killed_mid_stream(true).await;
+}
+
+async fn byte_stream_reading_from_a_killed_peer(tcp: bool) {
     use tokio::io::AsyncReadExt;
-    let dir = temp_dir("kill-sender-bytes");
-    let path = dir.join("s");
-    let mut listener = Listener::bind(&path).unwrap();
-    let mut child = ChildProc::spawn("flood", &[path.to_str().unwrap(), "1048576"]);
+    let (mut listener, addr) = listen("kill-sender-bytes", tcp);
+    let mut child = ChildProc::spawn("flood", &[&addr, "1048576"]);
     let mut reader = tokio_pvm::ByteStream::new(accept(&mut listener).await);
     let mut buf = vec![0u8; 1 << 20];
     reader.read_exact(&mut buf).await.unwrap();
@@ -270,11 +313,19 @@ async fn a_byte_stream_reading_from_a_killed_peer_sees_a_reset_not_a_broken_pipe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receiver_killed_mid_stream_fails_the_sender_and_releases_buffers() {
-    let dir = temp_dir("kill-receiver");
-    let path = dir.join("s");
-    let mut listener = Listener::bind(&path).unwrap();
-    let mut child = ChildProc::spawn("sink", &[path.to_str().unwrap()]);
+async fn a_byte_stream_reading_from_a_killed_peer_sees_a_reset_not_a_broken_pipe() {
+    byte_stream_reading_from_a_killed_peer(false).await;
+}
+
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_stream_reading_from_a_killed_peer_over_tcp_sees_a_reset() {
+    byte_stream_reading_from_a_killed_peer(true).await;
+}
+
+async fn receiver_killed_mid_stream(tcp: bool) {
+    let (mut listener, addr) = listen("kill-receiver", tcp);
+    let mut child = ChildProc::spawn("sink", &[&addr]);
     let mut conn = accept(&mut listener).await;
     let msg = pattern(1, 1 << 20);
     for _ in 0..50 {
@@ -292,6 +343,17 @@ async fn receiver_killed_mid_stream_fails_the_sender_and_releases_buffers() {
     .expect("no error within 5 s of the peer's death");
     assert!(err.is_peer_gone(), "{err}");
     assert_eq!(conn.in_flight(), (0, 0), "held buffers released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_killed_mid_stream_fails_the_sender_and_releases_buffers() {
+    receiver_killed_mid_stream(false).await;
+}
+
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_killed_mid_stream_over_tcp_fails_the_sender_and_releases_buffers() {
+    receiver_killed_mid_stream(true).await;
 }
 
 /// Runs `child` to completion while `listener` accepts; returns the child's outcome and what

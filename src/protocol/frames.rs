@@ -27,6 +27,20 @@ impl Guard<'_> {
                         self.fail(e, true);
                     }
                 }
+                Poll::Ready(Some(Err(e))) if e.is_peer_gone() => {
+                    // The stream ended inside a frame.
+                    progressed = true;
+                    let peer = self.state.peer_name.clone();
+                    let err = Error::new(
+                        ErrorKind::PeerGone,
+                        format!(
+                            "peer {peer} closed the connection in the middle of a frame: it \
+                             exited, was killed, or the connection was cut; what it was sending \
+                             was lost"
+                        ),
+                    );
+                    self.fail(err, false);
+                }
                 Poll::Ready(Some(Err(e))) => {
                     progressed = true;
                     if is_reset(&e) {

@@ -679,30 +679,40 @@ impl Guard<'_> {
         // over may still sit in the TLS session, waiting for room in the socket.
         let shared = self.shared;
         let mut cx = Context::from_waker(&shared.io_waker);
-        match Pin::new(&mut self.state.io).poll_flush(&mut cx) {
-            Poll::Ready(Ok(())) => {
-                self.state.send.written();
-                set(&self.shared.wakers.deferred, false);
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) if is_reset(&e) => {
-                // The peer closed its end. What it left unread says whether anything of ours
-                // was lost: read on to its end of stream.
-                self.state.write_closed = true;
-                self.state.io.write_buffer_mut().clear();
-                self.state.send.written();
-                self.shared.send_ready.store(false, Ordering::Release);
-                self.drive_read();
-                match self.check_fatal() {
-                    Ok(()) => Poll::Ready(Ok(())),
-                    Err(e) => Poll::Ready(Err(e)),
+        loop {
+            return match Pin::new(&mut self.state.io).poll_flush(&mut cx) {
+                // A message in parts: the next part, now that the buffer is written.
+                Poll::Ready(Ok(())) if self.state.send.in_parts() => match self.pump_parts() {
+                    Ok(_) => continue,
+                    Err(e) => {
+                        self.fail(e.clone(), false);
+                        Poll::Ready(Err(e))
+                    }
+                },
+                Poll::Ready(Ok(())) => {
+                    self.state.send.written();
+                    set(&self.shared.wakers.deferred, false);
+                    Poll::Ready(Ok(()))
                 }
-            }
-            Poll::Ready(Err(e)) => {
-                self.fail(e.clone(), false);
-                Poll::Ready(Err(e))
-            }
-            Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) if is_reset(&e) => {
+                    // The peer closed its end. What it left unread says whether anything of
+                    // ours was lost: read on to its end of stream.
+                    self.state.write_closed = true;
+                    self.state.io.write_buffer_mut().clear();
+                    self.state.send.written();
+                    self.shared.send_ready.store(false, Ordering::Release);
+                    self.drive_read();
+                    match self.check_fatal() {
+                        Ok(()) => Poll::Ready(Ok(())),
+                        Err(e) => Poll::Ready(Err(e)),
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    self.fail(e.clone(), false);
+                    Poll::Ready(Err(e))
+                }
+                Poll::Pending => Poll::Pending,
+            };
         }
     }
 

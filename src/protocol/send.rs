@@ -66,13 +66,31 @@ pub(super) struct SendState {
     /// The peer closed its receiving side (STOP): it acknowledges and discards.
     stopped: bool,
     /// Bytes a dropped [`ByteStream`](crate::ByteStream) had not flushed, sent as the window
-    /// opens.
+    /// opens; and messages handed over while another was still being written in parts.
     pub(super) backlog: VecDeque<Bytes>,
+    /// An inline message being written in PART frames (see [`Guard::pump_parts`]).
+    parts: Option<Parts>,
+    /// A SYNC was wanted while a message was being written in parts: it follows the last.
+    sync_after_parts: bool,
     /// When a dropped sender stops waiting for the peer to pull what it left.
     pub(super) linger_until: Option<Instant>,
 }
 
+/// What is left to write of a message sent in PART frames.
+#[derive(Debug)]
+struct Parts {
+    seq: u64,
+    data: Bytes,
+    /// Bytes of `data` queued so far.
+    at: usize,
+}
+
 impl SendState {
+    /// Whether a message is being written in parts: nothing else may be sent until it is.
+    pub(super) fn in_parts(&self) -> bool {
+        self.parts.is_some()
+    }
+
     /// Messages in flight and their bytes.
     pub(super) fn in_flight(&self) -> (usize, u64) {
         (self.in_flight.len(), self.in_flight_bytes)
@@ -178,6 +196,7 @@ impl SendState {
     /// The connection failed: everything in flight is released.
     pub(super) fn on_fail(&mut self) {
         self.open_batch = None;
+        self.parts = None;
         self.discard_in_flight();
         self.linger_until = None;
     }
@@ -219,6 +238,8 @@ impl Guard<'_> {
     fn ready_at_once(&self) -> bool {
         let batch = (self.state.limits.send_window_messages as usize).div_ceil(4);
         self.state.send.window_open(&self.state.limits)
+            && !self.state.send.in_parts()
+            && self.state.send.backlog.is_empty()
             && self.state.send.unflushed < batch
             && self.state.io.write_buffer().len() < WRITE_BATCH_BYTES
             && self.check_can_send().is_ok()
@@ -234,21 +255,27 @@ impl Guard<'_> {
         self.register(cx);
         loop {
             self.check_can_send()?;
+            // Messages that waited behind one written in parts go first.
+            self.send_backlog();
             let window_open = self.state.send.window_open(&self.state.limits);
             if !window_open {
                 self.request_ack()?;
             }
             // Write queued frames out in batches: when a quarter of the window is queued, when
             // the buffer is large, or when the window is full. The peer pulls one batch while
-            // the next one fills, and small messages cost a fraction of a write each.
+            // the next one fills, and small messages cost a fraction of a write each. A
+            // message in parts is written out before anything else is sent.
+            let busy = self.state.send.in_parts() || !self.state.send.backlog.is_empty();
             if (self.state.send.unflushed >= batch
                 || self.state.io.write_buffer().len() >= WRITE_BATCH_BYTES
-                || !window_open)
+                || !window_open
+                || busy)
                 && let Poll::Ready(Err(e)) = self.flush_writes()
             {
                 return Poll::Ready(Err(e));
             }
-            if self.state.send.window_open(&self.state.limits) {
+            let busy = self.state.send.in_parts() || !self.state.send.backlog.is_empty();
+            if self.state.send.window_open(&self.state.limits) && !busy {
                 self.check_can_send()?;
                 return Poll::Ready(Ok(()));
             }
@@ -271,7 +298,16 @@ impl Guard<'_> {
             self.register(cx);
         }
         self.check_can_send()?;
-        self.send_message(item)?;
+        if self.state.send.in_parts() || !self.state.send.backlog.is_empty() {
+            // Sent without waiting for `poll_ready`: it goes after the message in parts.
+            let item = match item {
+                Outgoing::Owned(item) => item,
+                Outgoing::Borrowed(bytes) => Bytes::copy_from_slice(bytes),
+            };
+            self.state.send.backlog.push_back(item);
+        } else {
+            self.send_message(item)?;
+        }
         let written = match write_out {
             Some(_) => self.write_out_coalesced(),
             None => Poll::Ready(Ok(())),
@@ -310,7 +346,17 @@ impl Guard<'_> {
             (Some(region), Outgoing::Owned(item)) if !inline => region.offset_of(item),
             _ => None,
         };
-        let held = if inline {
+        let held = if inline && len > codec::PART_SIZE as u64 {
+            // Too large for one frame's worth of buffers: written in parts as the socket
+            // takes them.
+            let data = match item {
+                Outgoing::Owned(ref item) => item.clone(),
+                Outgoing::Borrowed(bytes) => Bytes::copy_from_slice(bytes),
+            };
+            self.state.send.parts = Some(Parts { seq, data, at: 0 });
+            self.pump_parts()?;
+            Bytes::new()
+        } else if inline {
             self.queue_inline(seq, item.as_slice())?;
             Bytes::new()
         } else if let (Some(offset), Outgoing::Owned(item)) = (lent_at, &item) {
@@ -357,6 +403,37 @@ impl Guard<'_> {
         Ok(())
     }
 
+    /// Queues the next PART frame of the message being written in parts, if the write
+    /// buffer has room for it (it holds less than a part): the buffer never holds more than
+    /// about one part of a large message, however large. After the last part, a SYNC that
+    /// was wanted meanwhile. Returns whether a part was queued.
+    pub(super) fn pump_parts(&mut self) -> Result<bool> {
+        let st = &mut *self.state;
+        let Some(parts) = st.send.parts.as_mut() else {
+            return Ok(false);
+        };
+        if st.io.write_buffer().len() >= codec::PART_SIZE {
+            return Ok(false);
+        }
+        let end = (parts.at + codec::PART_SIZE).min(parts.data.len());
+        let (seq, total) = (parts.seq, parts.data.len() as u64);
+        let payload = parts.data.slice(parts.at..end);
+        parts.at = end;
+        let last = end == parts.data.len();
+        if last {
+            st.send.parts = None;
+        }
+        self.queue_frame(OutFrame::Part {
+            seq,
+            total,
+            payload: &payload,
+        })?;
+        if last && std::mem::take(&mut self.state.send.sync_after_parts) {
+            self.request_ack()?;
+        }
+        Ok(true)
+    }
+
     /// The peer's application dropped loaned messages: their loans may be lent again once
     /// this side's application has dropped its copies too.
     pub(super) fn on_release(&mut self, mut releases: Releases) -> Result<()> {
@@ -382,6 +459,7 @@ impl Guard<'_> {
     pub(super) fn send_backlog(&mut self) -> bool {
         let mut sent = false;
         while !self.state.send.backlog.is_empty()
+            && !self.state.send.in_parts()
             && self.state.send.window_open(&self.state.limits)
             && self.check_can_send().is_ok()
         {
@@ -450,6 +528,11 @@ impl Guard<'_> {
     fn request_ack(&mut self) -> Result<()> {
         let st = &mut *self.state;
         if !st.send.sync_needed() || st.eof || st.write_closed || st.fatal.is_some() {
+            return Ok(());
+        }
+        if st.send.in_parts() {
+            // A SYNC counts whole messages: it follows the last part.
+            st.send.sync_after_parts = true;
             return Ok(());
         }
         let sent = st.send.sync_queued();

@@ -279,6 +279,17 @@ pub fn run_child_role_with(roles: impl FnOnce(&str, &[String]) -> Option<i32>) {
     std::process::exit(code);
 }
 
+/// Connects to `addr` as the child roles do: a Unix socket path with the default `Config`,
+/// or `tcp://…` on loopback, plain.
+pub async fn connect(addr: &str) -> tokio_pvm::Result<Connection> {
+    #[cfg(feature = "tcp")]
+    if addr.starts_with("tcp://") {
+        let config = tokio_pvm::Config::new().danger_plain_tcp_on_loopback();
+        return Connection::connect_with(addr, config).await;
+    }
+    Connection::connect(addr).await
+}
+
 fn result(line: impl std::fmt::Display) {
     println!("RESULT {line}");
 }
@@ -337,7 +348,7 @@ async fn child_main(role: &str, args: &[String]) -> i32 {
         "send" => {
             let sizes: Vec<usize> = args[1].split(',').map(|s| s.parse().unwrap()).collect();
             let repeat = num(2);
-            let mut conn = Connection::connect(&path).await.unwrap();
+            let mut conn = connect(&args[0]).await.unwrap();
             let mut seq = 0;
             for _ in 0..repeat {
                 for &n in &sizes {
@@ -353,7 +364,7 @@ async fn child_main(role: &str, args: &[String]) -> i32 {
         // list given as SIZES), print the count.
         "recv" => {
             let sizes: Vec<usize> = args[1].split(',').map(|s| s.parse().unwrap()).collect();
-            let mut conn = Connection::connect(&path).await.unwrap();
+            let mut conn = connect(&args[0]).await.unwrap();
             let mut seq = 0u64;
             while let Some(m) = conn.next().await {
                 let m = m.unwrap();
@@ -397,7 +408,7 @@ async fn child_main(role: &str, args: &[String]) -> i32 {
         // flood PATH SIZE: connect and send SIZE-byte messages until killed.
         "flood" => {
             let size = num(1) as usize;
-            let mut conn = Connection::connect(&path).await.unwrap();
+            let mut conn = connect(&args[0]).await.unwrap();
             let msg = pattern(0, size);
             loop {
                 if conn.feed(msg.clone()).await.is_err() {
@@ -407,7 +418,7 @@ async fn child_main(role: &str, args: &[String]) -> i32 {
         }
         // sink PATH: connect and receive until killed.
         "sink" => {
-            let mut conn = Connection::connect(&path).await.unwrap();
+            let mut conn = connect(&args[0]).await.unwrap();
             while let Some(m) = conn.next().await {
                 m.unwrap();
             }

@@ -45,7 +45,7 @@ pub struct RawPeer {
 pub fn hello_body(cookie: &[u8; 16]) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(b"TOKIOPVM");
-    b.extend_from_slice(&4u16.to_le_bytes()); // protocol version
+    b.extend_from_slice(&5u16.to_le_bytes()); // protocol version
     b.extend_from_slice(&0u16.to_le_bytes());
     b.extend_from_slice(&1024u32.to_le_bytes()); // window messages
     b.extend_from_slice(&(cookie.as_ptr() as u64).to_le_bytes());
