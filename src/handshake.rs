@@ -125,6 +125,19 @@ fn timed_out(timeout: Duration) -> Error {
     )
 }
 
+/// Tells a peer over TCP why it is refused before the handshake (a full listener): an
+/// ERROR frame in answer to its HELLO, which its `connect` reports.
+#[cfg(feature = "tcp")]
+pub(crate) async fn refuse_remote(carrier: Carrier, code: ErrorCode, reason: &str) {
+    let mut io = Framed::new(carrier, codec(&Config::default()));
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = io.next().await; // its HELLO
+        refuse(&mut io, code, reason).await;
+        let _ = io.close().await;
+    })
+    .await;
+}
+
 /// The frame codec under `config`'s limits.
 fn codec(config: &Config) -> FrameCodec {
     FrameCodec::new(Limits {

@@ -92,6 +92,10 @@ enum Transport {
     Pvm,
     /// `tokio::net::UnixStream`, for comparison.
     Unix,
+    /// `tokio_pvm::ByteStream` over the TCP carrier (plain, on loopback). The listener writes
+    /// the address it bound into the file at the run's path, where the client reads it.
+    #[cfg(feature = "tcp")]
+    Tcp,
 }
 
 impl Transport {
@@ -99,6 +103,8 @@ impl Transport {
         match self {
             Transport::Pvm => "bytestream",
             Transport::Unix => "unix",
+            #[cfg(feature = "tcp")]
+            Transport::Tcp => "tcp",
         }
     }
 
@@ -106,6 +112,8 @@ impl Transport {
         match name {
             "bytestream" => Transport::Pvm,
             "unix" => Transport::Unix,
+            #[cfg(feature = "tcp")]
+            "tcp" => Transport::Tcp,
             other => panic!("unknown transport {other}"),
         }
     }
@@ -127,6 +135,15 @@ impl Acceptor {
         Ok(match transport {
             Transport::Pvm => Acceptor::Pvm(Box::new(Listener::bind(path)?)),
             Transport::Unix => Acceptor::Unix(UnixListener::bind(path)?),
+            #[cfg(feature = "tcp")]
+            Transport::Tcp => {
+                let listener = Listener::bind_with("tcp://127.0.0.1:0", tcp_config())?;
+                let addr = listener.local_addrs().remove(0).to_string();
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, addr)?;
+                std::fs::rename(&tmp, path)?;
+                Acceptor::Pvm(Box::new(listener))
+            }
         })
     }
 
@@ -135,7 +152,8 @@ impl Acceptor {
         match self {
             Acceptor::Pvm(listener) => {
                 let conn = listener.accept().await?;
-                let pid = conn.peer().pid().unwrap();
+                // Over TCP the peer has no pid: 0.
+                let pid = conn.peer().pid().unwrap_or(0);
                 Ok((Box::new(ByteStream::new(conn)), pid))
             }
             Acceptor::Unix(listener) => {
@@ -167,6 +185,14 @@ async fn connect(transport: Transport, path: &Path) -> io::Result<(Io, i32)> {
                     .map(|cred| (Box::new(stream) as Io, cred.pid().unwrap_or(0))),
                 Err(e) => Err(e),
             },
+            #[cfg(feature = "tcp")]
+            Transport::Tcp => {
+                let addr = std::fs::read_to_string(path)?;
+                Connection::connect_with(addr.as_str(), tcp_config())
+                    .await
+                    .map(|conn| (Box::new(ByteStream::new(conn)) as Io, 0))
+                    .map_err(io::Error::from)
+            }
         };
         match attempt {
             Ok(connected) => return Ok(connected),
@@ -176,6 +202,21 @@ async fn connect(transport: Transport, path: &Path) -> io::Result<(Io, i32)> {
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// The configuration of both ends over the TCP carrier.
+#[cfg(feature = "tcp")]
+fn tcp_config() -> tokio_pvm::Config {
+    tokio_pvm::Config::new().danger_plain_tcp_on_loopback()
+}
+
+/// The pid a peer of `transport` is seen with: over TCP there is none (0).
+fn expected_pid(transport: Transport, pid: i32) -> i32 {
+    match transport {
+        #[cfg(feature = "tcp")]
+        Transport::Tcp => 0,
+        _ => pid,
     }
 }
 
@@ -471,7 +512,11 @@ async fn h2_run(
     let (io, pid) = connect(transport, path)
         .await
         .map_err(|e| format!("connecting: {e}"))?;
-    assert_eq!(pid, child.pid(), "the server runs in the child");
+    assert_eq!(
+        pid,
+        expected_pid(transport, child.pid()),
+        "the server runs in the child"
+    );
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONN_WINDOW)
@@ -592,6 +637,12 @@ async fn hyper_http2_over_bytestream_in_two_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hyper_http2_over_unix_stream_in_two_processes() {
     h2_in_two_processes(Transport::Unix).await;
+}
+
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyper_http2_over_the_tcp_carrier_in_two_processes() {
+    h2_in_two_processes(Transport::Tcp).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -832,7 +883,7 @@ async fn grpc_round(transport: Transport, path: &Path) -> Result<(), String> {
     let child = Child::spawn("grpc_client", &[transport.name(), path.to_str().unwrap()]);
     let (slow_started, mut started) = watch::channel(false);
     let service = EchoServer {
-        client: PeerPid(child.pid()),
+        client: PeerPid(expected_pid(transport, child.pid())),
         slow_started: Arc::new(slow_started),
     };
     let incoming = futures::stream::unfold(acceptor, |mut acceptor| async move {
@@ -899,6 +950,12 @@ async fn tonic_grpc_over_unix_stream_in_two_processes() {
     grpc_in_two_processes(Transport::Unix).await;
 }
 
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tonic_grpc_over_the_tcp_carrier_in_two_processes() {
+    grpc_in_two_processes(Transport::Tcp).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // tokio-tungstenite WebSockets
 
@@ -955,7 +1012,11 @@ async fn ws_run(
     let (io, pid) = connect(transport, path)
         .await
         .map_err(|e| format!("connecting: {e}"))?;
-    assert_eq!(pid, child.pid(), "the server runs in the child");
+    assert_eq!(
+        pid,
+        expected_pid(transport, child.pid()),
+        "the server runs in the child"
+    );
     let (ws, _) = tokio_tungstenite::client_async(format!("ws://localhost/{mode}"), io)
         .await
         .map_err(|e| format!("WebSocket handshake: {e}"))?;

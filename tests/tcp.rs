@@ -448,3 +448,108 @@ async fn large_messages_travel_in_bounded_parts() {
     assert!(parts.iter().all(|&n| n <= 256 << 10), "{parts:?}");
     assert_eq!(parts.len(), 17);
 }
+
+/// Random bytes after the handshake over TCP: the connection ends with an error (or the
+/// stream ends), never a panic or a hang, and the listener goes on accepting.
+#[test]
+fn hostile_bytes_over_tcp_end_only_that_connection() {
+    use proptest::prelude::*;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener =
+        rt.block_on(async { Listener::bind_with("tcp://127.0.0.1:0", plain()).unwrap() });
+    let Address::Tcp(addr) = tcp_addr(&listener) else {
+        unreachable!()
+    };
+    let config = ProptestConfig {
+        cases: 40,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(garbage in proptest::collection::vec(any::<u8>(), 1..2048))| {
+        let a = addr.clone();
+        let raw = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut peer = RawTcpPeer::handshake(&a);
+            let _ = peer.sock.write_all(&garbage);
+            peer
+        });
+        rt.block_on(async {
+            let mut conn = timeout(LIMIT, listener.accept()).await.unwrap().unwrap();
+            let _peer = raw.join().unwrap();
+            let end = timeout(Duration::from_secs(5), async {
+                loop {
+                    match conn.next().await {
+                        Some(Ok(_)) => {} // garbage may happen to be a valid message
+                        Some(Err(e)) => break Some(e),
+                        None => break None,
+                    }
+                }
+            })
+            .await;
+            // Garbage that is a valid prefix waits for the rest of a frame: then the
+            // connection is still open, which is no hang of anything else.
+            if let Ok(Some(e)) = end {
+                assert!(!e.to_string().is_empty());
+            }
+        });
+    });
+    // The listener still serves a well-behaved client.
+    rt.block_on(async {
+        let (accepted, connected) = tokio::join!(
+            listener.accept(),
+            Connection::connect_with(format!("tcp://{addr}"), plain())
+        );
+        let (mut a, mut b) = (accepted.unwrap(), connected.unwrap());
+        b.send(Bytes::from_static(b"still here")).await.unwrap();
+        assert_eq!(a.next().await.unwrap().unwrap(), "still here");
+    });
+}
+
+/// `Config::max_connections` counts TCP connections too: one over the limit is refused with
+/// an error naming the limit, and one is let in again once a connection has gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_counts_tcp_connections() {
+    let listener = std::sync::Arc::new(
+        Listener::bind_with("tcp://127.0.0.1:0", plain().max_connections(1)).unwrap(),
+    );
+    let addr = tcp_addr(&listener);
+    let accepting = {
+        let listener = listener.clone();
+        tokio::spawn(async move {
+            // Each connection is served until its peer leaves, then dropped.
+            while let Ok(mut conn) = listener.accept().await {
+                tokio::spawn(async move { while conn.next().await.is_some() {} });
+            }
+        })
+    };
+    let first = Connection::connect_with(&addr, plain()).await.unwrap();
+    let err = Connection::connect_with(&addr, plain())
+        .await
+        .expect_err("a second connection is over the limit");
+    assert_eq!(err.kind(), ErrorKind::LimitExceeded, "{err}");
+    assert!(err.to_string().contains("Config::max_connections"), "{err}");
+    drop(first);
+    // The listener's copy goes when the peer's end is seen; retry until it has.
+    let mut again = None;
+    for _ in 0..100 {
+        match Connection::connect_with(&addr, plain()).await {
+            Ok(conn) => {
+                again = Some(conn);
+                break;
+            }
+            Err(e) if e.kind() == ErrorKind::LimitExceeded => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        again.is_some(),
+        "a connection is let in once the first has gone"
+    );
+    drop(again);
+    accepting.abort();
+}

@@ -101,6 +101,12 @@ impl Admission {
     }
 
     /// What clients are told when the listener drops them unaccepted.
+    /// The count of live connections, which TCP connections share.
+    #[cfg(feature = "tcp")]
+    pub(super) fn live(&self) -> Arc<AtomicUsize> {
+        self.live.clone()
+    }
+
     pub(super) fn reasons(&self) -> &Reasons {
         &self.reasons
     }
@@ -354,7 +360,7 @@ pub(crate) struct ConnectionPermit {
 
 impl ConnectionPermit {
     /// A permit, unless `max` are out.
-    fn try_new(live: &Arc<AtomicUsize>, max: usize) -> Option<ConnectionPermit> {
+    pub(super) fn try_new(live: &Arc<AtomicUsize>, max: usize) -> Option<ConnectionPermit> {
         live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < max).then_some(n + 1)
         })

@@ -250,9 +250,7 @@ impl Listener {
                     ));
                 }
                 #[cfg(feature = "tcp")]
-                Address::Tcp(host_port) => {
-                    tcp.push(tcp::TcpSide::bind(&host_port, config.clone())?)
-                }
+                Address::Tcp(host_port) => tcp.push(host_port),
                 #[cfg(not(feature = "tcp"))]
                 Address::Tcp(host_port) => {
                     return Err(Error::new(
@@ -279,11 +277,17 @@ impl Listener {
             Some(u) => u.path.clone(),
             None => PathBuf::from("(TCP)"),
         };
+        let admission = Admission::new(&name, config.clone());
+        #[cfg(feature = "tcp")]
+        let tcp = tcp
+            .iter()
+            .map(|host_port| tcp::TcpSide::bind(host_port, config.clone(), admission.live()))
+            .collect::<Result<Vec<_>>>()?;
         let waiters = Arc::new(Waiters::default());
         Ok(Listener {
             unix,
             state: Mutex::new(State {
-                admission: Admission::new(&name, config),
+                admission,
                 backoff: Backoff::default(),
                 #[cfg(feature = "tcp")]
                 tcp,

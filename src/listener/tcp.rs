@@ -2,12 +2,16 @@
 //! connection in a task of its own.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::task::{Context, Poll};
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use super::admission::ConnectionPermit;
+use crate::codec::ErrorCode;
 use crate::config::Config;
 use crate::connection::Connection;
 use crate::error::{Error, ErrorKind, Result};
@@ -22,12 +26,14 @@ pub(super) struct TcpSide {
     addr: SocketAddr,
     config: Config,
     handshakes: JoinSet<Result<Connection>>,
+    /// Live connections of the whole listener, for `Config::max_connections`.
+    live: Arc<AtomicUsize>,
 }
 
 impl TcpSide {
     /// Binds `host_port`. Refuses, before binding, a configuration with neither TLS nor the
     /// plain-TCP opt-in, and plain TCP on an address other than loopback.
-    pub(super) fn bind(host_port: &str, config: Config) -> Result<TcpSide> {
+    pub(super) fn bind(host_port: &str, config: Config, live: Arc<AtomicUsize>) -> Result<TcpSide> {
         if config.tls.is_none() && !config.plain_tcp_on_loopback {
             return Err(Error::new(
                 ErrorKind::PermissionDenied,
@@ -65,6 +71,7 @@ impl TcpSide {
             addr,
             config,
             handshakes: JoinSet::new(),
+            live,
         })
     }
 
@@ -97,6 +104,10 @@ impl TcpSide {
                 match self.listener.poll_accept(cx) {
                     Poll::Ready(Ok((stream, peer))) => {
                         let config = self.config.clone();
+                        let permit = match config.max_connections {
+                            Some(max) => ConnectionPermit::try_new(&self.live, max).ok_or(max),
+                            None => Err(0),
+                        };
                         self.handshakes.spawn(async move {
                             let deadline = tokio::time::Instant::now() + config.handshake_timeout;
                             let (carrier, info) = tokio::time::timeout_at(
@@ -114,11 +125,29 @@ impl TcpSide {
                                     ),
                                 )
                             })??;
+                            let permit = match permit {
+                                Ok(permit) => Some(permit),
+                                Err(0) => None,
+                                Err(max) => {
+                                    let reason = format!(
+                                        "the listener already has {max} connections, the \
+                                         limit set with Config::max_connections; try again \
+                                         later"
+                                    );
+                                    crate::handshake::refuse_remote(
+                                        carrier,
+                                        ErrorCode::Limit,
+                                        &reason,
+                                    )
+                                    .await;
+                                    return Err(Error::limit(format!("refused {info}: {reason}")));
+                                }
+                            };
                             let shared = crate::handshake::handshake_remote(
                                 carrier, info, &config, deadline,
                             )
                             .await?;
-                            Ok(Connection::accepted(shared, None))
+                            Ok(Connection::accepted(shared, permit))
                         });
                         started = true;
                     }
