@@ -553,3 +553,43 @@ async fn the_connection_limit_counts_tcp_connections() {
     drop(again);
     accepting.abort();
 }
+
+/// One `Fanout` publishes to a subscriber over a Unix socket and one over TCP: the same
+/// messages, in order, to both, whatever carries them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fanout_publishes_over_both_carriers() {
+    let dir = util::temp_dir("fanout-both");
+    let path = dir.join("s");
+    let listener = Listener::bind_all(
+        [Address::from(path.as_path()), "tcp://127.0.0.1:0".into()],
+        plain(),
+    )
+    .unwrap();
+    let tcp = tcp_addr(&listener);
+    let subscribe = |addr: Address| async move {
+        let mut conn = Connection::connect_with(&addr, plain()).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(m) = conn.next().await {
+            got.push(m.unwrap());
+        }
+        got
+    };
+    let local = tokio::spawn(subscribe(Address::from(path.as_path())));
+    let remote = tokio::spawn(subscribe(tcp));
+    let mut fanout = tokio_pvm::Fanout::new(&plain());
+    for _ in 0..2 {
+        let conn = timeout(LIMIT, listener.accept()).await.unwrap().unwrap();
+        fanout.subscribe(conn);
+    }
+    let sizes = [0usize, 10, 70_000, 300_000, 3 << 20];
+    for (seq, &n) in sizes.iter().enumerate() {
+        fanout.send(pattern(seq as u64, n)).await.unwrap();
+    }
+    fanout.close().await.unwrap();
+    for got in [local.await.unwrap(), remote.await.unwrap()] {
+        assert_eq!(got.len(), sizes.len());
+        for (seq, m) in got.iter().enumerate() {
+            assert!(check(seq as u64, sizes[seq], m), "message {seq} damaged");
+        }
+    }
+}

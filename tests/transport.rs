@@ -87,15 +87,9 @@ async fn every_size_to_a_child_over_tcp_arrives_intact() {
     every_size_to_a_child(true).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousands_of_messages_stay_in_order() {
-    let dir = temp_dir("order");
-    let path = dir.join("s");
-    let mut listener = Listener::bind(&path).unwrap();
-    let child = ChildProc::spawn(
-        "send",
-        &[path.to_str().unwrap(), "10,100,3000,70000", "2500"],
-    );
+async fn thousands_of_messages_in_order(tcp: bool) {
+    let (mut listener, addr) = listen("order", tcp);
+    let child = ChildProc::spawn("send", &[&addr, "10,100,3000,70000", "2500"]);
     let mut conn = accept(&mut listener).await;
     let sizes = [10usize, 100, 3000, 70000];
     let mut seq = 0u64;
@@ -109,6 +103,17 @@ async fn thousands_of_messages_stay_in_order() {
     }
     assert_eq!(seq, 10_000);
     assert!(child.finish(Duration::from_secs(10)).0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_messages_stay_in_order() {
+    thousands_of_messages_in_order(false).await;
+}
+
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_messages_over_tcp_stay_in_order() {
+    thousands_of_messages_in_order(true).await;
 }
 
 /// A task reading a peer that never stops sending lets the runtime's other tasks run, as a
