@@ -205,6 +205,10 @@ impl Config {
     /// listener drops the oldest connection still without a whole HELLO at once to make room
     /// for the next one, without waiting for this timeout. Raise it only for clients that
     /// stall between connecting and sending, such as a client stopped in a debugger.
+    ///
+    /// On TCP the same time bounds the TLS handshake of an accepted connection (a client
+    /// starts it as soon as it is connected), so that connections that send nothing hold
+    /// one of the listener's 128 TCP handshake slots for no longer than this.
     #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn hello_timeout(mut self, timeout: Duration) -> Config {
         self.hello_timeout = timeout;

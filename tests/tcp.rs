@@ -593,3 +593,53 @@ async fn a_fanout_publishes_over_both_carriers() {
         }
     }
 }
+
+/// Connections that never start TLS cannot keep clients out: each holds a handshake slot for
+/// no longer than `Config::hello_timeout`, and a client behind more of them than there are
+/// slots still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tcp_connections_cannot_keep_a_client_out() {
+    let pki = Pki::new("test CA");
+    let server = Config::new()
+        .tls(pki.tls("server", &pki))
+        .hello_timeout(Duration::from_millis(300));
+    let listener = std::sync::Arc::new(Listener::bind_with("tcp://127.0.0.1:0", server).unwrap());
+    let Address::Tcp(addr) = tcp_addr(&listener) else {
+        unreachable!()
+    };
+    // The listener accepts all along (silent connections take its handshake slots).
+    let (tx, mut accepted) = tokio::sync::mpsc::channel(1);
+    let accepting = {
+        let listener = listener.clone();
+        tokio::spawn(async move {
+            while let Ok(conn) = listener.accept().await {
+                let _ = tx.send(conn).await;
+            }
+        })
+    };
+    // More silent connections than the listener has TLS handshake slots (128).
+    let mut silent = Vec::new();
+    for _ in 0..150 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let client = Config::new().tls(pki.tls("client", &pki));
+    let mut b = timeout(
+        LIMIT,
+        Connection::connect_with(format!("tcp://{addr}"), client),
+    )
+    .await
+    .expect("the client got in")
+    .unwrap();
+    let mut a = accepted.recv().await.unwrap();
+    assert_eq!(a.peer().certificate_subject(), Some("CN=client"));
+    b.send(Bytes::from_static(b"in")).await.unwrap();
+    assert_eq!(a.next().await.unwrap().unwrap(), "in");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?}",
+        started.elapsed()
+    );
+    accepting.abort();
+    drop(silent);
+}

@@ -40,7 +40,8 @@ const BACKLOG: i32 = 1024;
 /// Sockets accepted in a row before finished handshakes are looked at again.
 const ACCEPT_BATCH: usize = 16;
 
-/// Accepts connections on a Unix socket path.
+/// Accepts connections on a Unix socket path, on TCP addresses, or on both (see
+/// [`bind_all`](Listener::bind_all)).
 ///
 /// Each accepted socket runs its handshake in its own task, so a client that stalls or sends
 /// garbage holds up nobody: it fails on its own (logged at `warn`) and [`accept`] goes on
@@ -66,6 +67,11 @@ const ACCEPT_BATCH: usize = 16;
 ///   [`ErrorKind::PeerGone`]), and logged at `warn` at most once a second.
 /// - With [`Config::max_connections`](crate::Config::max_connections), a connection beyond the
 ///   limit is refused with [`ErrorKind::LimitExceeded`] and a message naming the limit.
+/// - On TCP, at most 128 TLS handshakes run at once per address; a connection that has not
+///   finished TLS within [`Config::hello_timeout`](crate::Config::hello_timeout) is dropped,
+///   so silent connections hold a slot for no longer than that, and a connection beyond
+///   [`Config::max_connections`](crate::Config::max_connections) is refused after TLS with
+///   the limit named.
 /// - When the process runs out of file descriptors or kernel memory, [`accept`] says so once
 ///   and pauses accepting (see there) instead of spinning; new connections wait in the backlog.
 ///

@@ -108,47 +108,8 @@ impl TcpSide {
                             Some(max) => ConnectionPermit::try_new(&self.live, max).ok_or(max),
                             None => Err(0),
                         };
-                        self.handshakes.spawn(async move {
-                            let deadline = tokio::time::Instant::now() + config.handshake_timeout;
-                            let (carrier, info) = tokio::time::timeout_at(
-                                deadline,
-                                crate::tcp::accept(stream, peer, &config),
-                            )
-                            .await
-                            .map_err(|_| {
-                                Error::new(
-                                    ErrorKind::Timeout,
-                                    format!(
-                                        "the TLS handshake with {peer} did not finish within \
-                                         {:?}",
-                                        config.handshake_timeout
-                                    ),
-                                )
-                            })??;
-                            let permit = match permit {
-                                Ok(permit) => Some(permit),
-                                Err(0) => None,
-                                Err(max) => {
-                                    let reason = format!(
-                                        "the listener already has {max} connections, the \
-                                         limit set with Config::max_connections; try again \
-                                         later"
-                                    );
-                                    crate::handshake::refuse_remote(
-                                        carrier,
-                                        ErrorCode::Limit,
-                                        &reason,
-                                    )
-                                    .await;
-                                    return Err(Error::limit(format!("refused {info}: {reason}")));
-                                }
-                            };
-                            let shared = crate::handshake::handshake_remote(
-                                carrier, info, &config, deadline,
-                            )
-                            .await?;
-                            Ok(Connection::accepted(shared, permit))
-                        });
+                        self.handshakes
+                            .spawn(handshake(stream, peer, config, permit));
                         started = true;
                     }
                     Poll::Ready(Err(e)) if super::transient_accept_error(&e) => {}
@@ -167,4 +128,44 @@ impl TcpSide {
             }
         }
     }
+}
+
+/// The TLS and protocol handshakes of one accepted connection. `permit` is its place under
+/// `Config::max_connections`: `Err(max)` if the listener is full (the client is told why),
+/// `Err(0)` if there is no limit.
+async fn handshake(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    config: Config,
+    permit: std::result::Result<ConnectionPermit, usize>,
+) -> Result<Connection> {
+    // A client starts TLS as soon as it is connected: one that does not is dropped within
+    // the HELLO timeout, so that silent connections cannot hold the handshake slots.
+    let tls_time = config.hello_timeout.min(config.handshake_timeout);
+    let (carrier, info) = tokio::time::timeout(tls_time, crate::tcp::accept(stream, peer, &config))
+        .await
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the TLS handshake with {peer} did not finish within {tls_time:?} \
+                     (Config::hello_timeout)"
+                ),
+            )
+        })??;
+    let permit = match permit {
+        Ok(permit) => Some(permit),
+        Err(0) => None,
+        Err(max) => {
+            let reason = format!(
+                "the listener already has {max} connections, the limit set with \
+                 Config::max_connections; try again later"
+            );
+            crate::handshake::refuse_remote(carrier, ErrorCode::Limit, &reason).await;
+            return Err(Error::limit(format!("refused {info}: {reason}")));
+        }
+    };
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let shared = crate::handshake::handshake_remote(carrier, info, &config, deadline).await?;
+    Ok(Connection::accepted(shared, permit))
 }
