@@ -1,7 +1,9 @@
 //! Throughput and latency of `tokio-pvm` next to a Unix socket with a length-delimited codec,
 //! the raw `process_vm_readv` ceiling and a single-threaded `memcpy`, between real processes;
-//! and HTTP/2 (hyper) and WebSocket (tokio-tungstenite) over `tokio_pvm::ByteStream` next to
-//! the same over `tokio::net::UnixStream`.
+//! the throughput of `tokio-pvm`'s TCP carrier (mutual TLS) next to a TCP socket with the same
+//! codec, plain and inside TLS, on the loopback interface; and HTTP/2 (hyper) and WebSocket
+//! (tokio-tungstenite) over `tokio_pvm::ByteStream` next to the same over
+//! `tokio::net::UnixStream`.
 //!
 //! ```text
 //! cargo run --release --example bench [-- --json] [--reps N] [--sizes LIST] [--only LIST]
@@ -15,9 +17,11 @@
 //! for them to exit. Nothing is timed in this process. A child that fails, or a measurement
 //! that takes longer than `--timeout` (default 120 s), kills the measurement's children and
 //! becomes an error row; the run goes on. Socket files live in the temporary directory, named
-//! after this process's id, and are removed. Each measurement prints one line on standard
-//! error as it finishes (`[12/96] tokio-pvm 1 MiB rep 2: 4.123 GB/s, 3,931 msg/s`); the
-//! tables (or the JSON) come on standard output at the end.
+//! after this process's id, and are removed; the TLS rows' certificates too, in a directory of
+//! their own removed at the end of the run (see `# Throughput rows`). Each measurement prints
+//! one line on standard error as it finishes
+//! (`[12/96] tokio-pvm 1 MiB rep 2: 4.123 GB/s, 3,931 msg/s`); the tables (or the JSON) come
+//! on standard output at the end.
 //!
 //! # Data
 //! The primary rows send *fresh* messages, as an application does: the sender builds one
@@ -61,9 +65,43 @@
 //!   `tokio_util::codec::Framed` and a `LengthDelimitedCodec` (frames up to 64 MiB, as
 //!   `tokio-pvm`'s default), fresh data: `feed` per message, `close()` at the end (flush,
 //!   then shut the write side down); the receiver reads frames until end of stream.
+//! * `tokio-pvm tcp+tls`: the `tokio-pvm` row's two roles over TCP on the loopback interface.
+//!   The receiver binds `tcp://127.0.0.1:0` (the system chooses the port) and reports the
+//!   address it is bound at (`Listener::local_addrs`), which the sender connects to:
+//!   `tcp://127.0.0.1:PORT`. Every message travels inline through the protocol's frames
+//!   (messages over 256 KiB in parts). Both sides set the `tokio-pvm` row's `Config` plus
+//!   `Config::tls(Tls::from_pem(..))`: mutual TLS, each side with its own certificate (the
+//!   receiver the server's, the sender the client's). `TCP_NODELAY`, the carrier's default.
+//! * `tcp+LengthDelimitedCodec`: the `unix+LengthDelimitedCodec` row over
+//!   `tokio::net::TcpStream` on the loopback interface, `set_nodelay(true)` on both sides;
+//!   the receiver binds `127.0.0.1:0` and reports its port, as above.
+//! * `tcp+tls+LengthDelimitedCodec`: the same inside TLS with `tokio_rustls`, set up as
+//!   `Tls::from_pem` sets up tokio-pvm's: rustls with the `ring` provider and its safe default
+//!   protocol versions (two rustls peers agree on TLS 1.3); the receiver's `TlsAcceptor`
+//!   requires a client certificate signed by the authority (`WebPkiClientVerifier`), the
+//!   sender's `TlsConnector` trusts only the authority, presents its certificate and checks
+//!   that the server's names `127.0.0.1`. Next to the plain row it shows what TLS costs;
+//!   next to `tokio-pvm tcp+tls`, what tokio-pvm's protocol costs on top of the same TLS.
+//!   The server sends TLS 1.3 session tickets after the handshake, which the sender, only
+//!   writing, would leave unread, and a socket closed with unread bytes resets the
+//!   connection, which can destroy the last messages before they are read: so after its
+//!   `close()` the sender reads until end of stream, and the receiver, once it has checked
+//!   the last message, closes its side (close_notify). The clock has stopped by then.
+//!
+//!   The certificates of the two TLS rows are made once per run, before the first
+//!   measurement (untimed), by this process, with rcgen: an authority and two leaf
+//!   certificates it signs (ECDSA P-256), both naming `localhost` and `127.0.0.1`, one for
+//!   the receivers (`server.pem`, `server.key`) and one for the senders (`client.pem`,
+//!   `client.key`), written with the authority's (`ca.pem`) as PEM files into a directory of
+//!   their own in the temporary directory (`tokio-pvm-bench-certs-PID-N`, readable by this
+//!   user only), whose path the TLS children get as their last argument. A child reads its
+//!   files and builds its TLS configuration before it connects or accepts: outside the clock,
+//!   inside the CPU time, as the TLS handshake is. `bench/tcp.rs` has these rows. They need
+//!   the `tcp` feature (a default); built without it, the benchmark has no TCP rows.
 //! * `tokio-pvm [current_thread]`, `unix [current_thread]`, `tokio-pvm [block_on]`,
-//!   `unix [block_on]`: the two rows above in other runtime flavors (see below), for message
-//!   sizes up to 4 KiB only, where the runtime's share of each message's cost is largest.
+//!   `unix [block_on]`: the `tokio-pvm` and `unix+LengthDelimitedCodec` rows in other runtime
+//!   flavors (see below), for message sizes up to 4 KiB only, where the runtime's share of
+//!   each message's cost is largest.
 //! * `tokio-pvm (resent buffer)`, `unix (resent buffer)`: the primary rows with resent data.
 //! * `process_vm_readv (raw)`: the ceiling for anything built on cross memory attach. A source
 //!   child allocates and fills one buffer of the message size, reports its pid and address,
@@ -98,7 +136,8 @@
 //! is GB/s over the Unix row of the same size that sends the same kind of data on the same
 //! runtime flavor: `unix [current_thread]` or `unix [block_on]` for the rows of that flavor,
 //! `unix (resent buffer)` for the resent rows, `unix+LengthDelimitedCodec` for all others
-//! (the loan row, raw, rotated and memcpy included). Without that row (`--only`), it is "-".
+//! (the loan row, the TCP rows, raw, rotated and memcpy included). Without that row
+//! (`--only`), it is "-".
 //!
 //! # CPU
 //! Before and after each measurement this process reads `getrusage(RUSAGE_CHILDREN)`, user +
@@ -205,6 +244,9 @@ mod spawn;
 mod stacks;
 #[path = "common/stats.rs"]
 mod stats;
+#[cfg(feature = "tcp")]
+#[path = "bench/tcp.rs"]
+mod tcp;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -219,28 +261,31 @@ const USAGE: &str = "\
 usage: bench [--json] [--reps N] [--sizes LIST] [--only LIST] [--quick] [--timeout SECS]
 
 Compares tokio-pvm with a Unix socket + LengthDelimitedCodec, raw process_vm_readv and a
-single-threaded memcpy, each measurement between separate child processes. The tokio-pvm
-and unix rows send fresh messages (each one allocated, copied from a 64 MiB pseudo-random
-source and stamped with its sequence number), except the (resent buffer) rows, which send
-one pre-built buffer again and again. tokio-pvm (loan) writes the fresh messages into loans
-of the zero-copy lane. The [current_thread] and [block_on] rows (sizes up to 4 KiB) run both
-sides on those runtime flavors; the others in a task spawned on a multi-thread runtime.
-Protocol stacks (at 1 KiB, 64 KiB and 4 MiB): hyper HTTP/2 (POST requests, 32 in flight,
-answered with bodies of the same size) and tokio-tungstenite WebSocket (binary messages one
-way), each over tokio_pvm::ByteStream and over tokio::net::UnixStream. Latency: tokio-pvm,
-tokio-pvm (loan) and unix at 64 B and 1 MiB. One line per finished measurement goes to
-stderr; the tables (or JSON) to stdout. The methodology is in the comment at the top of
-examples/bench.rs.
+single-threaded memcpy, each measurement between separate child processes; and on loopback
+TCP, tokio-pvm's TCP carrier with mutual TLS (tokio-pvm tcp+tls) next to TcpStream +
+LengthDelimitedCodec, plain (tcp) and inside tokio-rustls with mutual TLS (tcp-tls), the
+certificates made once per run. The tokio-pvm, unix and tcp rows send fresh messages (each
+one allocated, copied from a 64 MiB pseudo-random source and stamped with its sequence
+number), except the (resent buffer) rows, which send one pre-built buffer again and again.
+tokio-pvm (loan) writes the fresh messages into loans of the zero-copy lane. The
+[current_thread] and [block_on] rows (sizes up to 4 KiB) run both sides on those runtime
+flavors; the others in a task spawned on a multi-thread runtime. Protocol stacks (at 1 KiB,
+64 KiB and 4 MiB): hyper HTTP/2 (POST requests, 32 in flight, answered with bodies of the
+same size) and tokio-tungstenite WebSocket (binary messages one way), each over
+tokio_pvm::ByteStream and over tokio::net::UnixStream. Latency: tokio-pvm, tokio-pvm (loan)
+and unix at 64 B and 1 MiB. One line per finished measurement goes to stderr; the tables (or
+JSON) to stdout. The methodology is in the comment at the top of examples/bench.rs.
 
   --json          print the results as JSON instead of tables
   --reps N        repetitions of every measurement (default 5; 1 with --quick)
   --sizes LIST    message sizes of the throughput rows, comma-separated, in bytes or with
                   K/KiB, M/MiB, G/GiB (default 64,1K,16K,256K,1M,16M)
-  --only LIST     measure only these rows, comma-separated: pvm, pvm-loan, unix,
-                  pvm-current-thread, unix-current-thread, pvm-block-on, unix-block-on,
-                  pvm-resent, unix-resent, raw, rotated, memcpy (throughput); h2-pvm,
-                  h2-unix, ws-pvm, ws-unix (protocol stacks); lat-pvm, lat-pvm-loan,
-                  lat-unix (latency); throughput, stacks, latency (all of each)
+  --only LIST     measure only these rows, comma-separated: pvm, pvm-loan, unix, pvm-tcp,
+                  tcp, tcp-tls (the TCP rows need the tcp feature), pvm-current-thread,
+                  unix-current-thread, pvm-block-on, unix-block-on, pvm-resent,
+                  unix-resent, raw, rotated, memcpy (throughput); h2-pvm, h2-unix, ws-pvm,
+                  ws-unix (protocol stacks); lat-pvm, lat-pvm-loan, lat-unix (latency);
+                  throughput, stacks, latency (all of each)
   --quick         a much smaller run, as a smoke test
   --timeout SECS  give up on a measurement after SECS seconds (default 120)";
 
@@ -264,6 +309,9 @@ pub(crate) enum Transport {
     PvmLoan,
     /// Fresh messages (see `fresh.rs`), both children on runtimes of the flavor.
     Unix(Flavor),
+    /// Fresh messages over TCP on the loopback interface (see `tcp.rs`).
+    #[cfg(feature = "tcp")]
+    Tcp(tcp::TcpRow),
     /// One pre-built message, resent.
     PvmResent,
     /// One pre-built message, resent.
@@ -275,10 +323,16 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
-    const ALL: [Transport; 12] = [
+    const ALL: &[Transport] = &[
         Transport::Pvm(Flavor::Spawned),
         Transport::PvmLoan,
         Transport::Unix(Flavor::Spawned),
+        #[cfg(feature = "tcp")]
+        Transport::Tcp(tcp::TcpRow::Pvm),
+        #[cfg(feature = "tcp")]
+        Transport::Tcp(tcp::TcpRow::Plain),
+        #[cfg(feature = "tcp")]
+        Transport::Tcp(tcp::TcpRow::Tls),
         Transport::Pvm(Flavor::CurrentThread),
         Transport::Unix(Flavor::CurrentThread),
         Transport::Pvm(Flavor::BlockOn),
@@ -304,6 +358,8 @@ impl Transport {
             Transport::Unix(Flavor::Spawned) => "unix",
             Transport::Unix(Flavor::CurrentThread) => "unix-current-thread",
             Transport::Unix(Flavor::BlockOn) => "unix-block-on",
+            #[cfg(feature = "tcp")]
+            Transport::Tcp(row) => row.key(),
             Transport::PvmResent => "pvm-resent",
             Transport::UnixResent => "unix-resent",
             Transport::Raw => "raw",
@@ -323,8 +379,8 @@ impl Transport {
         }
     }
 
-    /// For the rows of a sender and a receiver over a socket: the children's roles, their
-    /// runtime flavor and what the sender sends.
+    /// For the rows of a sender and a receiver over a Unix socket: the children's roles,
+    /// their runtime flavor and what the sender sends. (The TCP rows are `tcp.rs`'s.)
     fn stream_roles(self) -> Option<(&'static str, &'static str, Flavor, Data)> {
         let (pvm, unix) = (("pvm-recv", "pvm-send"), ("unix-recv", "unix-send"));
         let ((recv, send), flavor, data) = match self {
@@ -334,6 +390,8 @@ impl Transport {
             Transport::PvmResent => (pvm, Flavor::Spawned, Data::Resent),
             Transport::UnixResent => (unix, Flavor::Spawned, Data::Resent),
             Transport::Raw | Transport::RawRotating | Transport::Memcpy => return None,
+            #[cfg(feature = "tcp")]
+            Transport::Tcp(_) => return None,
         };
         Some((recv, send, flavor, data))
     }
@@ -376,6 +434,8 @@ impl Row for Transport {
             Transport::Unix(Flavor::Spawned) => "unix+LengthDelimitedCodec",
             Transport::Unix(Flavor::CurrentThread) => "unix [current_thread]",
             Transport::Unix(Flavor::BlockOn) => "unix [block_on]",
+            #[cfg(feature = "tcp")]
+            Transport::Tcp(row) => row.label(),
             Transport::PvmResent => "tokio-pvm (resent buffer)",
             Transport::UnixResent => "unix (resent buffer)",
             Transport::Raw => "process_vm_readv (raw)",
@@ -568,11 +628,11 @@ fn parse_only(list: &str) -> Result<Selection, String> {
     let (mut rows, mut stacks, mut latency) = (Vec::new(), Vec::new(), Vec::new());
     for key in list.split(',').map(str::trim).filter(|k| !k.is_empty()) {
         match key {
-            "throughput" => rows.extend(Transport::ALL),
+            "throughput" => rows.extend_from_slice(Transport::ALL),
             "stacks" => stacks.extend(Stack::ALL),
             "latency" => latency.extend(LATENCY_ROWS),
             _ => {
-                if let Some(t) = Transport::ALL.into_iter().find(|t| t.key() == key) {
+                if let Some(t) = Transport::ALL.iter().copied().find(|t| t.key() == key) {
                     rows.push(t);
                 } else if let Some(s) = Stack::ALL.into_iter().find(|s| s.key() == key) {
                     stacks.push(s);
@@ -591,7 +651,7 @@ fn parse_only(list: &str) -> Result<Selection, String> {
         return Err(format!("--only needs at least one row; {}", only_keys()));
     }
     Ok(Selection {
-        rows: in_order(&Transport::ALL, &rows),
+        rows: in_order(Transport::ALL, &rows),
         stacks: in_order(&Stack::ALL, &stacks),
         latency: in_order(&LATENCY_ROWS, &latency),
     })
@@ -709,8 +769,42 @@ fn parse_source(line: &str) -> Result<Duration, String> {
     }
 }
 
-/// The children of one throughput measurement, and what they reported. The group is dropped
-/// (every child reaped) before this returns.
+/// The receiver and the sender of a stream row, and what they reported. The receiver starts
+/// with `args`, binds, and says `READY`, or `READY ADDR` if the system chose where (a TCP
+/// port): the sender then starts with `ADDR` in place of the first argument (the socket path,
+/// or the address to bind). The group is dropped (every child reaped) before this returns.
+pub(crate) fn run_stream(
+    mut group: Group,
+    (recv, send): (&str, &str),
+    mut args: Vec<String>,
+    data: Data,
+    messages: u64,
+) -> Result<Reported, String> {
+    let receiver = group.spawn_role(recv, &args)?;
+    let ready = group.line(receiver)?;
+    match ready.split_whitespace().collect::<Vec<_>>()[..] {
+        ["READY"] => {}
+        ["READY", addr] => args[0] = addr.to_owned(),
+        _ => return Err(format!("expected READY from {recv}, got {ready:?}")),
+    }
+    let sender = group.spawn_role(send, &args)?;
+    let setup_cpu = parse_source(&group.line(sender)?)?;
+    let report = group.line(receiver)?;
+    let loans = match data {
+        Data::Loan => Some(Loans::parse(&group.line(sender)?)?),
+        Data::Fresh | Data::Resent => None,
+    };
+    group.wait_all()?;
+    drop(group);
+    Ok(Reported {
+        elapsed: parse_done(&report, messages)?,
+        setup_cpu,
+        loans,
+    })
+}
+
+/// The children of one throughput measurement (other than a TCP row's, see `tcp.rs`), and
+/// what they reported. The group is dropped (every child reaped) before this returns.
 fn run_throughput(
     exe: &Path,
     transport: Transport,
@@ -722,29 +816,14 @@ fn run_throughput(
     let (s, n) = (size.to_string(), messages.to_string());
     if let Some((recv, send, flavor, data)) = transport.stream_roles() {
         let path = RemoveOnDrop(socket_path("tokio-pvm-bench"));
-        let args = [
+        let args = vec![
             path_arg(&path.0)?,
             s,
             n,
             flavor.arg().to_owned(),
             data.arg().to_owned(),
         ];
-        let receiver = group.spawn_role(recv, &args)?;
-        expect_line(group.line(receiver)?, "READY")?;
-        let sender = group.spawn_role(send, &args)?;
-        let setup_cpu = parse_source(&group.line(sender)?)?;
-        let report = group.line(receiver)?;
-        let loans = match data {
-            Data::Loan => Some(Loans::parse(&group.line(sender)?)?),
-            Data::Fresh | Data::Resent => None,
-        };
-        group.wait_all()?;
-        drop(group);
-        return Ok(Reported {
-            elapsed: parse_done(&report, messages)?,
-            setup_cpu,
-            loans,
-        });
+        return run_stream(group, (recv, send), args, data, messages);
     }
     let report = match transport {
         Transport::Raw | Transport::RawRotating => {
@@ -989,10 +1068,19 @@ fn run(opts: &Options, command: String) -> Result<Results, String> {
         total: opts.reps * (cells.len() + stacks.len() + latency.len()),
         done: 0,
     };
+    // The TLS rows' certificates, made once (untimed) if any is measured; the directory is
+    // removed when `certs` is dropped, at the end of the run.
+    #[cfg(feature = "tcp")]
+    let certs = tcp::Certs::for_rows(&opts.only.rows)?;
 
     for rep in 0..opts.reps {
         for cell in &mut cells {
             cell.measure_once(rep + 1, &mut progress, |c| {
+                #[cfg(feature = "tcp")]
+                if let Transport::Tcp(row) = c.transport {
+                    let certs = certs.as_ref();
+                    return tcp::run_tcp(&exe, row, c.size, c.messages, certs, opts.timeout);
+                }
                 run_throughput(&exe, c.transport, c.size, c.messages, opts.timeout)
             });
         }
@@ -1118,6 +1206,12 @@ mod tests {
                 .contains("pvm-block-on")
         );
         assert!(parse_only(" , ").is_err());
+        #[cfg(feature = "tcp")]
+        {
+            let only = parse_only("tcp-tls,pvm-tcp,tcp,unix").unwrap();
+            let keys: Vec<&str> = only.rows.iter().map(|t| t.key()).collect();
+            assert_eq!(keys, ["unix", "pvm-tcp", "tcp", "tcp-tls"]);
+        }
         assert!(parse_only("lat-raw").is_err());
         assert!(parse_only("lat-h2-pvm").is_err());
     }

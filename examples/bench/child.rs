@@ -4,6 +4,8 @@
 //! standard output, one line per report:
 //!
 //! * `READY`: a listener is bound and the peer may be started.
+//! * `READY ADDR`: (a TCP receiver) a listener is bound at `ADDR`, a port the system chose;
+//!   the peer connects there.
 //! * `SRC PID ADDR`: (raw source) the buffer to read lives at `ADDR` in process `PID`.
 //! * `SOURCE CPU_NS`: (a throughput sender, first) the CPU time it took to build what it makes
 //!   its messages from (the fresh source, or the one resent message).
@@ -15,7 +17,8 @@
 //!   (1) or not (0).
 //!
 //! The roles of the protocol-stack rows (`h2-server`, `h2-client`, `ws-server`, `ws-client`)
-//! live in `stacks.rs` and report the same way.
+//! live in `stacks.rs`, those of the TCP rows (`pvm-tcp-recv`, `pvm-tcp-send`, `tcp-recv`,
+//! `tcp-send`, `tcp-tls-recv`, `tcp-tls-send`) in `tcp.rs`; they report the same way.
 //!
 //! Errors go to standard error and make the child exit with a failure status.
 
@@ -117,6 +120,9 @@ pub(crate) fn run(role: &str, args: &[String]) -> Result<(), String> {
         "h2-server" | "h2-client" | "ws-server" | "ws-client" => {
             crate::stacks::run_child(role, args)
         }
+        #[cfg(feature = "tcp")]
+        "pvm-tcp-recv" | "pvm-tcp-send" | "tcp-recv" | "tcp-send" | "tcp-tls-recv"
+        | "tcp-tls-send" => crate::tcp::run_child(role, args),
         other => Err(format!("unknown child role {other:?}")),
     }
 }
@@ -235,17 +241,18 @@ impl Flavor {
     }
 }
 
-/// The arguments of a throughput sender or receiver: `PATH SIZE COUNT FLAVOR DATA`.
-struct StreamArgs {
-    path: String,
-    size: usize,
-    count: u64,
-    flavor: Flavor,
-    data: Data,
+/// The arguments of a throughput sender or receiver: `PATH SIZE COUNT FLAVOR DATA` (for the
+/// TCP roles, `PATH` is the address to bind or to connect to).
+pub(crate) struct StreamArgs {
+    pub(crate) path: String,
+    pub(crate) size: usize,
+    pub(crate) count: u64,
+    pub(crate) flavor: Flavor,
+    pub(crate) data: Data,
 }
 
 impl StreamArgs {
-    fn parse(role: &str, args: &[String]) -> Result<StreamArgs, String> {
+    pub(crate) fn parse(role: &str, args: &[String]) -> Result<StreamArgs, String> {
         let [path, size, count, flavor, data] = args else {
             return Err(format!(
                 "{role} takes PATH SIZE COUNT FLAVOR DATA, got {args:?}"
@@ -304,7 +311,7 @@ fn loan_region(size: usize) -> usize {
 /// The same limits on both sides of a `tokio-pvm` connection: the default window, messages
 /// up to 64 MiB or `size`, whichever is larger, and for [`Data::Loan`] a loan region of
 /// [`loan_region`]`(size)`.
-fn pvm_config(size: usize, data: Data) -> Config {
+pub(crate) fn pvm_config(size: usize, data: Data) -> Config {
     let config = Config::new().max_message_size((size as u64).max(DEFAULT_MAX_MESSAGE_SIZE));
     if data == Data::Loan {
         config.loan_region(loan_region(size))
@@ -315,7 +322,7 @@ fn pvm_config(size: usize, data: Data) -> Config {
 
 /// A length-delimited codec (4-byte length) that accepts frames up to 64 MiB or `size`,
 /// whichever is larger: the same limit as [`pvm_config`].
-fn codec(size: usize) -> LengthDelimitedCodec {
+pub(crate) fn codec(size: usize) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .max_frame_length(size.max(DEFAULT_MAX_MESSAGE_SIZE as usize))
         .new_codec()
@@ -455,7 +462,7 @@ impl Loans {
 }
 
 /// Makes the messages of a sender.
-enum Producer {
+pub(crate) enum Producer {
     Resent(Bytes),
     Fresh(Fresh),
     Loan(Fresh, Loans),
@@ -473,9 +480,10 @@ impl Producer {
     }
 
     /// The next message. A loaning producer loans it from `lender`; without one (never the
-    /// case: the Unix roles refuse loans) it comes from the heap and counts as not shared.
+    /// case: the Unix and TCP roles refuse loans) it comes from the heap and counts as not
+    /// shared.
     #[inline]
-    fn next(&mut self, lender: Option<&Connection>) -> Bytes {
+    pub(crate) fn next(&mut self, lender: Option<&Connection>) -> Bytes {
         match (self, lender) {
             (Producer::Resent(msg), _) => msg.clone(),
             (Producer::Fresh(fresh), _) => fresh.heap(),
@@ -502,7 +510,7 @@ impl Producer {
 }
 
 /// Receives until the stream ends, checking every message, and reports the clock.
-async fn receive_all<St, T, E>(stream: &mut St, a: &StreamArgs) -> Result<(), String>
+pub(crate) async fn receive_all<St, T, E>(stream: &mut St, a: &StreamArgs) -> Result<(), String>
 where
     St: Stream<Item = Result<T, E>> + Unpin,
     T: AsRef<[u8]>,
@@ -521,7 +529,7 @@ where
 
 /// Feeds `count` messages made by `make` (which may use the sink, to loan from it), then
 /// closes the sink.
-async fn feed_all<S>(
+pub(crate) async fn feed_all<S>(
     sink: &mut S,
     count: u64,
     mut make: impl FnMut(&S) -> Bytes,
@@ -559,7 +567,7 @@ async fn pvm_recv(a: StreamArgs) -> Result<(), String> {
 }
 
 /// Makes a sender's [`Producer`] and reports the CPU time that took (see [`report_source`]).
-fn make_producer(data: Data, size: usize) -> Result<Producer, String> {
+pub(crate) fn make_producer(data: Data, size: usize) -> Result<Producer, String> {
     report_source(|| Producer::new(data, size))
 }
 

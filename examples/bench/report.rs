@@ -210,9 +210,9 @@ fn throughput_table(out: &mut String, results: &Results, notes: &mut Notes) {
     for line in [
         "GB = 10^9 bytes. Rates count the messages after the first, timed in the receiving \
          process from the first message's arrival to the last one's.",
-        "Data: every tokio-pvm and unix row sends fresh messages (each copied from a rotating \
-         offset of a 64 MiB pseudo-random source into a new buffer, stamped with its sequence \
-         number in its first and last 8 bytes, which the receiver checks), except the \
+        "Data: every tokio-pvm, unix and tcp row sends fresh messages (each copied from a \
+         rotating offset of a 64 MiB pseudo-random source into a new buffer, stamped with its \
+         sequence number in its first and last 8 bytes, which the receiver checks), except the \
          (resent buffer) rows: one pre-built message sent again and again, hot in the caches; \
          their receiver checks its first and last byte.",
         "tokio-pvm (loan): the fresh messages written straight into Connection::loan buffers, \
@@ -229,6 +229,11 @@ fn throughput_table(out: &mut String, results: &Results, notes: &mut Notes) {
          [current_thread] or unix [block_on] for the rows of that flavor, unix (resent \
          buffer) for the resent rows, unix+LengthDelimitedCodec for the others. spread: \
          (max - min) / median of GB/s over the repetitions.",
+        "tcp rows: TCP over the loopback interface (127.0.0.1), TCP_NODELAY on both sides. \
+         tokio-pvm tcp+tls: a Connection at tcp://127.0.0.1:PORT with Config::tls, every \
+         message inline in the protocol's frames; tcp+tls+LengthDelimitedCodec: the codec \
+         over tokio-rustls. TLS: rustls with ring (TLS 1.3), mutual (each side presents a \
+         certificate of one CA, made once per run, untimed).",
         "raw: one reused destination buffer; rotated: the same loop into as many buffers as \
          the default window holds (16 MiB, at most 1024), used in turn, as a transport's \
          receive buffers are.",
@@ -247,8 +252,13 @@ fn rate_rows<R: Row>(
     units: bool,
 ) {
     let (rate, width) = if units { ("rate", 16) } else { ("msg/s", 12) };
+    // Room for the longest label: 26 characters, or more if a row's label is longer.
+    let names = cells
+        .iter()
+        .map(|c| c.transport.label().len())
+        .fold(26, usize::max);
     let header = format!(
-        "{:>8}  {:<26}  {:>width$}  {:>8}  {:>9}  {:>8}  {:>7}",
+        "{:>8}  {:<names$}  {:>width$}  {:>8}  {:>9}  {:>8}  {:>7}",
         "size", what, rate, "GB/s", "CPU s/GB", "vs unix", "spread"
     );
     let _ = writeln!(out, "{header}");
@@ -265,7 +275,7 @@ fn rate_rows<R: Row>(
         if cell.samples.is_empty() {
             let _ = writeln!(
                 out,
-                "{:>8}  {label:<26}  ERROR: all {} repetition(s) failed, see below",
+                "{:>8}  {label:<names$}  ERROR: all {} repetition(s) failed, see below",
                 size_label(cell.size),
                 cell.errors.len()
             );
@@ -292,7 +302,7 @@ fn rate_rows<R: Row>(
         let loans = loan_mark(notes, what, &cell_loans(cell));
         let _ = writeln!(
             out,
-            "{:>8}  {label:<26}  {per_s:>width$}  {:>8}  {:>9}  {:>8}  {:>7}{mark}{loans}",
+            "{:>8}  {label:<names$}  {per_s:>width$}  {:>8}  {:>9}  {:>8}  {:>7}{mark}{loans}",
             size_label(cell.size),
             num(s.gb_per_s, 3),
             num(s.cpu_s_per_gb, 3),
