@@ -182,15 +182,12 @@ async fn both_directions_at_once() {
     assert_eq!(out, [N.to_string()]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_receiver_holds_the_sender_at_the_window() {
-    let dir = temp_dir("window");
-    let path = dir.join("s");
+async fn slow_receiver_holds_the_sender(tcp: bool) {
     let (win_msgs, win_bytes) = (4u32, 1u64 << 20);
     let size = 300_000usize;
-    let mut listener =
-        Listener::bind_with(&path, Config::new().window(win_msgs, win_bytes)).unwrap();
-    let child = ChildProc::spawn("slow_recv", &[path.to_str().unwrap(), "20"]);
+    let config = Config::new().window(win_msgs, win_bytes);
+    let (mut listener, addr) = listen_with("window", tcp, config);
+    let child = ChildProc::spawn("slow_recv", &[&addr, "20"]);
     let mut conn = accept(&mut listener).await;
     let mut max_seen = (0usize, 0u64);
     let mut blocked = 0;
@@ -236,19 +233,35 @@ async fn slow_receiver_holds_the_sender_at_the_window() {
     assert_eq!(out, ["90"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_receiver_holds_the_sender_at_the_window() {
+    slow_receiver_holds_the_sender(false).await;
+}
+
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_receiver_over_tcp_holds_the_sender_at_the_window() {
+    slow_receiver_holds_the_sender(true).await;
+}
+
 /// Where a test listens: a Unix socket (`name` in a temporary directory), or TCP on
 /// loopback (plain); and the address a child connects to.
 fn listen(name: &str, tcp: bool) -> (Listener, String) {
+    listen_with(name, tcp, Config::new())
+}
+
+/// [`listen`] with `config` (plain TCP allowed on loopback for the TCP carrier).
+fn listen_with(name: &str, tcp: bool, config: Config) -> (Listener, String) {
     #[cfg(feature = "tcp")]
     if tcp {
-        let config = Config::new().danger_plain_tcp_on_loopback();
+        let config = config.danger_plain_tcp_on_loopback();
         let listener = Listener::bind_with("tcp://127.0.0.1:0", config).unwrap();
         let addr = listener.local_addrs().remove(0).to_string();
         return (listener, addr);
     }
     assert!(!tcp, "this build has no TCP carrier");
     let path = temp_dir(name).join("s");
-    let listener = Listener::bind(&path).unwrap();
+    let listener = Listener::bind_with(&path, config).unwrap();
     (listener, path.to_str().unwrap().to_owned())
 }
 

@@ -381,7 +381,7 @@ async fn child_main(role: &str, args: &[String]) -> i32 {
         // slow_recv PATH DELAY_MS: connect, receive slowly, print the count at the end.
         "slow_recv" => {
             let delay = Duration::from_millis(num(1));
-            let mut conn = Connection::connect(&path).await.unwrap();
+            let mut conn = connect(&args[0]).await.unwrap();
             let mut seq = 0u64;
             while let Some(m) = conn.next().await {
                 let m = m.unwrap();
