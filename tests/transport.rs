@@ -119,18 +119,12 @@ async fn thousands_of_messages_over_tcp_stay_in_order() {
 /// A task reading a peer that never stops sending lets the runtime's other tasks run, as a
 /// task reading a socket does: the transport's reads of its control socket take Tokio's
 /// cooperative budget, and a task whose budget ran out yields.
-#[tokio::test(flavor = "current_thread")]
-async fn a_task_reading_a_flood_lets_other_tasks_run() {
+async fn a_task_reading_a_flood(tcp: bool) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     const MESSAGES: u64 = 200_000;
-    let dir = temp_dir("coop");
-    let path = dir.join("s");
-    let mut listener = Listener::bind(&path).unwrap();
-    let child = ChildProc::spawn(
-        "send",
-        &[path.to_str().unwrap(), "10", &MESSAGES.to_string()],
-    );
+    let (mut listener, addr) = listen("coop", tcp);
+    let child = ChildProc::spawn("send", &[&addr, "10", &MESSAGES.to_string()]);
     let mut conn = accept(&mut listener).await;
     let other_ran = Arc::new(AtomicBool::new(false));
     let flag = other_ran.clone();
@@ -154,12 +148,20 @@ async fn a_task_reading_a_flood_lets_other_tasks_run() {
     assert!(finished.await.unwrap().0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_directions_at_once() {
-    let dir = temp_dir("echo");
-    let path = dir.join("s");
-    let mut listener = Listener::bind_with(&path, Config::new().window(16, 8 << 20)).unwrap();
-    let child = ChildProc::spawn("echo", &[path.to_str().unwrap()]);
+#[tokio::test(flavor = "current_thread")]
+async fn a_task_reading_a_flood_lets_other_tasks_run() {
+    a_task_reading_a_flood(false).await;
+}
+
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_task_reading_a_flood_over_tcp_lets_other_tasks_run() {
+    a_task_reading_a_flood(true).await;
+}
+
+async fn both_directions(tcp: bool) {
+    let (mut listener, addr) = listen_with("echo", tcp, Config::new().window(16, 8 << 20));
+    let child = ChildProc::spawn("echo", &[&addr]);
     let conn = accept(&mut listener).await;
     let (mut tx, mut rx) = conn.split();
     const N: u64 = 3000;
@@ -180,6 +182,17 @@ async fn both_directions_at_once() {
     let (ok, out) = child.finish(Duration::from_secs(10));
     assert!(ok);
     assert_eq!(out, [N.to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_at_once() {
+    both_directions(false).await;
+}
+
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_at_once_over_tcp() {
+    both_directions(true).await;
 }
 
 async fn slow_receiver_holds_the_sender(tcp: bool) {
@@ -537,6 +550,25 @@ async fn a_handshake_that_stalls_times_out() {
     let cfg = Config::new().handshake_timeout(Duration::from_millis(300));
     let started = std::time::Instant::now();
     let err = Connection::connect_with(&path, cfg).await.unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    drop(raw);
+}
+
+/// Over TCP: a plain socket that accepts and never speaks holds neither TLS nor the
+/// protocol's handshake longer than the configured times.
+#[cfg(feature = "tcp")]
+#[tokio::test]
+async fn a_tcp_handshake_that_stalls_times_out() {
+    let raw = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp://{}", raw.local_addr().unwrap());
+    let plain = Config::new()
+        .danger_plain_tcp_on_loopback()
+        .handshake_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let err = Connection::connect_with(addr.as_str(), plain)
+        .await
+        .unwrap_err();
     assert!(err.is_timeout(), "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
     drop(raw);

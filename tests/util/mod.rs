@@ -394,7 +394,7 @@ async fn child_main(role: &str, args: &[String]) -> i32 {
         }
         // echo PATH: connect, send back every message received, close when the peer closes.
         "echo" => {
-            let conn = Connection::connect(&path).await.unwrap();
+            let conn = connect(&args[0]).await.unwrap();
             let (mut tx, mut rx) = conn.split();
             let mut n = 0u64;
             while let Some(m) = rx.next().await {
