@@ -15,6 +15,52 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 child_entry!();
 
+/// A connected pair: `Connection::pair()`, or (`tcp`) two ends over the TCP carrier on
+/// loopback, plain.
+async fn pair(tcp: bool) -> (Connection, Connection) {
+    #[cfg(feature = "tcp")]
+    if tcp {
+        let config = tokio_pvm::Config::new().danger_plain_tcp_on_loopback();
+        let listener = tokio_pvm::Listener::bind_with("tcp://127.0.0.1:0", config.clone()).unwrap();
+        let addr = listener.local_addrs().remove(0);
+        let (a, b) = tokio::join!(listener.accept(), Connection::connect_with(&addr, config));
+        return (a.unwrap(), b.unwrap());
+    }
+    assert!(!tcp, "this build has no TCP carrier");
+    Connection::pair().await.unwrap()
+}
+
+/// Runs a scenario over `Connection::pair()` and over the TCP carrier.
+macro_rules! on_both_carriers {
+    ($($name:ident => $scenario:ident),* $(,)?) => {
+        mod unix {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$scenario(false).await;
+                }
+            )*
+        }
+        #[cfg(feature = "tcp")]
+        mod tcp {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$scenario(true).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_carriers!(
+    lines_codec_runs_over_a_byte_stream_both_ways => lines_codec_runs_over_a_byte_stream_both_ways_on,
+    eight_mebibytes_arrive_intact_then_eof => eight_mebibytes_arrive_intact_then_eof_on,
+    a_read_takes_every_byte_that_has_arrived => a_read_takes_every_byte_that_has_arrived_on,
+    every_flushed_write_arrives_when_the_task_budget_runs_out => every_flushed_write_arrives_when_the_task_budget_runs_out_on,
+    request_and_reply_rounds_on_either_carrier => request_and_reply_rounds_on,
+);
+
 /// Reads `stream` to its end in a task of its own.
 fn read_all(mut stream: ByteStream) -> tokio::task::JoinHandle<Vec<u8>> {
     tokio::spawn(async move {
@@ -24,9 +70,8 @@ fn read_all(mut stream: ByteStream) -> tokio::task::JoinHandle<Vec<u8>> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lines_codec_runs_over_a_byte_stream_both_ways() {
-    let (a, b) = Connection::pair().await.unwrap();
+async fn lines_codec_runs_over_a_byte_stream_both_ways_on(tcp: bool) {
+    let (a, b) = pair(tcp).await;
     let mut a = Framed::new(ByteStream::new(a), LinesCodec::new());
     let mut b = Framed::new(ByteStream::with_gather(b, 100), LinesCodec::new());
     let echo = tokio::spawn(async move {
@@ -50,9 +95,8 @@ async fn lines_codec_runs_over_a_byte_stream_both_ways() {
     timeout(LIMIT, echo).await.unwrap().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eight_mebibytes_arrive_intact_then_eof() {
-    let (a, b) = Connection::pair().await.unwrap();
+async fn eight_mebibytes_arrive_intact_then_eof_on(tcp: bool) {
+    let (a, b) = pair(tcp).await;
     let (mut a, b) = (ByteStream::new(a), ByteStream::new(b));
     let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
     let expect = data.clone();
@@ -73,9 +117,8 @@ async fn eight_mebibytes_arrive_intact_then_eof() {
 
 /// A read takes every byte that has arrived, across the messages the peer's flushes made, as
 /// a socket read does (not one message per read).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_takes_every_byte_that_has_arrived() {
-    let (a, b) = Connection::pair().await.unwrap();
+async fn a_read_takes_every_byte_that_has_arrived_on(tcp: bool) {
+    let (a, b) = pair(tcp).await;
     let (mut a, mut b) = (ByteStream::new(a), ByteStream::new(b));
     timeout(LIMIT, async {
         for part in [&b"one "[..], b"two ", b"three"] {
@@ -178,9 +221,8 @@ async fn writes_are_cut_to_what_the_peer_accepts() {
 /// Thousands of small writes, each flushed, from a task that does nothing else: the task's
 /// cooperative budget runs out many times on the way (one unit per flush), and no write is
 /// lost, duplicated or reordered when it does.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_flushed_write_arrives_when_the_task_budget_runs_out() {
-    let (a, b) = Connection::pair().await.unwrap();
+async fn every_flushed_write_arrives_when_the_task_budget_runs_out_on(tcp: bool) {
+    let (a, b) = pair(tcp).await;
     let (mut a, mut b) = (ByteStream::new(a), ByteStream::new(b));
     const WRITES: u32 = 5000;
     let writer = tokio::spawn(async move {
@@ -209,7 +251,11 @@ async fn every_flushed_write_arrives_when_the_task_budget_runs_out() {
 /// flushes that found the peer's earlier bytes unread are written together (by the driver, or
 /// by the read's own poll), and no round waits for a write that nobody makes.
 async fn request_and_reply_rounds() {
-    let (a, b) = Connection::pair().await.unwrap();
+    request_and_reply_rounds_on(false).await;
+}
+
+async fn request_and_reply_rounds_on(tcp: bool) {
+    let (a, b) = pair(tcp).await;
     let (mut a, mut b) = (ByteStream::new(a), ByteStream::new(b));
     let echo = tokio::spawn(async move {
         let mut buf = [0u8; 300];
