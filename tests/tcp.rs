@@ -643,3 +643,43 @@ async fn silent_tcp_connections_cannot_keep_a_client_out() {
     accepting.abort();
     drop(silent);
 }
+
+/// Connections that have authenticated nothing do not count against
+/// `Config::max_connections`: silent TCP sockets cannot lock a Unix client out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tcp_sockets_do_not_use_up_the_connection_limit() {
+    let dir = util::temp_dir("limit-silent");
+    let path = dir.join("s");
+    let listener = std::sync::Arc::new(
+        Listener::bind_all(
+            [Address::from(path.as_path()), "tcp://127.0.0.1:0".into()],
+            plain().max_connections(2),
+        )
+        .unwrap(),
+    );
+    let Address::Tcp(addr) = tcp_addr(&listener) else {
+        unreachable!()
+    };
+    let (tx, mut accepted) = tokio::sync::mpsc::channel(4);
+    let accepting = {
+        let listener = listener.clone();
+        tokio::spawn(async move {
+            while let Ok(conn) = listener.accept().await {
+                let _ = tx.send(conn).await;
+            }
+        })
+    };
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await; // let the listener take them in
+    let local = timeout(LIMIT, Connection::connect(&path))
+        .await
+        .expect("no hang")
+        .expect("the limit is not used up by silent sockets");
+    let conn = accepted.recv().await.unwrap();
+    assert!(conn.peer().is_local());
+    drop((local, conn, silent));
+    accepting.abort();
+}

@@ -245,7 +245,7 @@ impl Listener {
         let mut tcp = Vec::new();
         for addr in addrs {
             match addr.into() {
-                Address::Unix(path) if unix.is_none() => unix = Some(UnixSide::bind(&path)?),
+                Address::Unix(path) if unix.is_none() => unix = Some(path),
                 Address::Unix(path) => {
                     return Err(Error::new(
                         ErrorKind::InvalidInput,
@@ -279,16 +279,15 @@ impl Listener {
                 "Listener::bind_all: no address to listen on",
             ));
         }
-        let name = match &unix {
-            Some(u) => u.path.clone(),
-            None => PathBuf::from("(TCP)"),
-        };
+        let name = unix.clone().unwrap_or_else(|| PathBuf::from("(TCP)"));
         let admission = Admission::new(&name, config.clone());
         #[cfg(feature = "tcp")]
         let tcp = tcp
             .iter()
             .map(|host_port| tcp::TcpSide::bind(host_port, config.clone(), admission.live()))
             .collect::<Result<Vec<_>>>()?;
+        // The socket file last: a TCP address that cannot be bound leaves no file behind.
+        let unix = unix.map(|path| UnixSide::bind(&path)).transpose()?;
         let waiters = Arc::new(Waiters::default());
         Ok(Listener {
             unix,

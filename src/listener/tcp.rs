@@ -6,11 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::task::{Context, Poll};
 
+use std::collections::VecDeque;
+
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, warn};
 
 use super::admission::ConnectionPermit;
+use super::backoff::Backoff;
 use crate::codec::ErrorCode;
 use crate::config::Config;
 use crate::connection::Connection;
@@ -20,14 +23,21 @@ use crate::error::{Error, ErrorKind, Result};
 /// new connections wait in the kernel's backlog.
 const MAX_HANDSHAKES: usize = 128;
 
+/// Sockets accepted in a row before finished handshakes (and other tasks) get their turn.
+const ACCEPT_BATCH: usize = 16;
+
 /// One listening TCP socket.
 pub(super) struct TcpSide {
     listener: TcpListener,
     addr: SocketAddr,
     config: Config,
     handshakes: JoinSet<Result<Connection>>,
+    /// The handshakes under way, oldest first, to drop the oldest when every slot is taken.
+    started: VecDeque<AbortHandle>,
     /// Live connections of the whole listener, for `Config::max_connections`.
     live: Arc<AtomicUsize>,
+    /// The pause after running out of descriptors or memory.
+    backoff: Backoff,
 }
 
 impl TcpSide {
@@ -71,7 +81,9 @@ impl TcpSide {
             addr,
             config,
             handshakes: JoinSet::new(),
+            started: VecDeque::new(),
             live,
+            backoff: Backoff::default(),
         })
     }
 
@@ -83,6 +95,19 @@ impl TcpSide {
     /// Handshakes under way.
     pub(super) fn handshakes(&self) -> usize {
         self.handshakes.len()
+    }
+
+    /// With every handshake slot taken, drops the oldest handshake still under way (as the
+    /// Unix side drops the oldest connection without a HELLO): a flood of silent connections
+    /// then costs a real client a slot's turn, not the whole timeout.
+    fn make_room(&mut self) {
+        self.started.retain(|h| !h.is_finished());
+        while self.started.len() >= MAX_HANDSHAKES {
+            match self.started.pop_front() {
+                Some(oldest) => oldest.abort(),
+                None => break,
+            }
+        }
     }
 
     /// A connection whose handshakes finished, accepting new sockets meanwhile. `Pending`
@@ -99,20 +124,56 @@ impl TcpSide {
                     Err(e) => warn!(addr = %self.addr, error = %e, "TCP handshake task ended"),
                 }
             }
-            let mut started = false;
-            while self.handshakes.len() < MAX_HANDSHAKES {
+            if self.backoff.poll_wait(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let mut started = 0;
+            loop {
+                if started == ACCEPT_BATCH {
+                    // Others' turn (a flood must not hold the thread); then on from here.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 match self.listener.poll_accept(cx) {
                     Poll::Ready(Ok((stream, peer))) => {
-                        let config = self.config.clone();
-                        let permit = match config.max_connections {
-                            Some(max) => ConnectionPermit::try_new(&self.live, max).ok_or(max),
-                            None => Err(0),
-                        };
-                        self.handshakes
-                            .spawn(handshake(stream, peer, config, permit));
-                        started = true;
+                        self.backoff.succeeded();
+                        self.make_room();
+                        let limit = self
+                            .config
+                            .max_connections
+                            .map(|max| (self.live.clone(), max));
+                        let handle = self.handshakes.spawn(handshake(
+                            stream,
+                            peer,
+                            self.config.clone(),
+                            limit,
+                        ));
+                        self.started.push_back(handle);
+                        started += 1;
                     }
                     Poll::Ready(Err(e)) if super::transient_accept_error(&e) => {}
+                    Poll::Ready(Err(e)) if super::out_of_resources(&e) => {
+                        // The socket stays readable: without the pause every poll would
+                        // fail again at once. A handshake under way gives its descriptor back.
+                        if let Some(oldest) = self.started.pop_front() {
+                            oldest.abort();
+                        }
+                        let delay = self.backoff.failed();
+                        if self.backoff.first_in_episode() {
+                            return Poll::Ready(Err(Error::io(
+                                &format!(
+                                    "accepting on tcp://{} (paused; the listener retries on \
+                                     its own)",
+                                    self.addr
+                                ),
+                                e,
+                            )));
+                        }
+                        debug!(addr = %self.addr, error = %e, ?delay, "accepting paused");
+                        if self.backoff.poll_wait(cx).is_pending() {
+                            break;
+                        }
+                    }
                     Poll::Ready(Err(e)) => {
                         return Poll::Ready(Err(Error::io(
                             &format!("accepting on tcp://{}", self.addr),
@@ -123,47 +184,57 @@ impl TcpSide {
                 }
             }
             // A JoinSet polled while it was empty registered no waker for the new tasks.
-            if !started {
+            if started == 0 {
                 return Poll::Pending;
             }
         }
     }
 }
 
-/// The TLS and protocol handshakes of one accepted connection. `permit` is its place under
-/// `Config::max_connections`: `Err(max)` if the listener is full (the client is told why),
-/// `Err(0)` if there is no limit.
+/// The TLS and protocol handshakes of one accepted connection. `limit` is the listener's
+/// count of live connections and `Config::max_connections`: a permit is taken only once TLS
+/// has authenticated the peer, so that connections that prove nothing cannot use the limit
+/// up; a peer over the limit is told why.
 async fn handshake(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     config: Config,
-    permit: std::result::Result<ConnectionPermit, usize>,
+    limit: Option<(Arc<AtomicUsize>, usize)>,
 ) -> Result<Connection> {
-    // A client starts TLS as soon as it is connected: one that does not is dropped within
-    // the HELLO timeout, so that silent connections cannot hold the handshake slots.
-    let tls_time = config.hello_timeout.min(config.handshake_timeout);
-    let (carrier, info) = tokio::time::timeout(tls_time, crate::tcp::accept(stream, peer, &config))
+    // A client speaks first (TLS's ClientHello, or over plain TCP the protocol's HELLO), as
+    // soon as it is connected; one that does not is dropped within the HELLO timeout, and
+    // TLS must finish within it too, so that silent connections cannot hold the slots.
+    let first = config.hello_timeout.min(config.handshake_timeout);
+    let timed_out = || {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "the client at {peer} did not start or finish its handshake within {first:?} \
+                 (Config::hello_timeout)"
+            ),
+        )
+    };
+    // (A peek, not `readable()`, which may report a fresh socket readable with nothing in.)
+    tokio::time::timeout(first, stream.peek(&mut [0u8; 1]))
         .await
-        .map_err(|_| {
-            Error::new(
-                ErrorKind::Timeout,
-                format!(
-                    "the TLS handshake with {peer} did not finish within {tls_time:?} \
-                     (Config::hello_timeout)"
-                ),
-            )
-        })??;
-    let permit = match permit {
-        Ok(permit) => Some(permit),
-        Err(0) => None,
-        Err(max) => {
-            let reason = format!(
-                "the listener already has {max} connections, the limit set with \
-                 Config::max_connections; try again later"
-            );
-            crate::handshake::refuse_remote(carrier, ErrorCode::Limit, &reason).await;
-            return Err(Error::limit(format!("refused {info}: {reason}")));
-        }
+        .map_err(|_| timed_out())?
+        .map_err(|e| Error::io(&format!("reading from {peer}"), e))?;
+    let (carrier, info) = tokio::time::timeout(first, crate::tcp::accept(stream, peer, &config))
+        .await
+        .map_err(|_| timed_out())??;
+    let permit = match limit {
+        None => None,
+        Some((live, max)) => match ConnectionPermit::try_new(&live, max) {
+            Some(permit) => Some(permit),
+            None => {
+                let reason = format!(
+                    "the listener already has {max} connections, the limit set with \
+                     Config::max_connections; try again later"
+                );
+                crate::handshake::refuse_remote(carrier, ErrorCode::Limit, &reason).await;
+                return Err(Error::limit(format!("refused {info}: {reason}")));
+            }
+        },
     };
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
     let shared = crate::handshake::handshake_remote(carrier, info, &config, deadline).await?;

@@ -299,7 +299,9 @@ impl Guard<'_> {
         }
         self.check_can_send()?;
         if self.state.send.in_parts() || !self.state.send.backlog.is_empty() {
-            // Sent without waiting for `poll_ready`: it goes after the message in parts.
+            // Sent without waiting for `poll_ready`: it goes after the message in parts
+            // (refused now if it is too large: later it would end the connection).
+            self.check_size(item.as_slice().len() as u64)?;
             let item = match item {
                 Outgoing::Owned(item) => item,
                 Outgoing::Borrowed(bytes) => Bytes::copy_from_slice(bytes),
@@ -333,13 +335,7 @@ impl Guard<'_> {
     fn send_message(&mut self, item: Outgoing<'_>) -> Result<()> {
         let limits = self.state.limits;
         let len = item.as_slice().len() as u64;
-        if len > limits.send_max_message {
-            return Err(Error::limit(format!(
-                "a {len}-byte message is larger than the peer accepts ({} bytes); the message \
-                 was not sent, raise Config::max_message_size on the receiving side",
-                limits.send_max_message
-            )));
-        }
+        self.check_size(len)?;
         let seq = self.state.send.sent();
         let inline = len <= u64::from(limits.inline_threshold);
         let lent_at = match (&self.shared.lend, &item) {
@@ -380,6 +376,18 @@ impl Guard<'_> {
         };
         self.state.send.push(len, held);
         trace!(seq, len, "message queued");
+        Ok(())
+    }
+
+    /// Whether the peer accepts a message of `len` bytes.
+    fn check_size(&self, len: u64) -> Result<()> {
+        let max = self.state.limits.send_max_message;
+        if len > max {
+            return Err(Error::limit(format!(
+                "a {len}-byte message is larger than the peer accepts ({max} bytes); the \
+                 message was not sent, raise Config::max_message_size on the receiving side"
+            )));
+        }
         Ok(())
     }
 
