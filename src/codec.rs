@@ -321,15 +321,22 @@ pub(crate) struct FrameCodec {
     pending: Option<(u8, usize)>,
     /// The inline message whose PART frames are arriving: sequence number, total length,
     /// the bytes so far.
-    partial: Option<(u64, u64, BytesMut)>,
+    partial: Option<(u64, u64, Vec<u8>)>,
+    /// The peer sends every message inline (see [`FrameCodec::accept_inline_messages`]).
+    inline_mode: bool,
 }
 
 impl FrameCodec {
     /// Accepts inline payloads up to the largest message: the peer sends everything inline.
+    /// Accepts inline messages up to the largest message: the peer sends everything inline,
+    /// those above [`PART_SIZE`] in PART frames. One INLINE or BATCH frame (and one part)
+    /// may then carry up to [`MAX_PART`], so that no single header makes this side reserve
+    /// more than that.
     pub(crate) fn accept_inline_messages(&mut self) {
+        self.inline_mode = true;
         self.limits.max_inline = u32::try_from(self.limits.max_message_size)
             .unwrap_or(u32::MAX)
-            .min(u32::MAX - 16);
+            .min(MAX_PART as u32);
     }
 
     pub(crate) fn new(limits: Limits) -> FrameCodec {
@@ -337,6 +344,7 @@ impl FrameCodec {
             limits,
             pending: None,
             partial: None,
+            inline_mode: false,
         }
     }
 
@@ -380,10 +388,15 @@ impl FrameCodec {
     fn decode_part(&mut self, mut body: BytesMut) -> Result<Option<Frame>, Error> {
         let seq = body.get_u64_le();
         let total = body.get_u64_le();
-        let max = self
-            .limits
-            .max_message_size
-            .min(u64::from(self.limits.max_inline));
+        // A peer that sends inline may send messages up to the largest; otherwise no larger
+        // than an INLINE frame could carry.
+        let max = match self.inline_mode {
+            true => self.limits.max_message_size,
+            false => self
+                .limits
+                .max_message_size
+                .min(u64::from(self.limits.max_inline)),
+        };
         let (partial_seq, partial_total, buf) = match self.partial.as_mut() {
             Some(p) => p,
             None => {
@@ -393,11 +406,7 @@ impl FrameCodec {
                          than the {max} bytes this side accepts"
                     )));
                 }
-                // Grown as the parts arrive (a peer that announces a large message and
-                // stalls holds no more than it sent), at most to the message's size.
-                let first = usize::try_from(total).unwrap_or(usize::MAX).min(MAX_PART);
-                self.partial
-                    .insert((seq, total, BytesMut::with_capacity(first)))
+                self.partial.insert((seq, total, Vec::new()))
             }
         };
         if seq != *partial_seq || total != *partial_total {
@@ -412,12 +421,20 @@ impl FrameCodec {
                 "the parts of message {seq} carry more than its {total} bytes"
             )));
         }
+        // Grown as the parts arrive (a peer that announces a large message and stalls holds
+        // no more than twice what it sent), doubling, but never beyond the message's size.
+        let room = buf.capacity() - buf.len();
+        if room < body.len() {
+            let left = usize::try_from(total - have).unwrap_or(usize::MAX);
+            let grow = buf.len().max(body.len()).min(left);
+            buf.reserve_exact(grow.max(body.len()));
+        }
         buf.extend_from_slice(&body);
         if buf.len() as u64 == total {
             let (seq, _, buf) = self.partial.take().expect("checked above");
             return Ok(Some(Frame::Inline {
                 seq,
-                payload: buf.freeze(),
+                payload: Bytes::from(buf),
             }));
         }
         Ok(None)
@@ -1186,6 +1203,45 @@ mod tests {
         }
         assert!(src.is_empty());
         assert!(codec.decode(&mut src).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_message_in_parts_takes_no_more_memory_than_its_size() {
+        let mut codec = FrameCodec::new(Limits {
+            max_message_size: 64 << 20,
+            max_ranges: 4,
+            max_inline: 64 << 10,
+        });
+        codec.accept_inline_messages();
+        let total = (5 << 20) + 3;
+        let data = vec![7u8; total];
+        let mut src = BytesMut::new();
+        let mut out = None;
+        for chunk in data.chunks(PART_SIZE) {
+            src.clear();
+            codec
+                .encode(
+                    OutFrame::Part {
+                        seq: 0,
+                        total: total as u64,
+                        payload: chunk,
+                    },
+                    &mut src,
+                )
+                .unwrap();
+            if let Some(frame) = codec.decode(&mut src).unwrap() {
+                out = Some(frame);
+            }
+        }
+        match out {
+            Some(Frame::Inline { payload, .. }) => assert_eq!(payload.len(), total),
+            other => panic!("{other:?}"),
+        }
+        // One INLINE header cannot make this side reserve more than a part.
+        let mut header = BytesMut::new();
+        put_header(&mut header, T_INLINE, 8 + (60 << 20));
+        let err = codec.decode(&mut header).unwrap_err();
+        assert!(err.is_limit_exceeded(), "{err}");
     }
 
     #[test]

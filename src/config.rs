@@ -458,10 +458,10 @@ impl Config {
     }
 
     /// TCP keep-alive: after `idle` without traffic the kernel probes the peer every tenth
-    /// of that (at least 1 s) and declares the connection dead after 3 unanswered probes, so
-    /// a peer whose host vanished is reported (`PeerGone`) instead of waited for forever.
-    /// Default [`DEFAULT_TCP_KEEPALIVE`] (60 s idle: dead after about 78 s); `None` turns it
-    /// off.
+    /// of that (at least 1 s) and declares the connection dead after 3 unanswered probes, and
+    /// data unacknowledged for as long (`TCP_USER_TIMEOUT`) ends it too, so a peer whose host
+    /// vanished is reported (`PeerGone`) instead of waited for forever, idle or not. Default
+    /// [`DEFAULT_TCP_KEEPALIVE`] (60 s idle: dead after about 78 s); `None` turns both off.
     #[must_use = "a Config setter returns the changed configuration and leaves the original as it was"]
     pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Config {
         self.tcp_keepalive = idle;

@@ -105,8 +105,12 @@ impl PeerInfo {
     }
 
     /// The subject of the certificate the peer presented in the TLS handshake (verified
-    /// against [`Tls`](crate::Tls)'s certificate authorities), as `CN=name, O=org`: the
-    /// peer's identity over TCP. `None` for a local peer and over plain TCP.
+    /// against [`Tls`](crate::Tls)'s certificate authorities), as `CN=name, O=org` in
+    /// certificate order, values escaped as RFC 4514 asks (`\,`, `\+`, control characters in
+    /// hex), so that one attribute cannot read as two: the peer's identity over TCP. `None`
+    /// for a local peer and over plain TCP. An authority may leave the subject empty and
+    /// name the peer in the subject alternative names: then read those from
+    /// [`certificate`](PeerInfo::certificate).
     #[cfg(feature = "tcp")]
     pub fn certificate_subject(&self) -> Option<&str> {
         match &self.kind {
@@ -367,9 +371,10 @@ impl Connection {
                     Error::new(
                         ErrorKind::Timeout,
                         format!(
-                            "the TLS handshake with tcp://{host_port} did not finish within {:?}: \
-                         the peer is not a TLS endpoint, is stuck, or is overloaded",
-                            config.handshake_timeout
+                            "connecting to tcp://{host_port} (TCP, then TLS if configured) \
+                             did not finish within {tls_deadline:?} (Config::connect_timeout \
+                             plus Config::handshake_timeout): the peer is unreachable, not a \
+                             tokio-pvm endpoint, stuck, or overloaded"
                         ),
                     )
                 })??;

@@ -104,6 +104,15 @@ impl AsyncWrite for TcpCarrier {
 /// signed by a trusted authority. rustls does the work, with the `ring` provider, TLS 1.2
 /// and 1.3.
 ///
+/// - One `Tls` serves both roles, so a node's certificate must allow both (extended key
+///   usages `serverAuth` and `clientAuth`, or none).
+/// - Trust a private authority that signs only your nodes: every certificate it signs is let
+///   in, and there is no further authorization (check
+///   [`PeerInfo::certificate_subject`](crate::PeerInfo::certificate_subject) or the
+///   certificate itself after `accept` if some nodes may do less). A public CA bundle would
+///   let in anyone with a certificate from it.
+/// - Revocation lists are not checked: rotate the authority, or keep certificates short-lived.
+///
 /// ```no_run
 /// # fn demo() -> Result<(), tokio_pvm::Error> {
 /// use tokio_pvm::{Config, Tls};
@@ -253,10 +262,11 @@ pub(crate) async fn connect(host_port: &str, config: &Config) -> Result<(Carrier
         .connect(name, stream)
         .await
         .map_err(|e| tls_error(e, &format!("tcp://{host_port}")))?;
-    let certificate = peer_certificate(stream.get_ref().1.peer_certificates());
+    let certificate = peer_certificate(stream.get_ref().1.peer_certificates())
+        .ok_or_else(|| no_certificate(&format!("tcp://{host_port}")))?;
     Ok((
         Carrier::Tcp(TcpCarrier::Tls(Box::new(TlsStream::Client(stream)))),
-        PeerInfo::remote(addr, certificate),
+        PeerInfo::remote(addr, Some(certificate)),
     ))
 }
 
@@ -275,10 +285,11 @@ pub(crate) async fn accept(
         .accept(stream)
         .await
         .map_err(|e| tls_error(e, &format!("the client at {addr}")))?;
-    let certificate = peer_certificate(stream.get_ref().1.peer_certificates());
+    let certificate = peer_certificate(stream.get_ref().1.peer_certificates())
+        .ok_or_else(|| no_certificate(&format!("the client at {addr}")))?;
     Ok((
         Carrier::Tcp(TcpCarrier::Tls(Box::new(TlsStream::Server(stream)))),
-        PeerInfo::remote(addr, certificate),
+        PeerInfo::remote(addr, Some(certificate)),
     ))
 }
 
@@ -345,7 +356,16 @@ fn set_options(stream: &TcpStream, config: &Config) -> Result<()> {
             // Probes every tenth of the idle time (at least 1 s), three unanswered probes
             // and the connection is declared dead.
             setsockopt(&fd, sockopt::TcpKeepInterval, &(secs / 10).max(1))?;
-            setsockopt(&fd, sockopt::TcpKeepCount, &3)
+            setsockopt(&fd, sockopt::TcpKeepCount, &3)?;
+            // Keep-alive probes only an idle connection; a peer whose host vanished while
+            // data was unacknowledged is caught by this instead (milliseconds: the same
+            // bound as the probes', not the kernel's 15 minutes of retransmissions).
+            let probes_ms = u64::from(secs) * 1000 + 3 * u64::from((secs / 10).max(1)) * 1000;
+            setsockopt(
+                &fd,
+                sockopt::TcpUserTimeout,
+                &u32::try_from(probes_ms).unwrap_or(u32::MAX),
+            )
         };
         set().map_err(|e| io("keep-alive", e.into()))?;
     }
@@ -358,6 +378,19 @@ fn host_of(host_port: &str) -> &str {
         .rsplit_once(':')
         .map_or(host_port, |(host, _)| host);
     host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// A TLS peer that presented no certificate (a `Tls::from_rustls` configuration that does
+/// not require one): refused, since its certificate is its identity.
+fn no_certificate(peer: &str) -> Error {
+    Error::new(
+        ErrorKind::PermissionDenied,
+        format!(
+            "TLS handshake with {peer}: it presented no certificate, and over TCP a peer's \
+             certificate is its identity; configure it with Tls::from_pem (or require client \
+             certificates in the rustls ServerConfig given to Tls::from_rustls)"
+        ),
+    )
 }
 
 /// The peer's end-entity certificate and its subject.

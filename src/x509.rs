@@ -15,19 +15,51 @@ pub(crate) fn subject(cert: &[u8]) -> Option<String> {
         tbs = any(tbs)?.1;
     }
     let (mut name, _) = element(tbs, 0x30)?;
-    let mut parts = Vec::new();
+    let mut rdns = Vec::new();
     while !name.is_empty() {
         let (mut rdn, rest) = element(name, 0x31)?;
         name = rest;
+        let mut attributes = Vec::new();
         while !rdn.is_empty() {
             let (atv, rest) = element(rdn, 0x30)?;
             rdn = rest;
             let (oid, value) = element(atv, 0x06)?;
             let (tag, value, _) = tlv(value)?;
-            parts.push(format!("{}={}", oid_name(oid), text(tag, value)));
+            attributes.push(format!("{}={}", oid_name(oid), escape(&text(tag, value))));
+        }
+        // A multi-valued name component joins its attributes with `+` (RFC 4514).
+        rdns.push(attributes.join("+"));
+    }
+    Some(rdns.join(", "))
+}
+
+/// A value escaped as RFC 4514 asks, so that one attribute cannot read as several (`,`, `+`,
+/// `=` and the other specials get a backslash), and control characters in hex (`\0a`), so
+/// that a certificate cannot put line breaks or terminal escapes into logs.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' | ' ' if i == 0 => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' if i == last => out.push_str("\\ "),
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\{b:02x}"));
+                }
+            }
+            c => out.push(c),
         }
     }
-    Some(parts.join(", "))
+    out
 }
 
 /// One element: tag, contents, and what follows it.
@@ -172,6 +204,22 @@ mod tests {
                 .collect();
             let _ = subject(&bytes);
         }
+    }
+
+    #[test]
+    fn values_are_escaped_so_that_one_attribute_cannot_read_as_two() {
+        let mut params = rcgen::CertificateParams::new(vec!["x".into()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mallory, O=Admins\n\u{1b}[31m");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            subject(cert.der()).as_deref(),
+            Some("CN=mallory\\, O\\=Admins\\0a\\1b[31m")
+        );
+        assert_eq!(escape(" #a "), "\\ #a\\ ");
     }
 
     #[test]

@@ -17,6 +17,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio_pvm::{ByteStream, Config, Connection, ErrorKind};
 
+mod util;
+
 /// Every scenario finishes within this, or fails instead of hanging.
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -48,9 +50,24 @@ async fn pvm_pair() -> (ByteStream, ByteStream) {
 #[cfg(feature = "tcp")]
 async fn tcp_pair() -> (ByteStream, ByteStream) {
     let config = Config::new().danger_plain_tcp_on_loopback();
-    let listener = tokio_pvm::Listener::bind_with("tcp://127.0.0.1:0", config.clone()).unwrap();
+    tcp_pair_with(config.clone(), config).await
+}
+
+/// A `ByteStream` pair over the TCP carrier inside mutual TLS: its end of stream is TLS's
+/// `close_notify`, and a cut connection reads as an end without it.
+#[cfg(feature = "tcp")]
+async fn tls_pair() -> (ByteStream, ByteStream) {
+    let pki = util::pki::Pki::new("lifecycle CA");
+    let server = Config::new().tls(pki.tls("server", &pki));
+    let client = Config::new().tls(pki.tls("client", &pki));
+    tcp_pair_with(server, client).await
+}
+
+#[cfg(feature = "tcp")]
+async fn tcp_pair_with(server: Config, client: Config) -> (ByteStream, ByteStream) {
+    let listener = tokio_pvm::Listener::bind_with("tcp://127.0.0.1:0", server).unwrap();
     let addr = listener.local_addrs().pop().unwrap();
-    let (a, b) = tokio::join!(listener.accept(), Connection::connect_with(&addr, config));
+    let (a, b) = tokio::join!(listener.accept(), Connection::connect_with(&addr, client));
     (ByteStream::new(a.unwrap()), ByteStream::new(b.unwrap()))
 }
 
@@ -201,6 +218,16 @@ macro_rules! on_both {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let (a, b) = super::tcp_pair().await;
+                    super::$name(a, b).await;
+                }
+            )*
+        }
+        #[cfg(feature = "tcp")]
+        mod byte_stream_over_tls {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (a, b) = super::tls_pair().await;
                     super::$name(a, b).await;
                 }
             )*

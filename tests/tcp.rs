@@ -13,77 +13,12 @@ use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_pvm::{Address, ByteStream, Config, Connection, ErrorKind, Listener, Tls};
+use util::pki::Pki;
 use util::{check, pattern};
 
 child_entry!();
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-/// A certificate authority and the certificates it signs, as PEM.
-struct Pki {
-    ca: rcgen::Certificate,
-    ca_issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let ca = params.self_signed(&key).unwrap();
-        Pki {
-            ca,
-            ca_issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// A leaf certificate for `names` (DNS names or IP addresses) with common name `cn`,
-    /// valid from `not_before` to `not_after` days from now.
-    fn leaf_valid(&self, cn: &str, names: &[&str], days: (i64, i64)) -> (String, String) {
-        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        let now = time_now();
-        params.not_before = now + rcgen_days(days.0);
-        params.not_after = now + rcgen_days(days.1);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca_issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn leaf(&self, cn: &str, names: &[&str]) -> (String, String) {
-        self.leaf_valid(cn, names, (-1, 30))
-    }
-
-    fn ca_pem(&self) -> String {
-        self.ca.pem()
-    }
-
-    /// TLS for a side with a certificate for `cn` (valid for localhost and 127.0.0.1)
-    /// signed here, trusting `trusted`'s authority.
-    fn tls(&self, cn: &str, trusted: &Pki) -> Tls {
-        let (cert, key) = self.leaf(cn, &["localhost", "127.0.0.1"]);
-        Tls::from_pem(cert.as_bytes(), key.as_bytes(), trusted.ca_pem().as_bytes()).unwrap()
-    }
-}
-
-fn time_now() -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc()
-}
-
-fn rcgen_days(days: i64) -> time::Duration {
-    time::Duration::days(days)
-}
 
 fn plain() -> Config {
     Config::new().danger_plain_tcp_on_loopback()
@@ -682,4 +617,34 @@ async fn silent_tcp_sockets_do_not_use_up_the_connection_limit() {
     assert!(conn.peer().is_local());
     drop((local, conn, silent));
     accepting.abort();
+}
+
+/// A TLS connection cut without `close_notify` (the peer's process died, or the network cut
+/// it) is the peer gone, as over a Unix socket: what arrived is delivered, then `PeerGone`
+/// naming the peer, not a TLS error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_cut_without_close_notify_is_the_peer_gone() {
+    use std::os::fd::AsFd;
+    let pki = Pki::new("test CA");
+    let (mut a, mut b) = round_trip(
+        Config::new().tls(pki.tls("server", &pki)),
+        Config::new().tls(pki.tls("client", &pki)),
+    )
+    .await;
+    b.send(Bytes::from_static(b"last words")).await.unwrap();
+    // Cut the TCP connection under TLS, as a dying process's kernel would.
+    nix::sys::socket::shutdown(
+        std::os::fd::AsRawFd::as_raw_fd(&b.as_fd()),
+        nix::sys::socket::Shutdown::Both,
+    )
+    .unwrap();
+    assert_eq!(a.next().await.unwrap().unwrap(), "last words");
+    let err = timeout(LIMIT, a.next())
+        .await
+        .expect("no hang")
+        .expect("an error, not a clean end")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PeerGone, "{err}");
+    assert!(err.to_string().contains("CN=client"), "{err}");
+    drop(b);
 }

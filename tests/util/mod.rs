@@ -15,6 +15,8 @@ use futures::{SinkExt, StreamExt};
 use tokio_pvm::{Config, Connection, Listener};
 
 pub mod attack;
+#[cfg(feature = "tcp")]
+pub mod pki;
 pub mod raw;
 
 pub mod setuid;
