@@ -86,8 +86,7 @@ const PART_FIXED: usize = 16;
 pub(crate) const MAX_PART: usize = 1 << 20;
 
 /// The size of the parts this side cuts large inline messages into: a message of more than
-/// this travels in PART frames, so that neither side's buffers hold more than a part of it
-/// beyond the message itself.
+/// this travels in PART frames, so that the write buffer holds about a part of it at a time.
 pub(crate) const PART_SIZE: usize = 256 << 10;
 
 /// Codes carried by an ERROR frame.
