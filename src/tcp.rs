@@ -334,8 +334,8 @@ fn check_loopback(stream: &TcpStream, what: &str) -> Result<()> {
             ErrorKind::PermissionDenied,
             format!(
                 "{what}: plain TCP (Config::danger_plain_tcp_on_loopback) is allowed only \
-                 between loopback addresses, and this connection leaves the host; use \
-                 Config::tls"
+                 between loopback addresses (127.0.0.0/8, ::1), and this connection is not; \
+                 use Config::tls"
             ),
         )),
     }

@@ -160,7 +160,7 @@ async fn tls_refusals_name_the_cause_and_the_fix() {
     let err = refused(
         server(),
         Config::new().tls(other.tls("intruder", &pki)),
-        "refused",
+        "authority the peer trusts",
     )
     .await;
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
@@ -177,7 +177,7 @@ async fn tls_refusals_name_the_cause_and_the_fix() {
     // An expired client certificate.
     let (cert, key) = pki.leaf_valid("old", &["localhost"], (-30, -1));
     let expired = Tls::from_pem(cert.as_bytes(), key.as_bytes(), pki.ca_pem().as_bytes()).unwrap();
-    let err = refused(server(), Config::new().tls(expired), "refused").await;
+    let err = refused(server(), Config::new().tls(expired), "expired; renew it").await;
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
 
     // A server certificate that does not name the host connected to.
@@ -212,7 +212,12 @@ async fn tls_refusals_name_the_cause_and_the_fix() {
     let _ = server_side;
     let own = pki.tls("anonymous", &pki);
     let tls = Tls::from_rustls(std::sync::Arc::new(anonymous), own_server(&own));
-    let err = refused(server(), Config::new().tls(tls), "refused").await;
+    let err = refused(
+        server(),
+        Config::new().tls(tls),
+        "give this side a certificate",
+    )
+    .await;
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
 }
 
