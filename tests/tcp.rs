@@ -374,7 +374,8 @@ async fn large_messages_travel_in_bounded_parts() {
         peer.sock
             .write_all(&util::raw::frame(util::raw::T_ACK, &2u64.to_le_bytes()))
             .unwrap();
-        parts
+        // The socket stays open until the test is done: closing it would be the peer gone.
+        (parts, peer)
     });
     // The second message waits for the first to be in the socket, as a socket's writer
     // waits for room.
@@ -384,7 +385,7 @@ async fn large_messages_travel_in_bounded_parts() {
     })
     .await
     .expect("no hang");
-    let parts = timeout(LIMIT, reader).await.unwrap().unwrap();
+    let (parts, _peer) = timeout(LIMIT, reader).await.unwrap().unwrap();
     assert!(parts.iter().all(|&n| n <= 256 << 10), "{parts:?}");
     assert_eq!(parts.len(), 17);
 }
