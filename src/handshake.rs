@@ -102,13 +102,14 @@ pub(crate) async fn handshake_remote(
     let io = Framed::new(carrier, codec(config));
     let timeout = config.handshake_timeout;
     let who = peer.to_string();
+    let tls = peer.certificate().is_some();
     match tokio::time::timeout_at(
         deadline,
         negotiate(io, peer, config, outer).instrument(span),
     )
     .await
     {
-        Ok(result) => result.map_err(|e| crate::tcp::explain(e, &who)),
+        Ok(result) => result.map_err(|e| crate::tcp::explain(e, &who, tls)),
         Err(_) => Err(timed_out(timeout)),
     }
 }

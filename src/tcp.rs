@@ -416,9 +416,18 @@ fn tls_error(e: io::Error, peer: &str) -> Error {
 /// An error of the protocol's handshake that TLS caused: under TLS 1.3 a server refuses the
 /// client's certificate after the client's side of the TLS handshake has finished, so the
 /// client learns of it on its first read.
-pub(crate) fn explain(err: Error, peer: &str) -> Error {
+pub(crate) fn explain(err: Error, peer: &str, tls: bool) -> Error {
     match err.io_source().and_then(rustls_error) {
-        Some(tls) => refusal(tls, peer),
+        Some(e) => refusal(e, peer),
+        // A TLS server drops a client that does not start TLS: over plain TCP, a peer that
+        // hangs up during the handshake is most likely one.
+        None if !tls && err.is_peer_gone() => Error::new(
+            ErrorKind::PeerGone,
+            format!(
+                "{err} (if it uses TLS, this side needs Config::tls too: plain TCP and TLS do \
+                 not meet)"
+            ),
+        ),
         None => err,
     }
 }
@@ -458,6 +467,11 @@ fn refusal(err: &rustls::Error, peer: &str) -> Error {
                 _ => "its log says why",
             };
             format!("it refused this side's TLS handshake ({alert:?}): {fix}")
+        }
+        rustls::Error::InvalidMessage(_) => {
+            "it does not speak TLS: both sides of a TCP connection need Config::tls (or both \
+             Config::danger_plain_tcp_on_loopback), or it is not a tokio-pvm endpoint"
+                .to_owned()
         }
         other => format!("{other}"),
     };

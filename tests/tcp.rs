@@ -654,3 +654,25 @@ async fn a_tls_connection_cut_without_close_notify_is_the_peer_gone() {
     assert!(err.to_string().contains("CN=client"), "{err}");
     drop(b);
 }
+
+/// TLS on one side and plain TCP on the other do not meet, and each side's error says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_plain_tcp_do_not_meet_and_say_why() {
+    let pki = Pki::new("test CA");
+    // A TLS client at a plain listener.
+    let err = refused(
+        plain(),
+        Config::new().tls(pki.tls("client", &pki)),
+        "does not speak TLS",
+    )
+    .await;
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    // A plain client at a TLS listener.
+    let err = refused(
+        Config::new().tls(pki.tls("server", &pki)),
+        plain(),
+        "this side needs Config::tls too",
+    )
+    .await;
+    assert_eq!(err.kind(), ErrorKind::PeerGone, "{err}");
+}
