@@ -293,13 +293,13 @@ pub(crate) async fn accept(
     ))
 }
 
-enum Security<'a> {
+pub(crate) enum Security<'a> {
     Tls(&'a Tls),
     Plain,
 }
 
 /// TLS, or plain TCP if the configuration opted out; neither is an error naming both fixes.
-fn security<'a>(config: &'a Config, host_port: &str) -> Result<Security<'a>> {
+pub(crate) fn security<'a>(config: &'a Config, host_port: &str) -> Result<Security<'a>> {
     match (&config.tls, config.plain_tcp_on_loopback) {
         (Some(tls), _) => Ok(Security::Tls(tls)),
         (None, true) => Ok(Security::Plain),

@@ -32,6 +32,32 @@ fn tcp_addr(listener: &Listener) -> Address {
         .expect("a TCP address")
 }
 
+/// Accepts on `listener` in a task of its own (a listener takes sockets in only while it is
+/// polled), handing each connection over on the channel returned.
+fn accept_in_background(
+    listener: Listener,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::Receiver<Connection>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let task = tokio::spawn(async move {
+        while let Ok(conn) = listener.accept().await {
+            let _ = tx.send(conn).await;
+        }
+    });
+    (task, rx)
+}
+
+/// `n` TCP connections to `addr` that never send a byte.
+async fn silent_sockets(addr: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut silent = Vec::new();
+    for _ in 0..n {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    silent
+}
+
 /// Sizes from empty to 16 MiB, both ways at once, each checked byte for byte, in order;
 /// then a clean close each way.
 async fn round_trip(server: Config, client: Config) -> (Connection, Connection) {
@@ -453,19 +479,15 @@ fn hostile_bytes_over_tcp_end_only_that_connection() {
 /// an error naming the limit, and one is let in again once a connection has gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_limit_counts_tcp_connections() {
-    let listener = std::sync::Arc::new(
-        Listener::bind_with("tcp://127.0.0.1:0", plain().max_connections(1)).unwrap(),
-    );
+    let listener = Listener::bind_with("tcp://127.0.0.1:0", plain().max_connections(1)).unwrap();
     let addr = tcp_addr(&listener);
-    let accepting = {
-        let listener = listener.clone();
-        tokio::spawn(async move {
-            // Each connection is served until its peer leaves, then dropped.
-            while let Ok(mut conn) = listener.accept().await {
-                tokio::spawn(async move { while conn.next().await.is_some() {} });
-            }
-        })
-    };
+    let (accepting, mut accepted) = accept_in_background(listener);
+    // Each connection is served until its peer leaves, then dropped.
+    let serving = tokio::spawn(async move {
+        while let Some(mut conn) = accepted.recv().await {
+            tokio::spawn(async move { while conn.next().await.is_some() {} });
+        }
+    });
     let first = Connection::connect_with(&addr, plain()).await.unwrap();
     let err = Connection::connect_with(&addr, plain())
         .await
@@ -493,6 +515,7 @@ async fn the_connection_limit_counts_tcp_connections() {
     );
     drop(again);
     accepting.abort();
+    serving.abort();
 }
 
 /// One `Fanout` publishes to a subscriber over a Unix socket and one over TCP: the same
@@ -535,34 +558,21 @@ async fn a_fanout_publishes_over_both_carriers() {
     }
 }
 
-/// Connections that never start TLS cannot keep clients out: each holds a handshake slot for
-/// no longer than `Config::hello_timeout`, and a client behind more of them than there are
-/// slots still gets in.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_tcp_connections_cannot_keep_a_client_out() {
+/// Connections that never start TLS cannot keep clients out: more of them than there are
+/// handshake slots, and a client still gets in at once, whether the slots are freed by
+/// `Config::hello_timeout` (short) or by dropping the oldest unfinished handshake (long).
+async fn silent_connections_then_a_client(hello_timeout: Duration) {
     let pki = Pki::new("test CA");
     let server = Config::new()
         .tls(pki.tls("server", &pki))
-        .hello_timeout(Duration::from_millis(300));
-    let listener = std::sync::Arc::new(Listener::bind_with("tcp://127.0.0.1:0", server).unwrap());
+        .hello_timeout(hello_timeout);
+    let listener = Listener::bind_with("tcp://127.0.0.1:0", server).unwrap();
     let Address::Tcp(addr) = tcp_addr(&listener) else {
         unreachable!()
     };
-    // The listener accepts all along (silent connections take its handshake slots).
-    let (tx, mut accepted) = tokio::sync::mpsc::channel(1);
-    let accepting = {
-        let listener = listener.clone();
-        tokio::spawn(async move {
-            while let Ok(conn) = listener.accept().await {
-                let _ = tx.send(conn).await;
-            }
-        })
-    };
+    let (accepting, mut accepted) = accept_in_background(listener);
     // More silent connections than the listener has TLS handshake slots (128).
-    let mut silent = Vec::new();
-    for _ in 0..150 {
-        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
-    }
+    let mut silent = silent_sockets(&addr, 150).await;
     let started = std::time::Instant::now();
     let client = Config::new().tls(pki.tls("client", &pki));
     let mut b = timeout(
@@ -581,8 +591,29 @@ async fn silent_tcp_connections_cannot_keep_a_client_out() {
         "waited {:?}",
         started.elapsed()
     );
+    if hello_timeout > LIMIT {
+        // The slots were freed by dropping the oldest handshakes, whose sockets the listener
+        // (still running) has closed.
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        let read = timeout(Duration::from_secs(5), silent[0].read(&mut byte))
+            .await
+            .expect("the oldest silent connection was dropped, not left waiting");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
     accepting.abort();
     drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tcp_connections_cannot_keep_a_client_out() {
+    silent_connections_then_a_client(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_slot_silent_the_oldest_handshake_makes_room() {
+    // Longer than the test's patience: the slots are freed by dropping the oldest.
+    silent_connections_then_a_client(Duration::from_secs(60)).await;
 }
 
 /// Connections that have authenticated nothing do not count against
@@ -591,29 +622,16 @@ async fn silent_tcp_connections_cannot_keep_a_client_out() {
 async fn silent_tcp_sockets_do_not_use_up_the_connection_limit() {
     let dir = util::temp_dir("limit-silent");
     let path = dir.join("s");
-    let listener = std::sync::Arc::new(
-        Listener::bind_all(
-            [Address::from(path.as_path()), "tcp://127.0.0.1:0".into()],
-            plain().max_connections(2),
-        )
-        .unwrap(),
-    );
+    let listener = Listener::bind_all(
+        [Address::from(path.as_path()), "tcp://127.0.0.1:0".into()],
+        plain().max_connections(2),
+    )
+    .unwrap();
     let Address::Tcp(addr) = tcp_addr(&listener) else {
         unreachable!()
     };
-    let (tx, mut accepted) = tokio::sync::mpsc::channel(4);
-    let accepting = {
-        let listener = listener.clone();
-        tokio::spawn(async move {
-            while let Ok(conn) = listener.accept().await {
-                let _ = tx.send(conn).await;
-            }
-        })
-    };
-    let mut silent = Vec::new();
-    for _ in 0..5 {
-        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
-    }
+    let (accepting, mut accepted) = accept_in_background(listener);
+    let silent = silent_sockets(&addr, 5).await;
     tokio::time::sleep(Duration::from_millis(100)).await; // let the listener take them in
     let local = timeout(LIMIT, Connection::connect(&path))
         .await
@@ -675,4 +693,26 @@ async fn tls_and_plain_tcp_do_not_meet_and_say_why() {
     )
     .await;
     assert_eq!(err.kind(), ErrorKind::PeerGone, "{err}");
+}
+
+/// The TCP options `Config` documents are set on both ends: `TCP_NODELAY`, keep-alive (60 s
+/// idle, probes every 6 s, 3 of them) and `TCP_USER_TIMEOUT` bounding unacknowledged data
+/// the same way (78 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_options_are_set_as_documented() {
+    use nix::sys::socket::{getsockopt, sockopt};
+    use std::os::fd::AsFd;
+    let (a, b) = round_trip(plain(), plain()).await;
+    for conn in [&a, &b] {
+        let fd = conn.as_fd();
+        assert!(getsockopt(&fd, sockopt::TcpNoDelay).unwrap());
+        assert!(getsockopt(&fd, sockopt::KeepAlive).unwrap());
+        assert_eq!(getsockopt(&fd, sockopt::TcpKeepIdle).unwrap(), 60);
+        assert_eq!(getsockopt(&fd, sockopt::TcpKeepInterval).unwrap(), 6);
+        assert_eq!(getsockopt(&fd, sockopt::TcpKeepCount).unwrap(), 3);
+        assert_eq!(getsockopt(&fd, sockopt::TcpUserTimeout).unwrap(), 78_000);
+    }
+    let (c, _d) = round_trip(plain().tcp_keepalive(None).tcp_nodelay(false), plain()).await;
+    assert!(!getsockopt(&c.as_fd(), sockopt::KeepAlive).unwrap());
+    assert!(!getsockopt(&c.as_fd(), sockopt::TcpNoDelay).unwrap());
 }

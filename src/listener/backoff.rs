@@ -66,6 +66,21 @@ impl Backoff {
         self.failures_in_episode == 1
     }
 
+    /// Accepting on `what` failed for want of descriptors or memory (`e`): pauses, and
+    /// returns the error to report if it is the first of its episode (later ones are only
+    /// logged; the caller then waits the pause out with [`poll_wait`](Backoff::poll_wait)).
+    pub(super) fn paused(&mut self, what: &str, e: std::io::Error) -> Option<crate::Error> {
+        let delay = self.failed();
+        if self.first_in_episode() {
+            return Some(crate::Error::io(
+                &format!("accepting on {what} (paused; the listener retries on its own)"),
+                e,
+            ));
+        }
+        debug!(on = what, error = %e, ?delay, "accepting paused");
+        None
+    }
+
     /// Ends the pauses' doubling after a successful accept (not the episode).
     pub(super) fn succeeded(&mut self) {
         if self.failures_in_a_row > 0 {

@@ -509,17 +509,10 @@ impl Listener {
                     ) {
                         state.admission.evict_oldest_waiting();
                     }
-                    let delay = state.backoff.failed();
-                    if state.backoff.first_in_episode() {
-                        return Poll::Ready(Err(Error::io(
-                            &format!(
-                                "accepting on {} (paused; the listener retries on its own)",
-                                unix.path.display()
-                            ),
-                            e,
-                        )));
+                    let what = unix.path.display().to_string();
+                    if let Some(err) = state.backoff.paused(&what, e) {
+                        return Poll::Ready(Err(err));
                     }
-                    debug!(path = %unix.path.display(), error = %e, ?delay, "accepting paused");
                     if state.backoff.poll_wait(cx).is_pending() {
                         return stop(started);
                     }

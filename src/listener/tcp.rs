@@ -44,17 +44,8 @@ impl TcpSide {
     /// Binds `host_port`. Refuses, before binding, a configuration with neither TLS nor the
     /// plain-TCP opt-in, and plain TCP on an address other than loopback.
     pub(super) fn bind(host_port: &str, config: Config, live: Arc<AtomicUsize>) -> Result<TcpSide> {
-        if config.tls.is_none() && !config.plain_tcp_on_loopback {
-            return Err(Error::new(
-                ErrorKind::PermissionDenied,
-                format!(
-                    "cannot listen on tcp://{host_port}: the TCP carrier needs TLS, and the \
-                     configuration has none: set Config::tls(Tls::from_pem(certificate, key, \
-                     trusted_ca)) (or, for processes of this host only, \
-                     Config::danger_plain_tcp_on_loopback())"
-                ),
-            ));
-        }
+        // Neither TLS nor the plain-TCP opt-in: refused before binding, as a connect is.
+        crate::tcp::security(&config, host_port)?;
         let ctx = |e| Error::io(&format!("listening on tcp://{host_port}"), e);
         let std = std::net::TcpListener::bind(host_port).map_err(ctx)?;
         let addr = std.local_addr().map_err(ctx)?;
@@ -158,18 +149,9 @@ impl TcpSide {
                         if let Some(oldest) = self.started.pop_front() {
                             oldest.abort();
                         }
-                        let delay = self.backoff.failed();
-                        if self.backoff.first_in_episode() {
-                            return Poll::Ready(Err(Error::io(
-                                &format!(
-                                    "accepting on tcp://{} (paused; the listener retries on \
-                                     its own)",
-                                    self.addr
-                                ),
-                                e,
-                            )));
+                        if let Some(err) = self.backoff.paused(&format!("tcp://{}", self.addr), e) {
+                            return Poll::Ready(Err(err));
                         }
-                        debug!(addr = %self.addr, error = %e, ?delay, "accepting paused");
                         if self.backoff.poll_wait(cx).is_pending() {
                             break;
                         }
