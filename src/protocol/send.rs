@@ -91,6 +91,12 @@ impl SendState {
         self.parts.is_some()
     }
 
+    /// Whether a new message must wait: one is being written in parts, or messages that
+    /// waited behind one are still to go (they keep their order).
+    fn held_back(&self) -> bool {
+        self.parts.is_some() || !self.backlog.is_empty()
+    }
+
     /// Messages in flight and their bytes.
     pub(super) fn in_flight(&self) -> (usize, u64) {
         (self.in_flight.len(), self.in_flight_bytes)
@@ -207,7 +213,8 @@ impl Guard<'_> {
     /// still receiving.
     fn check_can_send(&self) -> Result<()> {
         self.check_fatal()?;
-        let peer = self.state.peer_name.clone();
+        // Borrowed: this runs for every message, and only an error formats it.
+        let peer = &self.state.peer_name;
         if self.state.send.closed {
             return Err(Error::new(
                 ErrorKind::Closed,
@@ -238,8 +245,7 @@ impl Guard<'_> {
     fn ready_at_once(&self) -> bool {
         let batch = (self.state.limits.send_window_messages as usize).div_ceil(4);
         self.state.send.window_open(&self.state.limits)
-            && !self.state.send.in_parts()
-            && self.state.send.backlog.is_empty()
+            && !self.state.send.held_back()
             && self.state.send.unflushed < batch
             && self.state.io.write_buffer().len() < WRITE_BATCH_BYTES
             && self.check_can_send().is_ok()
@@ -265,17 +271,15 @@ impl Guard<'_> {
             // the buffer is large, or when the window is full. The peer pulls one batch while
             // the next one fills, and small messages cost a fraction of a write each. A
             // message in parts is written out before anything else is sent.
-            let busy = self.state.send.in_parts() || !self.state.send.backlog.is_empty();
             if (self.state.send.unflushed >= batch
                 || self.state.io.write_buffer().len() >= WRITE_BATCH_BYTES
                 || !window_open
-                || busy)
+                || self.state.send.held_back())
                 && let Poll::Ready(Err(e)) = self.flush_writes()
             {
                 return Poll::Ready(Err(e));
             }
-            let busy = self.state.send.in_parts() || !self.state.send.backlog.is_empty();
-            if self.state.send.window_open(&self.state.limits) && !busy {
+            if self.state.send.window_open(&self.state.limits) && !self.state.send.held_back() {
                 self.check_can_send()?;
                 return Poll::Ready(Ok(()));
             }
@@ -298,7 +302,7 @@ impl Guard<'_> {
             self.register(cx);
         }
         self.check_can_send()?;
-        if self.state.send.in_parts() || !self.state.send.backlog.is_empty() {
+        if self.state.send.held_back() {
             // Sent without waiting for `poll_ready`: it goes after the message in parts
             // (refused now if it is too large: later it would end the connection).
             self.check_size(item.as_slice().len() as u64)?;
