@@ -250,16 +250,32 @@ async fn clients_get_through_a_thousand_idle_and_trickling_connections() {
 /// goes on) until a connection is accepted or 20 s pass. Reports the number of errors, the
 /// first one, and whether a connection came. Only the first error is written out, so that a
 /// spinning loop does not flood the test's output; it still spins.
+///
+/// With a third argument `tcp`, it listens on TCP on loopback (plain) instead and writes the
+/// address it bound into the file at PATH.
 fn fd_starved_listener(args: &[&str]) -> i32 {
     let path = PathBuf::from(args[0]);
     set_nofile_soft(args[1].parse().unwrap());
+    let tcp = args.get(2) == Some(&"tcp");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let listener = Listener::bind(&path).unwrap();
+        let listener = match tcp {
+            #[cfg(feature = "tcp")]
+            true => {
+                let config = Config::new().danger_plain_tcp_on_loopback();
+                let listener = Listener::bind_with("tcp://127.0.0.1:0", config).unwrap();
+                let addr = listener.local_addrs().remove(0).to_string();
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, addr).unwrap();
+                std::fs::rename(&tmp, &path).unwrap();
+                listener
+            }
+            _ => Listener::bind(&path).unwrap(),
+        };
         let lifetime = tokio::time::sleep(Duration::from_secs(20));
         tokio::pin!(lifetime);
         let mut errors = 0u64;
@@ -477,4 +493,59 @@ async fn another_users_stalled_handshakes_hold_at_most_half_of_the_slots() {
     assert!(reason.contains("uid 65534"), "{reason}");
     attacker.kill();
     server.abort();
+}
+
+/// The same over TCP: 100 idle TCP clients against a soft limit of 64 descriptors. The
+/// listener neither spins nor floods its log (it reports the shortage once per episode, and
+/// the idle clients are dropped when their HELLO time runs out), and a client gets in.
+#[cfg(feature = "tcp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_listener_out_of_descriptors_backs_off_and_recovers() {
+    let dir = temp_dir("emfile-tcp");
+    let path = dir.join("addr");
+    let child = ChildProc::spawn(
+        "fd_starved_listener",
+        &[path.to_str().unwrap(), "64", "tcp"],
+    );
+    util::wait_for(&path).await;
+    let addr = std::fs::read_to_string(&path).unwrap();
+    let host_port = addr.strip_prefix("tcp://").unwrap().to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        // The kernel's backlog takes them even while the listener cannot accept.
+        idle.push(tokio::net::TcpStream::connect(&host_port).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (cpu0, t0) = (cpu_time(child.pid()), Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (cpu1, t1) = (cpu_time(child.pid()), Instant::now());
+    let share = (cpu1 - cpu0).as_secs_f64() / (t1 - t0).as_secs_f64();
+    eprintln!(
+        "TCP listener CPU with its descriptors exhausted: {:.1}%",
+        share * 100.0
+    );
+    drop(idle);
+    let config = Config::new()
+        .danger_plain_tcp_on_loopback()
+        .handshake_timeout(Duration::from_secs(5));
+    let conn = Connection::connect_with(addr.as_str(), config).await;
+    let (ok, out) = child.finish(Duration::from_secs(10));
+    eprintln!("{out:?}");
+    assert!(ok, "{out:?}");
+    conn.unwrap_or_else(|e| panic!("no client got in after the idle ones left: {e}"));
+    assert_eq!(out[0], "accepted true", "{out:?}");
+    assert!(
+        share < 0.10,
+        "the listener used {:.0}% of a core",
+        share * 100.0
+    );
+    let errors: u64 = out[1].strip_prefix("errors ").unwrap().parse().unwrap();
+    assert!(
+        (1..=2).contains(&errors),
+        "{errors} errors: reported once, then accepting pauses"
+    );
+    assert!(
+        out[2].contains("out of file descriptors (EMFILE): raise `ulimit -n`"),
+        "{out:?}"
+    );
 }
